@@ -1,0 +1,46 @@
+"""captioner: image captioning you can train, evaluate and serve yourself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig, GenerationConfig
+from captioner.images import ImageInput, ImageLoadError
+from captioner.model import Caption, Captioner
+from captioner.tokenizer import CaptionTokenizer
+
+__version__ = "0.1.0"
+
+
+@lru_cache(maxsize=4)
+def load(source: str | None = None) -> Captioner:
+    """A model loaded once per source (the bundled one by default) and reused."""
+    return Captioner.from_pretrained(source)
+
+
+def caption(
+    images: ImageInput | Sequence[ImageInput],
+    model: str | None = None,
+    beam_size: int | None = None,
+    return_attention: bool = False,
+    **generation_options,
+) -> list[Caption]:
+    """Caption images with the bundled model (or `model`: folder, hub id, wandb: artifact)."""
+    return load(model).caption(
+        images, beam_size=beam_size, return_attention=return_attention, **generation_options
+    )
+
+
+__all__ = [
+    "Caption",
+    "CaptionTokenizer",
+    "Captioner",
+    "CaptionerConfig",
+    "DecoderConfig",
+    "EncoderConfig",
+    "GenerationConfig",
+    "ImageLoadError",
+    "caption",
+    "load",
+]

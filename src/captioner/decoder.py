@@ -1,0 +1,200 @@
+"""The caption decoder: a pre-norm transformer that cross-attends to the image's patch grid.
+
+Each block is causal self-attention, cross-attention to the projected image tokens, then an MLP,
+each behind a LayerNorm and a residual. Positions are learned; the output layer is the token
+embedding (tied). A `KVCache` makes generation cost one token's work per step, and any call can
+hand back the cross-attention weights of every layer and head (for attention maps).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from captioner.config import DecoderConfig
+
+
+class KVCache:
+    """Keys and values per layer: self-attention grows a step at a time, cross-attention is
+    computed once from the image and then reused."""
+
+    def __init__(self, n_layers: int):
+        self.self_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+        self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        first = self.self_kv[0]
+        return 0 if first is None else first[0].shape[2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (beam search picks which hypotheses live on)."""
+        for store in (self.self_kv, self.cross_kv):
+            for i, kv in enumerate(store):
+                if kv is not None:
+                    store[i] = (kv[0].index_select(0, index), kv[1].index_select(0, index))
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.query = nn.Linear(d_model, d_model)
+        self.key_value = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.n_heads, width // self.n_heads).transpose(1, 2)
+
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key, value = self.key_value(source).chunk(2, dim=-1)
+        return self._split_heads(key), self._split_heads(value)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query = self._split_heads(self.query(x))
+        key, value = kv
+        dropout = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            mixed = F.dropout(weights, dropout, self.training) @ value
+        else:
+            weights = None
+            mixed = F.scaled_dot_product_attention(query, key, value, mask, dropout)
+        batch, _, length, _ = mixed.shape
+        return self.out(mixed.transpose(1, 2).reshape(batch, length, -1)), weights
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        d = config.d_model
+        self.self_norm = nn.LayerNorm(d)
+        self.self_attention = Attention(d, config.n_heads, config.dropout)
+        self.cross_norm = nn.LayerNorm(d)
+        self.cross_attention = Attention(d, config.n_heads, config.dropout)
+        self.mlp_norm = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, config.mlp_ratio * d),
+            nn.GELU(),
+            nn.Linear(config.mlp_ratio * d, d),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        image: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.self_norm(x)
+        kv = self.self_attention.project_kv(h)
+        if cache is not None:
+            past = cache.self_kv[layer]
+            if past is not None:
+                kv = (torch.cat([past[0], kv[0]], dim=2), torch.cat([past[1], kv[1]], dim=2))
+            cache.self_kv[layer] = kv
+        attended, _ = self.self_attention(h, kv, mask, need_weights=False)
+        x = x + self.dropout(attended)
+
+        if cache is not None and cache.cross_kv[layer] is not None:
+            image_kv = cache.cross_kv[layer]
+        else:
+            image_kv = self.cross_attention.project_kv(image)
+            if cache is not None:
+                cache.cross_kv[layer] = image_kv
+        attended, weights = self.cross_attention(self.cross_norm(x), image_kv, None, need_weights)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.mlp(self.mlp_norm(x))), weights
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor  # (batch, length, vocab)
+    # (batch, layers, heads, length, image_tokens) when asked for, else None
+    cross_attention: torch.Tensor | None = None
+
+
+class CaptionDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.image_projection = nn.Sequential(nn.Linear(config.image_dim, d), nn.LayerNorm(d))
+        self.image_positions = nn.Parameter(torch.zeros(1, config.image_tokens, d))
+        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.positions = nn.Parameter(torch.zeros(1, config.max_length, d))
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(d)
+        self.apply(_init_weights)
+        nn.init.normal_(self.positions, std=0.02)
+        nn.init.normal_(self.image_positions, std=0.02)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layers)
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder grid (batch, tokens, image_dim) to the decoder's memory (batch, tokens, d)."""
+        if features.shape[1] != self.config.image_tokens:
+            raise ValueError(
+                f"the decoder was built for {self.config.image_tokens} image tokens, "
+                f"got {features.shape[1]}: wrong encoder for this model?"
+            )
+        return self.dropout(self.image_projection(features) + self.image_positions)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        image: torch.Tensor,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> DecoderOutput:
+        """`ids` (batch, length) follow whatever `cache` already holds; `image` is the memory
+        from `encode_image`."""
+        offset = 0 if cache is None else cache.length
+        length = ids.shape[1]
+        if offset + length > self.config.max_length:
+            raise ValueError(
+                f"sequence of {offset + length} exceeds max_length {self.config.max_length}"
+            )
+        x = self.token_embedding(ids) + self.positions[:, offset : offset + length]
+        x = self.dropout(x)
+        mask = None
+        if length > 1:  # a single new token may look at everything before it
+            query_pos = torch.arange(offset, offset + length, device=ids.device)
+            key_pos = torch.arange(offset + length, device=ids.device)
+            mask = key_pos[None, :] <= query_pos[:, None]
+        weights = []
+        for layer, block in enumerate(self.blocks):
+            x, layer_weights = block(x, image, mask, cache, layer, need_weights)
+            weights.append(layer_weights)
+        logits = self.final_norm(x) @ self.token_embedding.weight.T
+        cross = torch.stack(weights, dim=1) if need_weights else None
+        return DecoderOutput(logits, cross)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

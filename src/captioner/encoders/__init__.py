@@ -1,0 +1,23 @@
+"""Frozen image encoders, built by name: `build_encoder(EncoderConfig(name=...))`."""
+
+from __future__ import annotations
+
+from captioner.config import EncoderConfig
+from captioner.encoders.base import EncoderOutput, ImageEncoder
+
+ENCODER_NAMES = ("efficientnet-lite0", "efficientnet-lite2", "clip")
+
+
+def build_encoder(config: EncoderConfig) -> ImageEncoder:
+    if config.name == "clip":
+        from captioner.encoders.clip import CLIPEncoder
+
+        return CLIPEncoder(config.source)
+    if config.name.startswith("efficientnet-lite"):
+        from captioner.encoders.efficientnet import EfficientNetLiteEncoder
+
+        return EfficientNetLiteEncoder(config.name)
+    raise ValueError(f"unknown encoder {config.name!r}; choose one of {', '.join(ENCODER_NAMES)}")
+
+
+__all__ = ["ENCODER_NAMES", "EncoderOutput", "ImageEncoder", "build_encoder"]

@@ -1,0 +1,194 @@
+"""Decoding strategies over a batch of images: greedy, beam search and nucleus sampling.
+
+All of them feed one new token per step through the decoder's key/value cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from captioner.config import GenerationConfig
+from captioner.decoder import CaptionDecoder
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    start: int
+    end: int
+    # Ids the decoder must never produce (the start token, the compact vocabulary's "unknown").
+    banned: tuple[int, ...]
+
+
+@dataclass
+class Hypothesis:
+    ids: list[int]  # generated ids, end token excluded
+    score: float  # sum of log-probabilities, length-normalised for beam search
+
+
+@torch.inference_mode()
+def generate(
+    decoder: CaptionDecoder,
+    image: torch.Tensor,
+    special: SpecialTokens,
+    config: GenerationConfig,
+) -> list[Hypothesis]:
+    """One caption per row of `image` (the decoder memory from `encode_image`)."""
+    max_new = min(config.max_new_tokens, decoder.config.max_length - 1)
+    if config.do_sample:
+        return _sample(decoder, image, special, config, max_new)
+    if config.beam_size <= 1:
+        return _greedy(decoder, image, special, config, max_new)
+    return _beam_search(decoder, image, special, config, max_new)
+
+
+def _step_log_probs(
+    decoder: CaptionDecoder,
+    last: torch.Tensor,
+    image: torch.Tensor,
+    cache,
+    special: SpecialTokens,
+    history: list[list[int]],
+    config: GenerationConfig,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probabilities of the next token for each row, with banned tokens masked out."""
+    logits = decoder(last[:, None], image, cache).logits[:, -1].float() / temperature
+    logits[:, list(special.banned)] = float("-inf")
+    if not history[0]:
+        logits[:, special.end] = float("-inf")  # no empty captions
+    for row, ids in enumerate(history):
+        banned = _repeated_ngram_tokens(ids, config.no_repeat_ngram_size)
+        if banned:
+            logits[row, banned] = float("-inf")
+    return logits.log_softmax(dim=-1)
+
+
+def _repeated_ngram_tokens(ids: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already present in `ids`."""
+    if n <= 0 or len(ids) < n:
+        return []
+    prefix = tuple(ids[len(ids) - n + 1 :])
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix]
+
+
+def _greedy(decoder, image, special, config, max_new) -> list[Hypothesis]:
+    return _token_by_token(decoder, image, special, config, max_new, generator=None)
+
+
+def _sample(decoder, image, special, config, max_new) -> list[Hypothesis]:
+    generator = torch.Generator(device=image.device)
+    if config.seed is not None:
+        generator.manual_seed(config.seed)
+    else:
+        generator.seed()
+    return _token_by_token(decoder, image, special, config, max_new, generator=generator)
+
+
+def _token_by_token(decoder, image, special, config, max_new, generator) -> list[Hypothesis]:
+    """Greedy (no generator) or nucleus sampling: one hypothesis per image."""
+    batch = image.shape[0]
+    cache = decoder.new_cache()
+    last = torch.full((batch,), special.start, dtype=torch.long, device=image.device)
+    history: list[list[int]] = [[] for _ in range(batch)]
+    scores = torch.zeros(batch)
+    done = torch.zeros(batch, dtype=torch.bool)
+    temperature = config.temperature if generator is not None else 1.0
+    for _ in range(max_new):
+        log_probs = _step_log_probs(
+            decoder, last, image, cache, special, history, config, temperature
+        )
+        if generator is None:
+            chosen = log_probs.argmax(dim=-1)
+        else:
+            chosen = _nucleus(log_probs, config.top_p, generator)
+        chosen_log_prob = log_probs.gather(1, chosen[:, None])[:, 0].cpu()
+        chosen = torch.where(done.to(chosen.device), special.end, chosen)
+        scores += torch.where(done, 0.0, chosen_log_prob)
+        for row, token in enumerate(chosen.tolist()):
+            if not done[row] and token != special.end:
+                history[row].append(token)
+        done |= (chosen == special.end).cpu()
+        if done.all():
+            break
+        last = chosen
+    return [Hypothesis(ids, float(score)) for ids, score in zip(history, scores)]
+
+
+def _nucleus(log_probs: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """Sample from the smallest set of tokens whose probability mass reaches `top_p`."""
+    probs = log_probs.exp()
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs[mass_before >= top_p] = 0.0
+    picked = torch.multinomial(sorted_probs, 1, generator=generator)
+    return order.gather(1, picked)[:, 0]
+
+
+def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
+    """Batched beam search: every image keeps `beam_size` live hypotheses in one decoder call.
+
+    Finished hypotheses are scored as sum(log p) / length ** length_penalty; an image is done once
+    it has `beam_size` of them and no live hypothesis could still beat the worst.
+    """
+    batch, beams = image.shape[0], config.beam_size
+    device = image.device
+    image = image.repeat_interleave(beams, dim=0)
+    cache = decoder.new_cache()
+    last = torch.full((batch * beams,), special.start, dtype=torch.long, device=device)
+    history: list[list[int]] = [[] for _ in range(batch * beams)]
+    # Only the first beam of each image is live at the start, so the beams do not all repeat it.
+    beam_scores = torch.full((batch, beams), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
+
+    def normalised(score: float, length: int) -> float:
+        return score / max(length, 1) ** config.length_penalty
+
+    for step in range(max_new):
+        log_probs = _step_log_probs(decoder, last, image, cache, special, history, config)
+        vocab = log_probs.shape[-1]
+        candidates = (beam_scores[:, :, None] + log_probs.view(batch, beams, vocab)).view(batch, -1)
+        top_scores, top_index = (t.tolist() for t in candidates.topk(2 * beams, dim=-1))
+        next_rows, next_tokens, next_scores = [], [], []
+        for b in range(batch):
+            kept = 0
+            for score, index in zip(top_scores[b], top_index[b]):
+                if done[b] or score == float("-inf") or kept == beams:
+                    break
+                row, token = b * beams + index // vocab, index % vocab
+                if token == special.end:  # `step` tokens plus the end token
+                    finished[b].append(Hypothesis(list(history[row]), normalised(score, step + 1)))
+                    continue
+                next_rows.append(row)
+                next_tokens.append(token)
+                next_scores.append(score)
+                kept += 1
+            for _ in range(beams - kept):  # a finished image: pad with dead rows
+                next_rows.append(b * beams)
+                next_tokens.append(special.end)
+                next_scores.append(float("-inf"))
+            if not done[b] and len(finished[b]) >= beams:
+                worst = sorted(h.score for h in finished[b])[-beams]
+                # log-probs only fall, so a live beam is unlikely to end above this (as in HF)
+                done[b] = normalised(max(next_scores[-beams:]), step + 2) <= worst
+        if all(done):
+            break
+        index = torch.tensor(next_rows, device=device)
+        cache.reorder(index)
+        history = [history[row] + [token] for row, token in zip(next_rows, next_tokens)]
+        beam_scores = torch.tensor(next_scores, device=device).view(batch, beams)
+        last = torch.tensor(next_tokens, device=device)
+
+    results = []
+    for b in range(batch):
+        pool = list(finished[b])
+        if not done[b]:  # out of length: live beams compete with the finished ones
+            for k in range(beams):
+                score = float(beam_scores[b, k])
+                if score > float("-inf"):
+                    pool.append(Hypothesis(history[b * beams + k], normalised(score, max_new)))
+        results.append(max(pool, key=lambda h: h.score))
+    return results

@@ -1,0 +1,101 @@
+"""Turning whatever a user hands us (path, bytes, PIL image, array) into a clean RGB PIL image.
+
+Everything that can go wrong with an input image is raised as `ImageLoadError`, whose message is
+meant to be shown to the user as it is (by the CLI and the web server).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
+
+# Refuse images whose pixel count would blow up memory when decoded (decompression bombs).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageLoadError(ValueError):
+    """The input is not a usable image; the message says why in plain words."""
+
+
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `source` into an upright RGB image (EXIF orientation applied, first frame only)."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    elif isinstance(source, (bytes, bytearray)):
+        image = _open(io.BytesIO(bytes(source)), "the uploaded data", max_pixels)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageLoadError(f"{path}: no such file")
+        image = _open(path, str(path), max_pixels)
+    else:
+        raise ImageLoadError(f"cannot read an image from a {type(source).__name__}")
+    return to_rgb(image)
+
+
+def _open(fp, label: str, max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{label} is not an image in a supported format") from None
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{label} refused as a decompression bomb: {error}") from None
+    except OSError as error:
+        raise ImageLoadError(f"{label} could not be read: {error}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{label} is {width}x{height} pixels, over the limit of {max_pixels} pixels"
+        )
+    try:
+        image.seek(0)  # animated GIF/WebP/APNG: caption the first frame
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{label} is truncated or corrupt: {error}") from None
+    return image
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """HxW or HxWxC arrays, uint8 (0..255) or float (0..1)."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageLoadError(
+            f"an image array must be HxW or HxWxC with C in 1, 3, 4; got {array.shape}"
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageLoadError(f"image arrays must be uint8 or float, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright RGB whatever the mode: transparency goes onto white, 16-bit is scaled down."""
+    try:
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError):
+        pass  # a broken EXIF block should not cost the caption
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
