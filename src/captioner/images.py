@@ -6,15 +6,15 @@ meant to be shown to the user as it is (by the CLI and the web server).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 
 # Refuse images whose pixel count would blow up memory when decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -81,10 +81,8 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Upright RGB whatever the mode: transparency goes onto white, 16-bit is scaled down."""
-    try:
+    with contextlib.suppress(OSError, ValueError, SyntaxError):  # broken EXIF: keep the pixels
         image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError):
-        pass  # a broken EXIF block should not cost the caption
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
