@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     caption.add_argument("--batch-size", type=int, default=16)
     caption.set_defaults(run=_caption)
 
+    serve = commands.add_parser("serve", help="serve the web page and the JSON API")
+    serve.add_argument("--model", help="model folder, hub id or wandb: artifact (default: bundled)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)
@@ -75,6 +81,12 @@ def _caption(args: argparse.Namespace) -> int:
             progress.update(1)
     progress.close()
     return 1 if failures else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from captioner.server import serve
+
+    return serve(args)
 
 
 def _report(args: argparse.Namespace, record: dict) -> None:
