@@ -24,6 +24,14 @@ class ImageLoadError(ValueError):
     """The input is not a usable image; the message says why in plain words."""
 
 
+class UnsupportedImageError(ImageLoadError):
+    """Not an image, or in a format we cannot decode (the web server answers 415)."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """Too many pixels to decode safely: a decompression bomb (the web server answers 413)."""
+
+
 def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `source` into an upright RGB image (EXIF orientation applied, first frame only)."""
     if isinstance(source, Image.Image):
@@ -46,14 +54,14 @@ def _open(fp, label: str, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(fp)
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{label} is not an image in a supported format") from None
+        raise UnsupportedImageError(f"{label} is not an image in a supported format") from None
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(f"{label} refused as a decompression bomb: {error}") from None
+        raise ImageTooLargeError(f"{label} refused as a decompression bomb: {error}") from None
     except OSError as error:
         raise ImageLoadError(f"{label} could not be read: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageLoadError(
+        raise ImageTooLargeError(
             f"{label} is {width}x{height} pixels, over the limit of {max_pixels} pixels"
         )
     try:

@@ -1,0 +1,323 @@
+"""The web API, through FastAPI's test client, on a tiny untrained model."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from tiny_model import build_tiny_model  # noqa: E402
+
+from captioner.model import Captioner  # noqa: E402
+from captioner.server import ServerSettings, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model() -> Captioner:
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def client(model: Captioner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    page = tmp_path_factory.mktemp("page")
+    (page / "index.html").write_text("<!doctype html><title>captioner page</title>")
+    settings = ServerSettings(model="tiny", max_upload_mb=1, page_dir=page)
+    with TestClient(create_app(settings, model=model)) as client:
+        yield client
+
+
+def encode(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def photo(width: int = 64, height: int = 48) -> Image.Image:
+    """A smooth colour gradient: something a JPEG encoder treats like a photo."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def post(client: TestClient, data: bytes, filename: str = "upload.bin", **fields):
+    form = {name: str(value) for name, value in fields.items()}
+    return client.post("/api/caption", files={"file": (filename, data)}, data=form)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size in its header: what a decompression bomb looks like first."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    idat = zlib.compress(b"\0" * 1024)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+# ---- endpoints ------------------------------------------------------------------------------
+
+
+def test_health(client: TestClient) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "model": "tiny"}
+
+
+def test_model_info(client: TestClient, model: Captioner) -> None:
+    info = client.get("/api/model").json()
+    assert info["encoder"]["name"] == "efficientnet-lite0"
+    assert (info["encoder"]["grid_h"], info["encoder"]["grid_w"]) == (7, 7)
+    assert info["decoder"]["layers"] == 2 and info["decoder"]["heads"] == 4
+    assert info["decoder"]["parameters"] == sum(p.numel() for p in model.decoder.parameters())
+    assert info["metadata"] == model.config.metadata
+    assert info["server"]["batching"] is True and info["server"]["max_upload_mb"] == 1
+
+
+def test_caption_with_attention(client: TestClient, model: Captioner) -> None:
+    data = encode(photo(64, 48), "JPEG")
+    response = post(client, data, "photo.jpg", beam_size=1)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = model.caption(data, beam_size=1)[0]
+    assert body["caption"] != "" and body["tokens"] == expected.tokens
+    assert body["image"] == {"width": 64, "height": 48}
+    assert body["batch_size"] == 1
+    assert set(body["timings_ms"]) == {"read", "decode", "queue", "inference", "total"}
+    maps = body["attention"]
+    assert (maps["grid_h"], maps["grid_w"], maps["layers"], maps["heads"]) == (7, 7, 2, 4)
+    per_head = np.array(maps["per_head"])
+    assert per_head.shape == (len(body["tokens"]), 2, 4, 49)
+    # Each head's attention over the grid is a distribution; the mean is the mean of the heads.
+    np.testing.assert_allclose(per_head.sum(axis=-1), 1.0, atol=5e-3)
+    np.testing.assert_allclose(np.array(maps["mean"]), per_head.mean(axis=(1, 2)), atol=1e-3)
+    # The model centre-crops a 48x48 square out of the 64x48 image: that is what the grid covers.
+    assert maps["crop"] == pytest.approx({"x": 0.125, "y": 0.0, "width": 0.75, "height": 1.0})
+
+
+def test_caption_options(client: TestClient, model: Captioner) -> None:
+    image = photo()
+    greedy = post(client, encode(image, "PNG"), beam_size=1, attention="false").json()
+    beam = post(client, encode(image, "PNG"), beam_size=4, attention="false").json()
+    assert greedy["attention"] is None and beam["attention"] is None
+    assert greedy["tokens"] == model.caption(image, beam_size=1)[0].tokens
+    assert beam["tokens"] == model.caption(image, beam_size=4)[0].tokens
+    default = post(client, encode(image, "PNG"), attention="false").json()  # the model's own
+    assert default["tokens"] == model.caption(image)[0].tokens
+
+
+@pytest.mark.parametrize("beam_size", ["0", "9", "-1", "two"])
+def test_bad_beam_size(client: TestClient, beam_size: str) -> None:
+    response = post(client, encode(photo(), "PNG"), beam_size=beam_size)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("beam_size:")
+
+
+def test_missing_file(client: TestClient) -> None:
+    response = client.post("/api/caption", data={"beam_size": "1"})
+    assert response.status_code == 422
+    assert response.json() == {"error": "file: Field required"}
+
+
+def test_docs_and_openapi(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/caption", "/api/health", "/api/model"} <= set(paths)
+
+
+def test_page_served_at_root(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and "captioner page" in response.text
+
+
+def test_page_missing_explains_how_to_build(model: Captioner, tmp_path: Path) -> None:
+    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=model)) as client:
+        response = client.get("/")
+    assert response.status_code == 200 and "make frontend" in response.text
+
+
+def test_unknown_api_path_is_json_404(client: TestClient) -> None:
+    response = client.get("/api/nothing")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+# ---- every kind of image the page may send -------------------------------------------------
+
+
+def _cmyk() -> bytes:
+    return encode(photo().convert("CMYK"), "JPEG")
+
+
+def _sixteen_bit() -> bytes:
+    values = (np.arange(48 * 64).reshape(48, 64) * 21).astype(np.uint16)
+    return encode(Image.fromarray(values), "PNG")
+
+
+def _animated() -> bytes:
+    frames = [photo().convert("P"), Image.new("P", (64, 48), 3)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def _palette_transparent() -> bytes:
+    image = photo().convert("P")
+    return encode(image, "PNG", transparency=0)
+
+
+IMAGE_KINDS = {
+    "jpeg": lambda: encode(photo(), "JPEG"),
+    "grayscale": lambda: encode(photo().convert("L"), "PNG"),
+    "rgba": lambda: encode(photo().convert("RGBA"), "PNG"),
+    "palette": _palette_transparent,
+    "cmyk": _cmyk,
+    "16-bit": _sixteen_bit,
+    "animated-gif": _animated,
+    "webp": lambda: encode(photo(), "WEBP"),
+    "bmp": lambda: encode(photo(), "BMP"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IMAGE_KINDS))
+def test_image_kinds_are_captioned(client: TestClient, kind: str) -> None:
+    response = post(client, IMAGE_KINDS[kind](), f"image.{kind}", beam_size=1, attention="false")
+    assert response.status_code == 200, response.text
+    assert response.json()["image"] == {"width": 64, "height": 48}
+    assert response.json()["caption"]
+
+
+def test_exif_orientation_is_honoured(client: TestClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to display
+    data = encode(photo(64, 48), "JPEG", exif=exif.tobytes())
+    response = post(client, data, "rotated.jpg", beam_size=1, attention="false")
+    assert response.status_code == 200
+    assert response.json()["image"] == {"width": 48, "height": 64}
+
+
+# ---- bad input: a JSON error, never a stack trace ------------------------------------------
+
+
+def test_not_an_image(client: TestClient) -> None:
+    response = post(client, b"%PDF-1.4 this is a document, not a photo", "paper.pdf")
+    assert response.status_code == 415
+    assert response.json() == {"error": "the uploaded data is not an image in a supported format"}
+
+
+def test_empty_file(client: TestClient) -> None:
+    response = post(client, b"", "empty.jpg")
+    assert response.status_code == 415 and "not an image" in response.json()["error"]
+
+
+def test_unsupported_format(client: TestClient) -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>'
+    response = post(client, svg, "drawing.svg")
+    assert response.status_code == 415 and "error" in response.json()
+
+
+def test_truncated_file(client: TestClient) -> None:
+    data = encode(photo(256, 256), "JPEG")
+    response = post(client, data[: len(data) // 2], "cut.jpg")
+    assert response.status_code == 422
+    assert "truncated or corrupt" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "reason"),
+    [(8_000, 8_000, "over the limit of 40000000 pixels"), (30_000, 30_000, "decompression bomb")],
+    ids=["over-pixel-limit", "pillow-bomb-check"],
+)
+def test_decompression_bombs_refused(
+    client: TestClient, width: int, height: int, reason: str
+) -> None:
+    response = post(client, png_header_only(width, height), "bomb.png")
+    assert response.status_code == 413
+    assert reason in response.json()["error"]
+
+
+def test_upload_over_size_limit(client: TestClient) -> None:
+    response = post(client, b"\xff" * (2 * 1024 * 1024), "huge.jpg")  # the limit here is 1 MB
+    assert response.status_code == 413
+    assert response.json() == {"error": "the upload is larger than the limit of 1 MB"}
+
+
+def test_chunked_upload_over_size_limit(client: TestClient) -> None:
+    """With no Content-Length to judge by, the size is checked while reading."""
+    boundary = "captionerboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + b"\xff" * (2 * 1024 * 1024)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    response = client.post(
+        "/api/caption",
+        content=chunks(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413 and "limit of 1 MB" in response.json()["error"]
+
+
+# ---- micro-batching --------------------------------------------------------------------------
+
+
+def _concurrent_batch_sizes(client: TestClient, requests: int) -> list[int]:
+    data = encode(photo(), "JPEG")
+    sizes: list[int] = []
+    barrier = threading.Barrier(requests)
+
+    def one() -> None:
+        barrier.wait()
+        response = post(client, data, beam_size=1, attention="false")
+        assert response.status_code == 200
+        sizes.append(response.json()["batch_size"])
+
+    threads = [threading.Thread(target=one) for _ in range(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sizes
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["on", "off"])
+def test_micro_batching(model: Captioner, batching: bool) -> None:
+    settings = ServerSettings(batching=batching, batch_wait_ms=300, max_batch_size=4)
+    with TestClient(create_app(settings, model=model)) as client:
+        sizes = _concurrent_batch_sizes(client, 6)
+    assert len(sizes) == 6
+    if batching:
+        assert max(sizes) > 1 and max(sizes) <= 4
+    else:
+        assert sizes == [1] * 6
+
+
+def test_model_failure_is_a_json_500(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    app = create_app(ServerSettings(), model=model)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        monkeypatch.setattr(model, "caption", broken)
+        response = post(client, encode(photo(), "PNG"))
+    assert response.status_code == 500
+    assert response.json() == {"error": "the server failed to caption this image; see its log"}
