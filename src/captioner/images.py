@@ -58,7 +58,7 @@ def _open(fp, label: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"{label} refused as a decompression bomb: {error}") from None
     except OSError as error:
-        raise ImageLoadError(f"{label} could not be read: {error}") from None
+        raise ImageLoadError(f"{label} is truncated or corrupt: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(

@@ -1,0 +1,171 @@
+"""A disk cache of encoder grids, so training epochs never re-run the frozen encoder.
+
+Layout: `<cache_root>/<digest of encoder + preprocessing>/` holds `features.npy` (fp16, rows of
+(tokens, dim), opened memory-mapped) and `index.json` (the encoder key and one fingerprint per
+row). A different encoder or preprocessing lands in another folder; a changed image file gets a
+new fingerprint and is re-encoded; rows already present are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from captioner.encoders import ImageEncoder
+from captioner.images import ImageInput, ImageLoadError, load_image
+
+log = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.npy"
+INDEX_FILE = "index.json"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """What the cache needs to know of an image: a stable id and where its bytes are."""
+
+    image_id: str
+    image: ImageInput
+
+
+def fingerprint(source: ImageSource) -> str:
+    """Changes whenever the image content (as far as cheaply knowable) changes."""
+    image = source.image
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            stat = Path(image).stat()
+        except OSError:
+            return f"{source.image_id}|missing"
+        return f"{source.image_id}|{stat.st_size}|{stat.st_mtime_ns}"
+    if isinstance(image, (bytes, bytearray)):
+        return f"{source.image_id}|sha1:{hashlib.sha1(image).hexdigest()}"
+    return source.image_id
+
+
+class FeatureCache:
+    """Read side: `cache[fingerprint]` gives a (tokens, dim) float16 array."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        index = json.loads((directory / INDEX_FILE).read_text())
+        self.encoder_key: str = index["encoder_key"]
+        self.rows: dict[str, int] = {key: i for i, key in enumerate(index["fingerprints"])}
+        self.failed: list[str] = index.get("failed", [])
+        self.array = np.load(directory / FEATURES_FILE, mmap_mode="r")
+        if len(self.array) != len(self.rows):
+            raise ValueError(f"{directory}: index and features disagree; rebuild the cache")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.array[self.rows[key]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def cache_dir(cache_root: str | Path, encoder: ImageEncoder) -> Path:
+    digest = hashlib.sha1(encoder.cache_key.encode()).hexdigest()[:16]
+    return Path(cache_root) / digest
+
+
+class _Pixels(Dataset):
+    """Decodes and preprocesses images in DataLoader workers; a bad image yields None."""
+
+    def __init__(self, sources: Sequence[ImageSource], encoder: ImageEncoder):
+        self.sources = sources
+        self.preprocess = encoder.preprocess
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(load_image(self.sources[i].image))
+        except ImageLoadError as error:
+            return i, str(error)
+
+
+def _collate(items):
+    return items
+
+
+def build_cache(
+    encoder: ImageEncoder,
+    sources: Iterable[ImageSource],
+    cache_root: str | Path,
+    batch_size: int = 32,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> FeatureCache:
+    """Encode every image not already cached under this encoder; reuse the rest."""
+    directory = cache_dir(cache_root, encoder)
+    sources = list(sources)
+    wanted = {fingerprint(s): s for s in sources}
+    old: FeatureCache | None = None
+    if (directory / INDEX_FILE).is_file():
+        try:
+            old = FeatureCache(directory)
+        except (ValueError, OSError, KeyError) as error:
+            log.warning("rebuilding the feature cache: %s", error)
+        if old is not None and old.encoder_key != encoder.cache_key:  # never mix encoders
+            old = None
+    todo = [s for key, s in wanted.items() if old is None or key not in old]
+    if old is not None and not todo:
+        return old
+
+    shape = (encoder.grid_h * encoder.grid_w, encoder.dim)
+    new_rows: list[np.ndarray] = []
+    new_keys: list[str] = []
+    failed: list[str] = []
+    loader = DataLoader(
+        _Pixels(todo, encoder),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress)
+    for items in loader:
+        good = [(i, pixels) for i, pixels in items if isinstance(pixels, torch.Tensor)]
+        for i, message in items:
+            if isinstance(message, str):
+                failed.append(todo[i].image_id)
+                log.warning("skipping image %s: %s", todo[i].image_id, message)
+        if good:
+            grid = encoder(torch.stack([pixels for _, pixels in good])).tokens
+            new_rows.append(grid.to(torch.float16).numpy())
+            new_keys += [fingerprint(todo[i]) for i, _ in good]
+        bar.update(len(items))
+    bar.close()
+
+    keys = list(old.rows) if old is not None else []
+    directory.mkdir(parents=True, exist_ok=True)
+    total = len(keys) + len(new_keys)
+    tmp = directory / (FEATURES_FILE + ".tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, *shape))
+    if old is not None:
+        out[: len(keys)] = old.array
+    position = len(keys)
+    for rows in new_rows:
+        out[position : position + len(rows)] = rows
+        position += len(rows)
+    out.flush()
+    del out
+    # Write-then-rename: an interrupted build never leaves a half-written cache behind.
+    os.replace(tmp, directory / FEATURES_FILE)
+    index = {"encoder_key": encoder.cache_key, "fingerprints": keys + new_keys, "failed": failed}
+    (directory / INDEX_FILE).write_text(json.dumps(index))
+    if failed:
+        log.warning("%d images could not be read and were skipped", len(failed))
+    return FeatureCache(directory)

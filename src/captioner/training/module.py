@@ -1,0 +1,116 @@
+"""The Lightning module: teacher-forced cross-entropy, and dev metrics from real decoding."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from captioner.model import Captioner
+from captioner.objective import token_loss_and_accuracy
+from captioner.training.config import TrainConfig
+from captioner.training.data import Batch
+
+
+class CaptionerModule(L.LightningModule):
+    def __init__(self, model: Captioner, config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        # Plain dicts, so checkpoints hold the full configuration and load without unpickling code.
+        self.save_hyperparameters(
+            {
+                "train": config.to_dict(),
+                "model": model.config.to_dict(),
+                "vocab": model.tokenizer.vocab,
+            }
+        )
+        self.strict_loading = False  # the frozen encoder's weights are left out of checkpoints
+        self._predictions: dict[str, str] = {}
+        self._references: dict[str, list[str]] = {}
+        self._dev_correct = self._dev_count = 0
+
+    def training_step(self, batch: Batch, _) -> torch.Tensor:
+        logits = self.model(batch.features, batch.ids[:, :-1])
+        loss, correct, count = token_loss_and_accuracy(
+            logits, batch.ids, batch.lengths, self.config.label_smoothing
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.ids))
+        self.log("train/token_acc", correct / count, prog_bar=True, batch_size=len(batch.ids))
+        return loss
+
+    def validation_step(self, batch, _) -> None:
+        features, image_ids, references = batch
+        collator = self.trainer.datamodule.collator
+        # Teacher forcing on every reference caption of each image.
+        repeats = torch.tensor([len(refs) for refs in references], device=features.device)
+        flat = collator.tokenize(
+            features.repeat_interleave(repeats, dim=0), [c for refs in references for c in refs]
+        ).to(self.device)
+        logits = self.model(flat.features, flat.ids[:, :-1])
+        loss, correct, count = token_loss_and_accuracy(logits, flat.ids, flat.lengths)
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(flat.ids))
+        self._dev_correct += int(correct)
+        self._dev_count += int(count)
+        captions = self.model.generate_from_features(features, self.config.validation_generation)
+        for image_id, caption, refs in zip(image_ids, captions, references):
+            self._predictions[image_id] = caption.text
+            self._references[image_id] = refs
+
+    def on_validation_epoch_end(self) -> None:
+        from captioner.evaluation import caption_metrics
+
+        predictions, references = self._predictions, self._references
+        correct, count = self._dev_correct, self._dev_count
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (predictions, references, correct, count))
+            predictions = {k: v for part in gathered for k, v in part[0].items()}
+            references = {k: v for part in gathered for k, v in part[1].items()}
+            correct = sum(part[2] for part in gathered)
+            count = sum(part[3] for part in gathered)
+        if predictions:
+            scores = caption_metrics(predictions, references, meteor=False)
+            for name in ("bleu4", "cider", "rouge_l"):
+                self.log(f"val/{name}", float(scores[name]), prog_bar=name != "rouge_l")
+            self.log("val/token_acc", correct / max(count, 1))
+        self._predictions, self._references = {}, {}
+        self._dev_correct = self._dev_count = 0
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, parameter in self.model.decoder.named_parameters():
+            # Norms, biases, embeddings and positions are not weight-decayed.
+            (
+                decay
+                if parameter.ndim >= 2 and "embedding" not in name and "positions" not in name
+                else no_decay
+            ).append(parameter)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.config.learning_rate,
+            betas=(0.9, 0.98),
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.config.warmup_steps, total // 2)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("model.encoder.")]:
+            del state[key]

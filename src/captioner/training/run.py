@@ -1,0 +1,213 @@
+"""`captioner train`: data, cache, Lightning Trainer, callbacks and the exported best model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from captioner.config import CaptionerConfig
+from captioner.data import CaptionRecord, load_records
+from captioner.encoders import build_encoder
+from captioner.features import FeatureCache, build_cache
+from captioner.model import Captioner
+from captioner.tokenizer import CaptionTokenizer
+from captioner.training.config import TrainConfig
+from captioner.training.data import (
+    CaptionCollator,
+    CaptionSampler,
+    DevImages,
+    TrainCaptions,
+    cached_records,
+    image_source,
+)
+from captioner.training.module import CaptionerModule
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def extract_features(
+    config: TrainConfig, splits: list[str], progress: bool = True
+) -> tuple[FeatureCache, dict[str, list[CaptionRecord]]]:
+    """Encode the images of `splits` once (reusing whatever is cached) and return the records."""
+    if not config.data:
+        raise ValueError("no data given: pass --data (a dataset folder or file)")
+    records = {split: load_records(config.data, split) for split in splits}
+    encoder = build_encoder(config.encoder)
+    sources = [image_source(r) for split in splits for r in records[split]]
+    cache = build_cache(
+        encoder, sources, config.cache_dir, num_workers=config.num_workers, progress=progress
+    )
+    return cache, {split: cached_records(rs, cache) for split, rs in records.items()}
+
+
+class CaptionData(L.LightningDataModule):
+    def __init__(
+        self,
+        config: TrainConfig,
+        cache: FeatureCache,
+        records: dict[str, list[CaptionRecord]],
+        collator: CaptionCollator,
+    ):
+        super().__init__()
+        self.config = config
+        self.cache = cache
+        self.records = records
+        self.collator = collator
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = TrainCaptions(self.records[self.config.train_split], self.cache)
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            sampler=CaptionSampler(dataset, self.config.captions_per_image, self.config.seed),
+            num_workers=self.config.num_workers,
+            collate_fn=self.collator,
+            drop_last=True,
+            persistent_workers=self.config.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            DevImages(self.records[self.config.dev_split], self.cache),
+            batch_size=max(self.config.batch_size, 100),
+            num_workers=self.config.num_workers,
+            collate_fn=self.collator.dev,
+        )
+
+
+class ExportBest(Callback):
+    """Whenever dev CIDEr improves, write the model as a safetensors folder (`save_pretrained`)."""
+
+    def __init__(self, directory: Path, monitor: str = "val/cider"):
+        self.directory = directory
+        self.monitor = monitor
+        self.best = float("-inf")
+
+    def on_validation_end(self, trainer: L.Trainer, module: CaptionerModule) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or score is None or float(score) <= self.best:
+            return
+        self.best = float(score)
+        if trainer.is_global_zero:
+            metrics = {
+                k.removeprefix("val/"): round(float(v), 4)
+                for k, v in trainer.callback_metrics.items()
+                if k.startswith("val/")
+            }
+            module.model.config.metadata.update(
+                {"dev_metrics": metrics, "epoch": trainer.current_epoch}
+            )
+            module.model.save_pretrained(self.directory)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+
+
+def _tokenizer(
+    config: TrainConfig, records: list[CaptionRecord], output_dir: Path
+) -> CaptionTokenizer:
+    """The compact vocabulary of the training captions; reused as saved when resuming."""
+    path = output_dir / TOKENIZER_FILE
+    if path.is_file():
+        return CaptionTokenizer.load(path)
+    tokenizer = CaptionTokenizer.build_compact(
+        (c for r in records for c in r.captions), min_count=config.min_token_count
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train, keep the best model by dev CIDEr, and return the folder it was exported to."""
+    L.seed_everything(config.seed, workers=True)
+    output_dir = Path(config.output_dir)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+    cache, records = extract_features(config, [config.train_split, config.dev_split], progress)
+    tokenizer = _tokenizer(config, records[config.train_split], output_dir)
+    model_config = CaptionerConfig(encoder=config.encoder, decoder=config.decoder)
+    model_config.metadata = {
+        "data": config.data,
+        "train_split": config.train_split,
+        "dev_split": config.dev_split,
+    }
+    model = Captioner(model_config, tokenizer)
+    collator = CaptionCollator(tokenizer, config.decoder.max_length)
+    data = CaptionData(config, cache, records, collator)
+    module = CaptionerModule(model, config)
+    (output_dir).mkdir(parents=True, exist_ok=True)
+    (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            filename="best-{epoch}",
+            monitor="val/cider",
+            mode="max",
+            save_top_k=1,
+            save_last=True,  # rewritten every epoch: what --resume continues from
+        ),
+        EarlyStopping(monitor="val/cider", mode="max", patience=config.early_stopping_patience),
+        ExportBest(output_dir / BEST_DIR),
+    ]
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        max_time={"minutes": config.max_minutes} if config.max_minutes else None,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true"),
+        gradient_clip_val=config.grad_clip,
+        logger=_logger(config, output_dir),
+        callbacks=callbacks,
+        default_root_dir=output_dir,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # CaptionSampler shards itself, deterministically
+        log_every_n_steps=20,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    best = output_dir / BEST_DIR
+    if config.wandb and trainer.is_global_zero:
+        _log_wandb_artifact(trainer, best)
+    return best
+
+
+def _logger(config: TrainConfig, output_dir: Path):
+    if config.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        # WANDB_MODE=offline works with no network; `wandb sync` uploads later.
+        return WandbLogger(
+            project=config.wandb_project, save_dir=str(output_dir), config=config.to_dict()
+        )
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(save_dir=str(output_dir), name="logs")
+
+
+def _log_wandb_artifact(trainer: L.Trainer, best: Path) -> None:
+    import wandb
+
+    artifact = wandb.Artifact(
+        "captioner-model",
+        type="model",
+        metadata=json.loads((best / "config.json").read_text())["metadata"],
+    )
+    artifact.add_dir(str(best))
+    trainer.logger.experiment.log_artifact(artifact)

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny models built from real code paths, and real photos where available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiny_model import build_tiny_model
+
+from captioner import Captioner
+
+FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flickr8k"
+
+
+@pytest.fixture(scope="session")
+def flickr8k() -> Path:
+    if not (FLICKR8K / "captions.jsonl").is_file():
+        pytest.skip("the Flickr8k slice in ../shared/datasets/flickr8k is not here")
+    return FLICKR8K
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Captioner:
+    return build_tiny_model()
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    """A synthetic but non-trivial RGB picture (gradients and a block)."""
+    y, x = np.mgrid[0:120, 0:160]
+    pixels = np.stack([x * 1.5, y * 2.0, (x + y) % 255], axis=-1).astype(np.uint8)
+    pixels[30:70, 50:110] = (250, 40, 40)
+    return Image.fromarray(pixels)

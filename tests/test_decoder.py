@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from captioner.config import DecoderConfig
+from captioner.decoder import CaptionDecoder
+
+
+@pytest.fixture
+def decoder() -> CaptionDecoder:
+    torch.manual_seed(0)
+    config = DecoderConfig(
+        vocab_size=50, image_dim=24, image_tokens=9, d_model=32, n_heads=4, n_layers=3, dropout=0.0
+    )
+    return CaptionDecoder(config).eval()
+
+
+def test_incremental_decoding_matches_full_recomputation(decoder):
+    image = decoder.encode_image(torch.randn(2, 9, 24))
+    ids = torch.randint(0, 50, (2, 7))
+    full = decoder(ids, image).logits
+    cache = decoder.new_cache()
+    steps = [decoder(ids[:, t : t + 1], image, cache).logits for t in range(ids.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    # A multi-token chunk on top of a cache also lines up (mask offset by the cache length).
+    cache = decoder.new_cache()
+    head = decoder(ids[:, :3], image, cache).logits
+    tail = decoder(ids[:, 3:], image, cache).logits
+    torch.testing.assert_close(torch.cat([head, tail], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_future_tokens_do_not_change_the_past(decoder):
+    image = decoder.encode_image(torch.randn(1, 9, 24))
+    ids = torch.randint(0, 50, (1, 6))
+    changed = ids.clone()
+    changed[0, 4:] = (changed[0, 4:] + 1) % 50
+    torch.testing.assert_close(
+        decoder(ids, image).logits[:, :4], decoder(changed, image).logits[:, :4]
+    )
+
+
+def test_cross_attention_weights_shape_and_rows_sum_to_one(decoder):
+    image = decoder.encode_image(torch.randn(2, 9, 24))
+    ids = torch.randint(0, 50, (2, 5))
+    out = decoder(ids, image, need_weights=True)
+    assert out.cross_attention.shape == (2, 3, 4, 5, 9)  # batch, layers, heads, tokens, image
+    torch.testing.assert_close(out.cross_attention.sum(-1), torch.ones(2, 3, 4, 5))
+    assert (out.cross_attention >= 0).all()
+    # Asking for weights takes the explicit path; the logits must not change.
+    torch.testing.assert_close(out.logits, decoder(ids, image).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_output_layer_is_tied_to_the_embedding(decoder):
+    image = decoder.encode_image(torch.randn(1, 9, 24))
+    hidden = {}
+    decoder.final_norm.register_forward_hook(lambda m, i, out: hidden.setdefault("h", out))
+    logits = decoder(torch.tensor([[1, 2, 3]]), image).logits
+    torch.testing.assert_close(logits, hidden["h"] @ decoder.token_embedding.weight.T)
+    vocab_layers = [m for m in decoder.modules() if getattr(m, "out_features", None) == 50]
+    assert vocab_layers == []
+
+
+def test_wrong_image_token_count_is_refused(decoder):
+    with pytest.raises(ValueError, match="9 image tokens"):
+        decoder.encode_image(torch.randn(1, 16, 24))
+
+
+def test_too_long_sequences_are_refused(decoder):
+    image = decoder.encode_image(torch.randn(1, 9, 24))
+    with pytest.raises(ValueError, match="max_length"):
+        decoder(torch.zeros(1, decoder.config.max_length + 1, dtype=torch.long), image)

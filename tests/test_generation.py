@@ -1,0 +1,137 @@
+import itertools
+
+import pytest
+import torch
+
+from captioner.config import DecoderConfig, GenerationConfig
+from captioner.decoder import CaptionDecoder
+from captioner.generation import SpecialTokens, _repeated_ngram_tokens, generate
+
+SPECIAL = SpecialTokens(start=1, end=0, banned=(1, 2))
+VOCAB = 8
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(3)
+    config = DecoderConfig(
+        vocab_size=VOCAB,
+        image_dim=6,
+        image_tokens=4,
+        d_model=16,
+        n_heads=2,
+        n_layers=2,
+        dropout=0.0,
+    )
+    decoder = CaptionDecoder(config).eval()
+    with torch.no_grad():  # make the end token reasonably likely so captions finish
+        decoder.token_embedding.weight[0] *= 3
+    image = decoder.encode_image(torch.randn(3, 4, 6))
+    return decoder, image
+
+
+def sequence_log_prob(decoder, image_row, ids):
+    """log p(ids + [end]) by full recomputation, under the same masking the search applies
+    (banned tokens never, no end token first): the reference the search is checked against."""
+    inputs = torch.tensor([[SPECIAL.start, *ids]])
+    with torch.no_grad():
+        logits = decoder(inputs, image_row[None]).logits[0]
+    logits[:, list(SPECIAL.banned)] = float("-inf")
+    logits[0, SPECIAL.end] = float("-inf")
+    log_probs = logits.log_softmax(-1)
+    targets = [*ids, SPECIAL.end]
+    return sum(float(log_probs[t, tok]) for t, tok in enumerate(targets))
+
+
+def test_greedy_picks_the_argmax_at_every_step(setup):
+    decoder, image = setup
+    config = GenerationConfig(beam_size=1, max_new_tokens=6, no_repeat_ngram_size=0)
+    for row, hyp in enumerate(generate(decoder, image, SPECIAL, config)):
+        prefix = [SPECIAL.start]
+        for token in [*hyp.ids, SPECIAL.end][: config.max_new_tokens]:
+            logits = decoder(torch.tensor([prefix]), image[row : row + 1]).logits[0, -1]
+            logits[list(SPECIAL.banned)] = float("-inf")
+            if len(prefix) == 1:
+                logits[SPECIAL.end] = float("-inf")
+            assert int(logits.argmax()) == token
+            prefix.append(token)
+
+
+def test_beam_search_with_full_width_is_exhaustive(setup):
+    """With a beam as wide as the vocabulary and short captions, beam search must find the
+    best-scoring caption among all sequences (checked by brute force)."""
+    decoder, image = setup
+    max_new = 3
+    config = GenerationConfig(
+        beam_size=VOCAB, max_new_tokens=max_new, no_repeat_ngram_size=0, length_penalty=0.0
+    )
+    results = generate(decoder, image, SPECIAL, config)
+    allowed = [t for t in range(VOCAB) if t not in SPECIAL.banned and t != SPECIAL.end]
+    for row, hyp in enumerate(results):
+        best = max(
+            sequence_log_prob(decoder, image[row], list(ids))
+            for n in range(1, max_new)
+            for ids in itertools.product(allowed, repeat=n)
+        )
+        assert hyp.score == pytest.approx(best, abs=1e-4)
+
+
+def test_beam_scores_are_length_normalised_log_probs(setup):
+    decoder, image = setup
+    config = GenerationConfig(
+        beam_size=3, max_new_tokens=8, no_repeat_ngram_size=0, length_penalty=1.0
+    )
+    for row, hyp in enumerate(generate(decoder, image, SPECIAL, config)):
+        if len(hyp.ids) < config.max_new_tokens:  # finished with an end token
+            expected = sequence_log_prob(decoder, image[row], hyp.ids) / (len(hyp.ids) + 1)
+            assert hyp.score == pytest.approx(expected, abs=1e-4)
+
+
+def test_beam_search_is_batched_consistently(setup):
+    decoder, image = setup
+    config = GenerationConfig(beam_size=3, max_new_tokens=8)
+    together = generate(decoder, image, SPECIAL, config)
+    alone = [generate(decoder, image[i : i + 1], SPECIAL, config)[0] for i in range(3)]
+    assert [h.ids for h in together] == [h.ids for h in alone]
+
+
+def test_no_repeat_ngram():
+    assert _repeated_ngram_tokens([5, 6, 7, 5, 6], 3) == [7]
+    assert _repeated_ngram_tokens([5, 6, 7], 3) == []
+    assert sorted(_repeated_ngram_tokens([4, 4, 4], 2)) == [4, 4]
+
+
+def test_no_repeat_ngram_holds_in_generated_captions(setup):
+    decoder, image = setup
+    for beam in (1, 3):
+        config = GenerationConfig(beam_size=beam, max_new_tokens=15, no_repeat_ngram_size=2)
+        for hyp in generate(decoder, image, SPECIAL, config):
+            bigrams = list(zip(hyp.ids, hyp.ids[1:]))
+            assert len(bigrams) == len(set(bigrams))
+
+
+def test_banned_tokens_never_appear_and_length_is_bounded(setup):
+    decoder, image = setup
+    for config in (
+        GenerationConfig(beam_size=1, max_new_tokens=5),
+        GenerationConfig(beam_size=4, max_new_tokens=5),
+        GenerationConfig(do_sample=True, top_p=0.95, temperature=1.5, max_new_tokens=5, seed=1),
+    ):
+        for hyp in generate(decoder, image, SPECIAL, config):
+            assert 1 <= len(hyp.ids) <= 5
+            assert not set(hyp.ids) & {0, 1, 2}
+
+
+def test_sampling_is_seeded_and_top_p_zero_is_greedy(setup):
+    decoder, image = setup
+    sample = GenerationConfig(do_sample=True, top_p=0.9, max_new_tokens=6, seed=7)
+    first = [h.ids for h in generate(decoder, image, SPECIAL, sample)]
+    assert first == [h.ids for h in generate(decoder, image, SPECIAL, sample)]
+    # top_p -> 0 keeps only the most likely token: sampling becomes greedy.
+    nucleus = GenerationConfig(
+        do_sample=True, top_p=1e-6, max_new_tokens=6, seed=0, no_repeat_ngram_size=0
+    )
+    greedy = GenerationConfig(beam_size=1, max_new_tokens=6, no_repeat_ngram_size=0)
+    assert [h.ids for h in generate(decoder, image, SPECIAL, nucleus)] == [
+        h.ids for h in generate(decoder, image, SPECIAL, greedy)
+    ]

@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from captioner import Captioner
+from captioner.attention import colourise, overlay, save_token_heatmaps, select_map
+from captioner.hub import ModelNotFoundError, resolve_model_dir
+
+
+def test_caption_accepts_every_input_kind_and_batches(tiny_model, photo, tmp_path):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    single = tiny_model.caption(photo, beam_size=1)
+    assert len(single) == 1 and single[0].text and single[0].tokens
+    many = tiny_model.caption([path, str(path), path.read_bytes(), np.asarray(photo)], beam_size=1)
+    # Batched images give what each gives alone.
+    assert len({c.text for c in many}) == 1
+    assert many[0].text == tiny_model.caption(path, beam_size=1)[0].text
+
+
+def test_caption_tokens_match_text(tiny_model, photo):
+    result = tiny_model.caption(photo, beam_size=3)[0]
+    assert len(result.tokens) == len(result.token_ids)
+    assert " ".join(result.tokens).replace(" .", ".").startswith(result.text.split(" ")[0])
+    assert tiny_model.tokenizer.decode(result.token_ids) == result.text
+
+
+def test_attention_maps_shape_and_meaning(tiny_model, photo):
+    result = tiny_model.caption(photo, beam_size=3, return_attention=True)[0]
+    config = tiny_model.config.decoder
+    assert result.attention.shape == (len(result.tokens), config.n_layers, config.n_heads, 7, 7)
+    np.testing.assert_allclose(result.attention.sum(axis=(3, 4)), 1.0, rtol=1e-5)
+    assert result.mean_attention.shape == (len(result.tokens), 7, 7)
+    # Row t of the attention is what the decoder saw while predicting token t: recompute it.
+    with torch.inference_mode():
+        memory = tiny_model.decoder.encode_image(
+            tiny_model.encoder(tiny_model.pixels([photo])).tokens
+        )
+        ids = torch.tensor([[tiny_model.tokenizer.start_id, *result.token_ids]])
+        weights = tiny_model.decoder(ids, memory, need_weights=True).cross_attention[0]
+    last = len(result.token_ids) - 1
+    np.testing.assert_allclose(
+        result.attention[last],
+        weights[:, :, last].reshape(config.n_layers, config.n_heads, 7, 7),
+        atol=1e-6,
+    )
+    assert tiny_model.caption(photo)[0].attention is None
+
+
+def test_save_and_load_round_trip(tiny_model, photo, tmp_path):
+    directory = tiny_model.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    config = json.loads((directory / "config.json").read_text())
+    assert config["encoder"]["name"] == "efficientnet-lite0"
+    with safe_open(directory / "model.safetensors", "pt") as weights:
+        names = list(weights.keys())
+    assert names and not any(name.startswith("encoder") or "_blocks" in name for name in names)
+    loaded = Captioner.from_pretrained(directory)
+    for beam in (1, 3):
+        assert (
+            loaded.caption(photo, beam_size=beam)[0].text
+            == tiny_model.caption(photo, beam_size=beam)[0].text
+        )
+
+
+def test_half_precision_checkpoint_is_smaller_and_close(tiny_model, photo, tmp_path):
+    full = tiny_model.save_pretrained(tmp_path / "fp32")
+    half = tiny_model.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (
+        full / "model.safetensors"
+    ).stat().st_size
+    features = tiny_model.encoder(tiny_model.pixels([photo])).tokens
+    ids = torch.tensor([[1, 3, 4, 5]])
+    with torch.inference_mode():
+        expected = tiny_model(features, ids)
+        got = Captioner.from_pretrained(half)(features, ids)
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=1e-2)
+
+
+def test_model_sources_fail_clearly(tmp_path, monkeypatch):
+    with pytest.raises(ModelNotFoundError, match="not a model folder"):
+        resolve_model_dir(tmp_path / "missing" / "deeper")
+    monkeypatch.setattr("captioner.hub.BUNDLED_DIR", tmp_path / "nothing")
+    with pytest.raises(ModelNotFoundError, match="no bundled default model"):
+        Captioner.from_pretrained()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="Hugging Face hub"):
+        resolve_model_dir("someone/some-captioner")
+
+
+def test_heatmap_rendering(tmp_path, photo):
+    grid = np.zeros((3, 3), np.float32)
+    grid[0, 2] = 1.0  # all attention on the top-right cell
+    heat = np.asarray(overlay(photo, grid, opacity=1.0), np.int16)
+    assert heat.shape == (120, 160, 3)
+    hot, cold = heat[5, 155], heat[115, 5]
+    assert hot.tolist() == colourise(np.array([1.0]))[0].tolist()
+    assert cold.tolist() == colourise(np.array([0.0]))[0].tolist()
+    attention = np.random.default_rng(0).random((2, 2, 3, 3, 3))
+    np.testing.assert_allclose(select_map(attention, 1), attention[1].mean(axis=(0, 1)))
+    np.testing.assert_allclose(select_map(attention, 0, layer=1, head=2), attention[0, 1, 2])
+    paths = save_token_heatmaps(photo, ["a", "dog!"], attention, tmp_path / "maps")
+    assert [p.name for p in paths] == ["00-a.png", "01-dog.png"]
+    assert Image.open(paths[1]).size == photo.size
