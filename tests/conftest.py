@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from tiny_model import build_tiny_model
 
 from captioner import Captioner
