@@ -142,7 +142,7 @@ class _Tally:
     def finish(self) -> list[CaptionRecord]:
         skipped = {
             "bad rows": self.bad_rows,
-            "images missing": self.missing_images,
+            "image files missing": self.missing_images,
             "empty captions dropped": self.empty_captions,
             "images without captions dropped": self.without_captions,
             "images not in the split file dropped": self.outside_split_file,
