@@ -288,6 +288,8 @@ def load_kaggle(
         beside = sorted(path.parent.glob("dataset_*.json"))
         karpathy = beside[0] if len(beside) == 1 else None
     splits = karpathy_splits(karpathy) if karpathy is not None else None
+    if splits is None:
+        log.info("%s: no Karpathy split file given or beside it; splitting by hash_split", path)
     root = _image_root(path.parent, next(iter(captions), None), image_root)
     for name, texts in captions.items():
         image_id = Path(name).stem
