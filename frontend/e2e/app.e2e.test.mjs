@@ -1,0 +1,199 @@
+// End to end: `captioner serve` with a tiny model, driven in Debian's headless Chromium.
+// Skips when /usr/bin/chromium (or, for the photo test, the Flickr8k photos) is missing.
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const CHROMIUM = "/usr/bin/chromium";
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const PHOTOS = join(ROOT, "../shared/datasets/flickr8k/images");
+const PYTHON = join(ROOT, ".venv/bin/python");
+const SCREENSHOTS = process.env.E2E_SCREENSHOTS; // a folder to save what the page looked like
+const CHROMIUM_FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+];
+
+const photo = existsSync(PHOTOS)
+  ? readdirSync(PHOTOS).filter((f) => f.endsWith(".jpg")).sort()[0]
+  : undefined;
+
+function freePort() {
+  return new Promise((done) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => done(port));
+    });
+  });
+}
+
+async function waitForHealth(url, server, seconds) {
+  for (let i = 0; i < seconds * 4; i++) {
+    if (server.exitCode !== null) throw new Error(`captioner serve exited with ${server.exitCode}`);
+    try {
+      if ((await fetch(`${url}/api/health`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`captioner serve did not answer within ${seconds} s`);
+}
+
+/** Drop `bytes` as a file onto the page, as a drag from the desktop would. */
+function dropFile(page, bytes, name, type) {
+  return page.evaluate(
+    ({ base64, name, type }) => {
+      const data = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([data], name, { type }));
+      for (const kind of ["dragenter", "dragover", "drop"]) {
+        const event = new DragEvent(kind, { bubbles: true, cancelable: true, dataTransfer: transfer });
+        document.body.dispatchEvent(event);
+      }
+    },
+    { base64: Buffer.from(bytes).toString("base64"), name, type },
+  );
+}
+
+/** How many pixels of the heatmap canvas are painted (alpha above zero). */
+function paintedPixels(page) {
+  return page.evaluate(() => {
+    const canvas = document.querySelector("[data-testid=heatmap]");
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    let painted = 0;
+    for (let i = 3; i < data.length; i += 4) painted += data[i] > 0 ? 1 : 0;
+    return painted;
+  });
+}
+
+async function screenshot(page, name) {
+  if (SCREENSHOTS) await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+}
+
+describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing` }, () => {
+  let server, context, page, url, work;
+
+  before(async () => {
+    work = mkdtempSync(join(tmpdir(), "captioner-e2e-"));
+    const model = join(work, "model");
+    const made = spawnSync(PYTHON, [join(ROOT, "tests/tiny_model.py"), model], { encoding: "utf8" });
+    assert.equal(made.status, 0, made.stderr);
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    server = spawn(
+      join(ROOT, ".venv/bin/captioner"),
+      ["serve", "--model", model, "--port", String(port), "--page-dir", join(ROOT, "frontend/dist")],
+      { stdio: ["ignore", "ignore", "inherit"] },
+    );
+    await waitForHealth(url, server, 90);
+    context = await chromium.launchPersistentContext(join(work, "profile"), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_FLAGS,
+      viewport: { width: 1280, height: 800 },
+    });
+    page = context.pages()[0] ?? (await context.newPage());
+  });
+
+  after(async () => {
+    await context?.close();
+    server?.kill();
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  test("a dropped photo is captioned, and hovering a word draws its heatmap", {
+    skip: !photo && `no Flickr8k photos at ${PHOTOS}`,
+    timeout: 60_000,
+  }, async () => {
+    await page.goto(url);
+    await page.getByText("Drop a photo anywhere on the page").waitFor();
+    await page.getByText(/efficientnet-lite0 encoder/).waitFor(); // the model info loaded
+    await dropFile(page, readFileSync(join(PHOTOS, photo)), photo, "image/jpeg");
+    const words = page.getByRole("group", { name: "Caption words" }).getByRole("button");
+    await words.first().waitFor({ timeout: 30_000 });
+    assert.ok((await words.count()) > 0);
+    const image = page.getByRole("img", { name: /^Photo: / });
+    assert.ok(await image.isVisible());
+
+    assert.equal(await paintedPixels(page), 0, "no heatmap before hovering");
+    await words.nth(1).hover();
+    const heatmap = page.getByTestId("heatmap");
+    assert.equal(await heatmap.getAttribute("data-token"), "1");
+    assert.ok((await paintedPixels(page)) > 256 * 256 * 0.9, "the heatmap covers the crop");
+    await screenshot(page, "desktop-hover");
+
+    // A single head of the last layer draws a different map from the mean.
+    const mean = await heatmap.evaluate((c) => c.toDataURL());
+    await page.getByLabel("Attention layer").selectOption({ label: "Layer 2" });
+    await page.getByLabel("Attention head").selectOption({ label: "Head 3" });
+    await words.nth(1).hover();
+    assert.notEqual(await heatmap.evaluate((c) => c.toDataURL()), mean);
+
+    // Greedy decoding asks the server again: the page then shows the greedy caption.
+    const form = new FormData();
+    form.append("file", new Blob([readFileSync(join(PHOTOS, photo))]), photo);
+    form.append("beam_size", "1");
+    const greedy = await (await fetch(`${url}/api/caption`, { method: "POST", body: form })).json();
+    const answered = page.waitForResponse((r) => r.url().endsWith("/api/caption"));
+    await page.getByLabel("Decoding").selectOption({ label: "Greedy" });
+    await answered;
+    await page.getByRole("img", { name: `Photo: ${greedy.caption}` }).waitFor();
+    assert.deepEqual(await words.allTextContents(), greedy.tokens);
+
+    await page.setViewportSize({ width: 390, height: 844 }); // a phone
+    await words.first().tap().catch(() => words.first().click()); // tap needs touch support
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than a phone screen`);
+    await screenshot(page, "phone");
+    await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  test("a file that is not an image gets a clear error", { timeout: 30_000 }, async () => {
+    await page.goto(url);
+    await dropFile(page, Buffer.from("just some text"), "notes.jpg", "image/jpeg");
+    await page.getByText(/That file can't be captioned: .*not an image/).waitFor();
+  });
+
+  test("the webcam captures a frame, and live mode keeps captioning", { timeout: 60_000 }, async () => {
+    await page.goto(url);
+    await page.getByRole("button", { name: "Webcam" }).click();
+    const capture = page.getByRole("button", { name: "Capture frame" });
+    await page.waitForFunction(() => !document.querySelector("button[disabled]"));
+    await capture.click();
+    await page.getByRole("group", { name: "Caption words" }).getByRole("button").first().waitFor();
+    await screenshot(page, "webcam");
+
+    let captions = 0;
+    page.on("response", (r) => r.url().endsWith("/api/caption") && r.ok() && captions++);
+    await page.getByRole("switch").check();
+    await page.waitForFunction(() => true, null, { timeout: 100 });
+    const deadline = Date.now() + 15_000;
+    while (captions < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.ok(captions >= 2, `live mode captioned ${captions} frames`);
+    await page.getByRole("switch").uncheck();
+  });
+
+  test("a server that cannot be reached is reported", { timeout: 30_000 }, async () => {
+    await page.route("**/api/**", (route) => route.abort("connectionrefused"));
+    await page.goto(url);
+    await page.getByText("Can't reach the captioning server").waitFor();
+    await page.unroute("**/api/**");
+    await page.getByRole("button", { name: "Retry" }).click();
+    await page.getByText("Can't reach the captioning server").waitFor({ state: "detached" });
+  });
+});
