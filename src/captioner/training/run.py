@@ -130,8 +130,14 @@ def _tokenizer(
     return tokenizer
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train, keep the best model by dev CIDEr, and return the folder it was exported to."""
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list[Callback] | None = None,
+) -> Path:
+    """Train, keep the best model by dev CIDEr, and return the folder it was exported to.
+    `callbacks` are added to the built-in ones (checkpoints, early stopping, export)."""
     L.seed_everything(config.seed, workers=True)
     output_dir = Path(config.output_dir)
     last = output_dir / "checkpoints" / "last.ckpt"
@@ -153,13 +159,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     callbacks = [
+        *(callbacks or []),
         ModelCheckpoint(
             dirpath=output_dir / "checkpoints",
             filename="best-{epoch}",
             monitor="val/cider",
             mode="max",
             save_top_k=1,
-            save_last=True,  # rewritten every epoch: what --resume continues from
+        ),
+        # Rewritten after every epoch, improved or not: what --resume continues from.
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints", filename="last", enable_version_counter=False
         ),
         EarlyStopping(monitor="val/cider", mode="max", patience=config.early_stopping_patience),
         ExportBest(output_dir / BEST_DIR),

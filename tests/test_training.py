@@ -1,0 +1,195 @@
+"""Training end to end on a tiny generated dataset: cache, resume, export, DDP on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+from safetensors.torch import load_file
+
+from captioner.config import EncoderConfig
+from captioner.data import load_records
+from captioner.encoders import build_encoder
+from captioner.features import build_cache, cache_dir
+from captioner.model import Captioner
+from captioner.training.config import TrainConfig, preset
+from captioner.training.data import CaptionSampler, TrainCaptions, image_source
+from captioner.training.run import train
+
+WORDS = ["red", "green", "blue", "yellow"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """16 flat-colour images (4 colours) with captions naming the colour; one corrupt file."""
+    root = tmp_path_factory.mktemp("colours")
+    (root / "images").mkdir()
+    colours = {
+        "red": (220, 30, 30),
+        "green": (30, 200, 40),
+        "blue": (30, 40, 220),
+        "yellow": (230, 220, 30),
+    }
+    lines = []
+    for i in range(16):
+        word = WORDS[i % 4]
+        noise = np.random.default_rng(i).integers(0, 30, (40, 40, 3))
+        pixels = np.clip(np.array(colours[word]) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        captions = [f"a {word} square", f"a picture that is {word}", f"{word} all over"]
+        split = "dev" if i >= 12 else "train"
+        lines.append(
+            {"image": f"images/{i}.png", "image_id": str(i), "split": split, "captions": captions}
+        )
+    (root / "images" / "broken.png").write_bytes(b"not a png")
+    lines.append(
+        {
+            "image": "images/broken.png",
+            "image_id": "broken",
+            "split": "train",
+            "captions": ["a red square"],
+        }
+    )
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    return root
+
+
+def tiny_config(dataset, tmp_path, **overrides) -> TrainConfig:
+    values = {
+        "data": str(dataset),
+        "output_dir": str(tmp_path / "run"),
+        "cache_dir": str(tmp_path.parent / "shared-cache"),
+        "encoder": {"name": "efficientnet-lite0"},
+        "decoder": {"d_model": 32, "n_heads": 2, "n_layers": 1, "dropout": 0.0, "max_length": 12},
+        "epochs": 2,
+        "batch_size": 4,
+        "warmup_steps": 2,
+        "learning_rate": 3e-3,
+        "min_token_count": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        **overrides,
+    }
+    return preset("flickr8k-effnet", **values)
+
+
+def test_training_exports_a_loadable_best_model(dataset, tmp_path):
+    best = train(tiny_config(dataset, tmp_path, epochs=3), progress=False)
+    model = Captioner.from_pretrained(best)
+    metrics = model.config.metadata["dev_metrics"]
+    assert {"cider", "bleu4", "token_acc", "loss"} <= set(metrics)
+    assert model.config.encoder.name == "efficientnet-lite0"
+    # The whole training config is saved beside, and inside the Lightning checkpoint.
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert TrainConfig.from_dict(saved).epochs == 3
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["train"]["epochs"] == 3
+    assert not any(k.startswith("model.encoder.") for k in checkpoint["state_dict"])
+    text = model.caption(Image.new("RGB", (40, 40), (220, 30, 30)), beam_size=2)[0].text
+    assert text  # the caption itself is not checked: 3 epochs of 12 images is no real training
+    logs = list((tmp_path / "run" / "logs").rglob("metrics.csv"))
+    assert logs and "train/loss" in logs[0].read_text().splitlines()[0]
+
+
+class StopAfterFirstEpoch(Callback):
+    """Stands in for a run killed after its first epoch's checkpoint."""
+
+    def on_train_epoch_end(self, trainer, module):
+        trainer.should_stop = True
+
+
+def test_resume_continues_exactly(dataset, tmp_path):
+    straight = train(
+        tiny_config(dataset, tmp_path / "a", early_stopping_patience=9), progress=False
+    )
+    config = tiny_config(dataset, tmp_path / "b", early_stopping_patience=9)
+    train(config, progress=False, callbacks=[StopAfterFirstEpoch()])
+    resumed = train(config, resume=True, progress=False)
+    last_a = torch.load(straight.parent / "checkpoints" / "last.ckpt", weights_only=True)[
+        "state_dict"
+    ]
+    last_b = torch.load(resumed.parent / "checkpoints" / "last.ckpt", weights_only=True)[
+        "state_dict"
+    ]
+    assert last_a.keys() == last_b.keys()
+    for key in last_a:
+        torch.testing.assert_close(last_a[key], last_b[key], msg=key)
+
+
+def test_resume_without_a_checkpoint_is_refused(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(tiny_config(dataset, tmp_path), resume=True, progress=False)
+
+
+def test_feature_cache_reuse_and_invalidation(dataset, tmp_path):
+    records = load_records(dataset)
+    sources = [image_source(r) for r in records]
+    lite0 = build_encoder(EncoderConfig("efficientnet-lite0"))
+    cache = build_cache(lite0, sources, tmp_path, progress=False)
+    assert len(cache) == 16 and cache.failed == ["broken"]
+    assert cache.array.dtype == np.float16 and cache.array.shape[1:] == (49, 1280)
+    first = np.array(cache[next(iter(cache.rows))])
+    # A second build encodes nothing (the encoder is not even called).
+    calls = []
+    lite0.register_forward_hook(lambda *a: calls.append(1))
+    again = build_cache(lite0, sources, tmp_path, progress=False)
+    assert calls == [] and np.array_equal(again[next(iter(again.rows))], first)
+    # A changed image is re-encoded, the others reused.
+    Image.new("RGB", (40, 40), (0, 0, 0)).save(dataset / "images" / "0.png")
+    os.utime(dataset / "images" / "0.png", ns=(1, 1))
+    changed = build_cache(lite0, sources, tmp_path, progress=False)
+    assert len(calls) == 1 and len(changed) == 17  # one new row beside the stale one
+    # Another encoder (or other preprocessing) gets its own cache folder.
+    lite2 = build_encoder(EncoderConfig("efficientnet-lite2"))
+    assert cache_dir(tmp_path, lite2) != cache_dir(tmp_path, lite0)
+    assert build_cache(lite2, sources[:2], tmp_path, progress=False).array.shape[1:] == (81, 1280)
+
+
+def test_sampler_random_caption_per_image_and_all(dataset):
+    records = load_records(dataset, "train")[:4]
+    data = TrainCaptions(records, cache=None)
+    one = CaptionSampler(data, "random", seed=1)
+    picked = list(one)
+    assert len(picked) == len(one) == 4
+    assert sorted(data.pairs[i][0] for i in picked) == [0, 1, 2, 3]  # each image once
+    seen = set()
+    for epoch in range(40):
+        one.set_epoch(epoch)
+        seen |= {data.pairs[i] for i in one}
+    assert len(seen) == 12  # over epochs every caption of every image comes up
+    everything = CaptionSampler(data, "all", seed=1)
+    assert sorted(everything) == list(range(12))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_ddp_on_two_cpu_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    overrides = {
+        "output_dir": str(out),
+        "cache_dir": str(tmp_path / "cache"),
+        "encoder.name": "efficientnet-lite0",
+        "decoder.d_model": 32,
+        "decoder.n_heads": 2,
+        "decoder.n_layers": 1,
+        "decoder.max_length": 12,
+        "epochs": 1,
+        "batch_size": 2,
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "min_token_count": 1,
+    }
+    args = [sys.executable, "-m", "captioner.cli", "train", "--data", str(dataset)]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
+    weights = load_file(out / "best" / "model.safetensors")
+    assert weights  # rank 0 exported the model
