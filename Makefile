@@ -2,9 +2,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-IMG ?=
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint frontend test-frontend
+FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src -type f)) \
+	frontend/index.html frontend/vite.config.ts frontend/tsconfig.json
 
 install: $(STAMP)
 
@@ -17,12 +18,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-demo: install
-	@test -n "$(IMG)" || (echo "usage: make demo IMG=path/to/photo.jpg" && exit 2)
-	$(VENV)/bin/captioner caption $(IMG)
+# The page: `npm ci` again only when the lockfile changes, a build only when a source is newer.
+frontend/node_modules/.installed: frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+	touch $@
+
+frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
+	cd frontend && npm run build
+
+frontend: frontend/dist/index.html
+
+# The web app with the bundled model at http://127.0.0.1:8000
+demo: install frontend
+	$(VENV)/bin/captioner serve
+
+# Component tests (Vitest), then end to end in headless Chromium (skipped where it is missing).
+test-frontend: install frontend
+	cd frontend && npm test
+	cd frontend && npm run e2e
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+test: install lint test-frontend
 	$(VENV)/bin/pytest -q
