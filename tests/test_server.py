@@ -321,3 +321,28 @@ def test_model_failure_is_a_json_500(model: Captioner, monkeypatch: pytest.Monke
         response = post(client, encode(photo(), "PNG"))
     assert response.status_code == 500
     assert response.json() == {"error": "the server failed to caption this image; see its log"}
+
+
+def test_serve_command_passes_flags_to_settings(
+    model: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    from captioner.cli import main
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: served.update(app=app))
+    model.save_pretrained(tmp_path)
+    argv = ["serve", "--model", str(tmp_path), "--port", "9001", "--no-batching"]
+    assert main([*argv, "--max-upload-mb", "2.5"]) == 0
+    settings = served["app"].state.settings
+    assert (settings.model, settings.port, settings.host) == (str(tmp_path), 9001, "127.0.0.1")
+    assert settings.batching is False and settings.max_upload_mb == 2.5
+    assert settings.max_batch_size == ServerSettings().max_batch_size  # unset flags: defaults
+
+
+def test_serve_command_reports_a_missing_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from captioner.cli import main
+
+    assert main(["serve", "--model", "/no/such/model"]) == 2
+    assert "not a model folder" in capsys.readouterr().err
