@@ -1,4 +1,4 @@
-"""The web API, through FastAPI's test client, on a tiny untrained model."""
+"""The web API, through FastAPI's test client, on the tiny untrained model from conftest."""
 
 from __future__ import annotations
 
@@ -11,29 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-
-from fastapi.testclient import TestClient  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
-
-from captioner.model import Captioner  # noqa: E402
-from captioner.server import ServerSettings, create_app  # noqa: E402
+from captioner.model import Captioner
+from captioner.server import ServerSettings, create_app
 
 
 @pytest.fixture(scope="module")
-def model() -> Captioner:
-    return build_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def client(model: Captioner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def client(tiny_model: Captioner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     page = tmp_path_factory.mktemp("page")
     (page / "index.html").write_text("<!doctype html><title>captioner page</title>")
     settings = ServerSettings(model="tiny", max_upload_mb=1, page_dir=page)
-    with TestClient(create_app(settings, model=model)) as client:
+    with TestClient(create_app(settings, model=tiny_model)) as client:
         yield client
 
 
@@ -78,22 +68,22 @@ def test_health(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "model": "tiny"}
 
 
-def test_model_info(client: TestClient, model: Captioner) -> None:
+def test_model_info(client: TestClient, tiny_model: Captioner) -> None:
     info = client.get("/api/model").json()
     assert info["encoder"]["name"] == "efficientnet-lite0"
     assert (info["encoder"]["grid_h"], info["encoder"]["grid_w"]) == (7, 7)
     assert info["decoder"]["layers"] == 2 and info["decoder"]["heads"] == 4
-    assert info["decoder"]["parameters"] == sum(p.numel() for p in model.decoder.parameters())
-    assert info["metadata"] == model.config.metadata
+    assert info["decoder"]["parameters"] == sum(p.numel() for p in tiny_model.decoder.parameters())
+    assert info["metadata"] == tiny_model.config.metadata
     assert info["server"]["batching"] is True and info["server"]["max_upload_mb"] == 1
 
 
-def test_caption_with_attention(client: TestClient, model: Captioner) -> None:
+def test_caption_with_attention(client: TestClient, tiny_model: Captioner) -> None:
     data = encode(photo(64, 48), "JPEG")
     response = post(client, data, "photo.jpg", beam_size=1)
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = model.caption(data, beam_size=1)[0]
+    expected = tiny_model.caption(data, beam_size=1)[0]
     assert body["caption"] != "" and body["tokens"] == expected.tokens
     assert body["image"] == {"width": 64, "height": 48}
     assert body["batch_size"] == 1
@@ -109,15 +99,15 @@ def test_caption_with_attention(client: TestClient, model: Captioner) -> None:
     assert maps["crop"] == pytest.approx({"x": 0.125, "y": 0.0, "width": 0.75, "height": 1.0})
 
 
-def test_caption_options(client: TestClient, model: Captioner) -> None:
+def test_caption_options(client: TestClient, tiny_model: Captioner) -> None:
     image = photo()
     greedy = post(client, encode(image, "PNG"), beam_size=1, attention="false").json()
     beam = post(client, encode(image, "PNG"), beam_size=4, attention="false").json()
     assert greedy["attention"] is None and beam["attention"] is None
-    assert greedy["tokens"] == model.caption(image, beam_size=1)[0].tokens
-    assert beam["tokens"] == model.caption(image, beam_size=4)[0].tokens
+    assert greedy["tokens"] == tiny_model.caption(image, beam_size=1)[0].tokens
+    assert beam["tokens"] == tiny_model.caption(image, beam_size=4)[0].tokens
     default = post(client, encode(image, "PNG"), attention="false").json()  # the model's own
-    assert default["tokens"] == model.caption(image)[0].tokens
+    assert default["tokens"] == tiny_model.caption(image)[0].tokens
 
 
 @pytest.mark.parametrize("beam_size", ["0", "9", "-1", "two"])
@@ -144,8 +134,8 @@ def test_page_served_at_root(client: TestClient) -> None:
     assert response.status_code == 200 and "captioner page" in response.text
 
 
-def test_page_missing_explains_how_to_build(model: Captioner, tmp_path: Path) -> None:
-    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=model)) as client:
+def test_page_missing_explains_how_to_build(tiny_model: Captioner, tmp_path: Path) -> None:
+    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=tiny_model)) as client:
         response = client.get("/")
     assert response.status_code == 200 and "make frontend" in response.text
 
@@ -300,9 +290,9 @@ def _concurrent_batch_sizes(client: TestClient, requests: int) -> list[int]:
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["on", "off"])
-def test_micro_batching(model: Captioner, batching: bool) -> None:
+def test_micro_batching(tiny_model: Captioner, batching: bool) -> None:
     settings = ServerSettings(batching=batching, batch_wait_ms=300, max_batch_size=4)
-    with TestClient(create_app(settings, model=model)) as client:
+    with TestClient(create_app(settings, model=tiny_model)) as client:
         sizes = _concurrent_batch_sizes(client, 6)
     assert len(sizes) == 6
     if batching:
@@ -311,20 +301,22 @@ def test_micro_batching(model: Captioner, batching: bool) -> None:
         assert sizes == [1] * 6
 
 
-def test_model_failure_is_a_json_500(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_failure_is_a_json_500(
+    tiny_model: Captioner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    app = create_app(ServerSettings(), model=model)
+    app = create_app(ServerSettings(), model=tiny_model)
     with TestClient(app, raise_server_exceptions=False) as client:
-        monkeypatch.setattr(model, "caption", broken)
+        monkeypatch.setattr(tiny_model, "caption", broken)
         response = post(client, encode(photo(), "PNG"))
     assert response.status_code == 500
     assert response.json() == {"error": "the server failed to caption this image; see its log"}
 
 
 def test_serve_command_passes_flags_to_settings(
-    model: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import uvicorn
 
@@ -332,7 +324,7 @@ def test_serve_command_passes_flags_to_settings(
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: served.update(app=app))
-    model.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path)
     argv = ["serve", "--model", str(tmp_path), "--port", "9001", "--no-batching"]
     assert main([*argv, "--max-upload-mb", "2.5"]) == 0
     settings = served["app"].state.settings
