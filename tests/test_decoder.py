@@ -68,3 +68,12 @@ def test_too_long_sequences_are_refused(decoder):
     image = decoder.encode_image(torch.randn(1, 9, 24))
     with pytest.raises(ValueError, match="max_length"):
         decoder(torch.zeros(1, decoder.config.max_length + 1, dtype=torch.long), image)
+
+
+def test_image_index_equals_repeating_the_image(decoder):
+    features = torch.randn(2, 9, 24)
+    ids = torch.randint(0, 50, (5, 6))
+    index = torch.tensor([0, 0, 1, 1, 1])
+    shared = decoder(ids, decoder.encode_image(features), image_index=index).logits
+    repeated = decoder(ids, decoder.encode_image(features[index])).logits
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-5)

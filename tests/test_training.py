@@ -17,8 +17,9 @@ from captioner.data import load_records
 from captioner.encoders import build_encoder
 from captioner.features import build_cache, cache_dir
 from captioner.model import Captioner
+from captioner.tokenizer import CaptionTokenizer
 from captioner.training.config import TrainConfig, preset
-from captioner.training.data import CaptionSampler, TrainCaptions, image_source
+from captioner.training.data import CaptionCollator, CaptionSampler, TrainCaptions, image_source
 from captioner.training.run import train
 
 WORDS = ["red", "green", "blue", "yellow"]
@@ -93,7 +94,7 @@ def test_training_exports_a_loadable_best_model(dataset, tmp_path):
     text = model.caption(Image.new("RGB", (40, 40), (220, 30, 30)), beam_size=2)[0].text
     assert text  # the caption itself is not checked: 3 epochs of 12 images is no real training
     logs = list((tmp_path / "run" / "logs").rglob("metrics.csv"))
-    assert logs and "train/loss" in logs[0].read_text().splitlines()[0]
+    assert logs and "val/cider" in logs[0].read_text().splitlines()[0]
 
 
 class StopAfterFirstEpoch(Callback):
@@ -156,14 +157,33 @@ def test_sampler_random_caption_per_image_and_all(dataset):
     one = CaptionSampler(data, "random", seed=1)
     picked = list(one)
     assert len(picked) == len(one) == 4
-    assert sorted(data.pairs[i][0] for i in picked) == [0, 1, 2, 3]  # each image once
+    assert sorted(image for image, _ in picked) == [0, 1, 2, 3]  # each image once
+    assert all(len(captions) == 1 for _, captions in picked)
+    assert picked == list(one)  # a pure function of (seed, epoch)
     seen = set()
     for epoch in range(40):
         one.set_epoch(epoch)
-        seen |= {data.pairs[i] for i in one}
+        seen |= {(image, captions[0]) for image, captions in one}
     assert len(seen) == 12  # over epochs every caption of every image comes up
     everything = CaptionSampler(data, "all", seed=1)
-    assert sorted(everything) == list(range(12))
+    assert sorted(everything) == [(i, (0, 1, 2)) for i in range(4)]
+
+
+def test_batches_share_each_image_among_its_captions(dataset, tmp_path):
+    records = load_records(dataset, "train")[:3]
+    cache = build_cache(
+        build_encoder(EncoderConfig("efficientnet-lite0")),
+        [image_source(r) for r in records],
+        tmp_path,
+        progress=False,
+    )
+    data = TrainCaptions(records, cache)
+    collator = CaptionCollator(CaptionTokenizer(), max_length=12)
+    batch = collator([data[(0, (0, 1, 2))], data[(2, (1,))]])
+    assert batch.features.shape == (2, 49, 1280)
+    assert batch.image_index.tolist() == [0, 0, 0, 1]
+    assert batch.ids.shape[0] == 4 and batch.ids[3, 0] == collator.tokenizer.start_id
+    assert collator.tokenizer.decode(batch.ids[3]) == records[2].captions[1].lower()
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")

@@ -105,6 +105,7 @@ class DecoderBlock(nn.Module):
         cache: KVCache | None,
         layer: int,
         need_weights: bool,
+        image_index: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.self_norm(x)
         kv = self.self_attention.project_kv(h)
@@ -120,6 +121,8 @@ class DecoderBlock(nn.Module):
             image_kv = cache.cross_kv[layer]
         else:
             image_kv = self.cross_attention.project_kv(image)
+            if image_index is not None:  # project each image once, however many captions use it
+                image_kv = (image_kv[0][image_index], image_kv[1][image_index])
             if cache is not None:
                 cache.cross_kv[layer] = image_kv
         attended, weights = self.cross_attention(self.cross_norm(x), image_kv, None, need_weights)
@@ -168,9 +171,11 @@ class CaptionDecoder(nn.Module):
         image: torch.Tensor,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        image_index: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """`ids` (batch, length) follow whatever `cache` already holds; `image` is the memory
-        from `encode_image`."""
+        from `encode_image`. With `image_index`, row i of `ids` reads image image_index[i], so
+        several captions of one image share its projection (training on all captions)."""
         offset = 0 if cache is None else cache.length
         length = ids.shape[1]
         if offset + length > self.config.max_length:
@@ -186,7 +191,7 @@ class CaptionDecoder(nn.Module):
             mask = key_pos[None, :] <= query_pos[:, None]
         weights = []
         for layer, block in enumerate(self.blocks):
-            x, layer_weights = block(x, image, mask, cache, layer, need_weights)
+            x, layer_weights = block(x, image, mask, cache, layer, need_weights, image_index)
             weights.append(layer_weights)
         logits = self.final_norm(x) @ self.token_embedding.weight.T
         cross = torch.stack(weights, dim=1) if need_weights else None

@@ -66,10 +66,14 @@ class Captioner(nn.Module):
         self.special = SpecialTokens(self.tokenizer.start_id, self.tokenizer.end_id, tuple(banned))
 
     # ---- training-time pieces -------------------------------------------------------------
-    def forward(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits: `features` from the encoder, `ids` (batch, length) with the
-        start token first. Position t predicts ids[:, t + 1]."""
-        return self.decoder(ids, self.decoder.encode_image(features)).logits
+    def forward(
+        self, features: torch.Tensor, ids: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits: `features` from the encoder, `ids` (captions, length) with the
+        start token first; caption i belongs to image image_index[i] (default: image i).
+        Position t predicts ids[:, t + 1]."""
+        memory = self.decoder.encode_image(features)
+        return self.decoder(ids, memory, image_index=image_index).logits
 
     # ---- inference ------------------------------------------------------------------------
     @property

@@ -46,11 +46,8 @@ def evaluate(
         for record, caption in zip(chunk, model.generate_from_features(features, generation)):
             predictions[record.image_id] = caption.text
         # Teacher-forced accuracy over every reference caption.
-        repeats = torch.tensor([len(r.captions) for r in chunk], device=features.device)
-        batch = collator.tokenize(
-            features.repeat_interleave(repeats, dim=0), [c for r in chunk for c in r.captions]
-        ).to(model.device)
-        logits = model(batch.features, batch.ids[:, :-1])
+        batch = collator.tokenize(features, [r.captions for r in chunk]).to(model.device)
+        logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
         _, right, count = token_loss_and_accuracy(logits, batch.ids, batch.lengths)
         correct += int(right)
         counted += int(count)

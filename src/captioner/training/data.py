@@ -32,45 +32,43 @@ def cached_records(records: Sequence[CaptionRecord], cache: FeatureCache) -> lis
     return kept
 
 
-class TrainCaptions(Dataset):
-    """One item per (image, caption) pair; `CaptionSampler` picks which pairs an epoch visits.
-    The image grid comes from the cache."""
+# A training item: an image (by position) and which of its captions to train on.
+ItemKey = tuple[int, tuple[int, ...]]
 
-    def __init__(self, records: Sequence[CaptionRecord], cache: FeatureCache):
+
+class TrainCaptions(Dataset):
+    """Items are an image's cached grid with some of its captions; `CaptionSampler` decides
+    which captions. One grid serves all its captions, so the image side is computed once."""
+
+    def __init__(self, records: Sequence[CaptionRecord], cache: FeatureCache | None):
         self.records = list(records)
         self.cache = cache
         self.keys = [fingerprint(image_source(r)) for r in self.records]
-        self.pairs = [(i, j) for i, r in enumerate(self.records) for j in range(len(r.captions))]
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        image, caption = self.pairs[index]
+    def __getitem__(self, key: ItemKey) -> tuple[torch.Tensor, list[str]]:
+        image, captions = key
         grid = torch.from_numpy(self.cache[self.keys[image]].copy())
-        return grid, self.records[image].captions[caption]
+        return grid, [self.records[image].captions[j] for j in captions]
 
 
-class CaptionSampler(Sampler[int]):
-    """Which pairs an epoch visits and in what order, as a pure function of (seed, epoch): so a
-    resumed run sees exactly what an uninterrupted one would. "random" takes one caption per
-    image each epoch, "all" every caption. Under DDP each rank takes its own equal share."""
+class CaptionSampler(Sampler[ItemKey]):
+    """Which captions an epoch trains on and in what order, as a pure function of (seed, epoch):
+    so a resumed run sees exactly what an uninterrupted one would. "random" takes one caption
+    per image each epoch, "all" every caption. Under DDP each rank takes its own equal share."""
 
     def __init__(self, dataset: TrainCaptions, captions_per_image: str, seed: int):
         if captions_per_image not in ("random", "all"):
             raise ValueError("captions_per_image must be 'random' or 'all'")
-        counts = torch.tensor([len(r.captions) for r in dataset.records])
-        self.counts = counts
-        self.offsets = torch.cumsum(counts, 0) - counts
+        self.counts = [len(r.captions) for r in dataset.records]
         self.every_caption = captions_per_image == "all"
         self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def _selected(self) -> int:
-        return int(self.counts.sum()) if self.every_caption else len(self.counts)
 
     @staticmethod
     def _rank_and_world() -> tuple[int, int]:
@@ -79,19 +77,19 @@ class CaptionSampler(Sampler[int]):
         return 0, 1
 
     def __len__(self) -> int:
-        return self._selected() // self._rank_and_world()[1]
+        return len(self.counts) // self._rank_and_world()[1]
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        if self.every_caption:
-            indices = torch.randperm(self._selected(), generator=generator)
-        else:
-            pick = (torch.rand(len(self.counts), generator=generator) * self.counts).long()
-            chosen = self.offsets + pick
-            indices = chosen[torch.randperm(len(chosen), generator=generator)]
+        order = torch.randperm(len(self.counts), generator=generator).tolist()
+        picks = (
+            torch.rand(len(self.counts), generator=generator) * torch.tensor(self.counts)
+        ).long()
         rank, world = self._rank_and_world()
-        share = len(indices) // world
-        return iter(indices[rank * share : (rank + 1) * share].tolist())
+        share = len(order) // world
+        for image in order[rank * share : (rank + 1) * share]:
+            captions = range(self.counts[image]) if self.every_caption else [int(picks[image])]
+            yield image, tuple(captions)
 
 
 class DevImages(Dataset):
@@ -113,12 +111,15 @@ class DevImages(Dataset):
 
 @dataclass
 class Batch:
-    features: torch.Tensor  # (batch, image_tokens, dim) float32
-    ids: torch.Tensor  # (batch, length): start, caption, end, then end-token padding
-    lengths: torch.Tensor  # tokens in each row, start and end included
+    features: torch.Tensor  # (images, image_tokens, dim) float32
+    ids: torch.Tensor  # (captions, length): start, caption, end, then end-token padding
+    lengths: torch.Tensor  # tokens in each caption, start and end included
+    image_index: torch.Tensor  # (captions,): which image each caption describes
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.features.to(device), self.ids.to(device), self.lengths.to(device))
+        return Batch(
+            *(t.to(device) for t in (self.features, self.ids, self.lengths, self.image_index))
+        )
 
 
 class CaptionCollator:
@@ -128,13 +129,18 @@ class CaptionCollator:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def tokenize(self, features: torch.Tensor, texts: Sequence[str]) -> Batch:
+    def tokenize(self, features: torch.Tensor, captions: Sequence[Sequence[str]]) -> Batch:
+        """`captions[i]` are the captions of image i."""
+        texts = [text for group in captions for text in group]
+        image_index = torch.tensor([i for i, group in enumerate(captions) for _ in group])
         ids = self.tokenizer.batch(texts, self.max_length)
         lengths = (ids != self.tokenizer.pad_id).sum(dim=1) + 1  # + the first end token
-        return Batch(features.float(), ids, lengths)
+        return Batch(features.float(), ids, lengths, image_index)
 
-    def __call__(self, items: list[tuple[torch.Tensor, str]]) -> Batch:
-        return self.tokenize(torch.stack([grid for grid, _ in items]), [text for _, text in items])
+    def __call__(self, items: list[tuple[torch.Tensor, list[str]]]) -> Batch:
+        return self.tokenize(
+            torch.stack([grid for grid, _ in items]), [texts for _, texts in items]
+        )
 
     def dev(self, items: list[tuple[torch.Tensor, str, list[str]]]):
         """Dev batches: the grids, image ids and reference lists."""

@@ -32,7 +32,7 @@ class CaptionerModule(L.LightningModule):
         self._dev_correct = self._dev_count = 0
 
     def training_step(self, batch: Batch, _) -> torch.Tensor:
-        logits = self.model(batch.features, batch.ids[:, :-1])
+        logits = self.model(batch.features, batch.ids[:, :-1], batch.image_index)
         loss, correct, count = token_loss_and_accuracy(
             logits, batch.ids, batch.lengths, self.config.label_smoothing
         )
@@ -44,11 +44,8 @@ class CaptionerModule(L.LightningModule):
         features, image_ids, references = batch
         collator = self.trainer.datamodule.collator
         # Teacher forcing on every reference caption of each image.
-        repeats = torch.tensor([len(refs) for refs in references], device=features.device)
-        flat = collator.tokenize(
-            features.repeat_interleave(repeats, dim=0), [c for refs in references for c in refs]
-        ).to(self.device)
-        logits = self.model(flat.features, flat.ids[:, :-1])
+        flat = collator.tokenize(features, references).to(self.device)
+        logits = self.model(flat.features, flat.ids[:, :-1], flat.image_index)
         loss, correct, count = token_loss_and_accuracy(logits, flat.ids, flat.lengths)
         self.log("val/loss", loss, sync_dist=True, batch_size=len(flat.ids))
         self._dev_correct += int(correct)
