@@ -90,6 +90,9 @@ test("a file the server refuses shows its message", async () => {
   expect(await screen.findByRole("alert")).toHaveTextContent(
     "That file can't be captioned: the uploaded data is not an image in a supported format",
   );
+  // No broken image: the drop target is back.
+  expect(screen.queryByRole("img")).not.toBeInTheDocument();
+  expect(screen.getByText("Drop a photo anywhere on the page")).toBeInTheDocument();
 });
 
 test("while the caption is written, a loading state shows", async () => {
@@ -138,5 +141,5 @@ test("the webcam view says so when there is no camera", async () => {
   await userEvent.click(screen.getByRole("button", { name: "Webcam" }));
   expect(screen.getByRole("button", { name: "Webcam" })).toHaveAttribute("aria-pressed", "true");
   expect(await screen.findByRole("alert")).toHaveTextContent("no camera access");
-  expect(screen.queryByLabelText("Photo file")).not.toBeInTheDocument();
+  expect(screen.queryByRole("button", { name: "Choose a photo" })).not.toBeInTheDocument();
 });

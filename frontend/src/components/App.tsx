@@ -57,7 +57,13 @@ export default function App() {
       setHovered(null);
     } catch (e) {
       if (controller.signal.aborted) return;
-      setError(e instanceof ApiError ? e : new ApiError(String(e), "server"));
+      const failure = e instanceof ApiError ? e : new ApiError(String(e), "server");
+      setError(failure);
+      if (failure.kind === "input") {
+        // Not a picture after all: back to the drop target rather than a broken image.
+        setPicture((shown) => (shown === target ? null : shown));
+        URL.revokeObjectURL(target.url);
+      }
     } finally {
       if (inFlight.current === controller) {
         inFlight.current = null;
@@ -87,6 +93,16 @@ export default function App() {
     setBeamSize(beam);
     if (picture) void caption(picture, beam);
   };
+
+  const chooseButton = (
+    <button
+      type="button"
+      onClick={() => filePicker.current?.click()}
+      className="rounded-lg bg-amber-500 px-4 py-2 font-semibold text-slate-950 shadow-sm hover:bg-amber-400 focus-visible:outline-2 focus-visible:outline-offset-2 focus-visible:outline-amber-600"
+    >
+      {picture ? "Choose another photo" : "Choose a photo"}
+    </button>
+  );
 
   const current = result && picture && result.for === picture.url ? result.caption : null;
   const attention = current?.attention ?? null;
@@ -158,33 +174,24 @@ export default function App() {
               <div className="flex min-h-64 flex-col items-center justify-center gap-3 rounded-xl border-2 border-dashed border-slate-300 bg-white p-8 text-center">
                 <p className="text-lg font-semibold">Drop a photo anywhere on the page</p>
                 <p className="text-sm text-slate-600">or paste one (Ctrl+V), or</p>
+                {chooseButton}
               </div>
             )
           )}
-          {view === "image" && (
-            <div className="flex justify-center">
-              <button
-                type="button"
-                onClick={() => filePicker.current?.click()}
-                className="rounded-lg bg-amber-500 px-4 py-2 font-semibold text-slate-950 shadow-sm hover:bg-amber-400 focus-visible:outline-2 focus-visible:outline-offset-2 focus-visible:outline-amber-600"
-              >
-                {picture ? "Choose another photo" : "Choose a photo"}
-              </button>
-              <input
-                ref={filePicker}
-                type="file"
-                accept="image/*"
-                className="sr-only"
-                tabIndex={-1}
-                aria-label="Photo file"
-                onChange={(e) => {
-                  const file = e.target.files?.[0];
-                  if (file) show(file, file.name);
-                  e.target.value = "";
-                }}
-              />
-            </div>
-          )}
+          {view === "image" && picture && <div className="flex justify-center">{chooseButton}</div>}
+          <input
+            ref={filePicker}
+            type="file"
+            accept="image/*"
+            className="sr-only"
+            tabIndex={-1}
+            aria-label="Photo file"
+            onChange={(e) => {
+              const file = e.target.files?.[0];
+              if (file) show(file, file.name);
+              e.target.value = "";
+            }}
+          />
         </section>
 
         <section aria-label="Caption" className="min-w-0 space-y-4">
