@@ -74,26 +74,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "early_stopping_patience": 3,
         "max_minutes": 55.0,
     },
-    # Production: CLIP ViT-B/32 from the Hugging Face hub, the default decoder, on a GPU.
-    "flickr30k-clip": {
-        "encoder": {"name": "clip", "source": "openai/clip-vit-base-patch32"},
-        "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 6, "dropout": 0.1},
-        "min_token_count": 3,
-        "epochs": 30,
-        "batch_size": 128,
-        "learning_rate": 3e-4,
-        "warmup_steps": 1000,
-    },
-    "coco-clip": {
-        "encoder": {"name": "clip", "source": "openai/clip-vit-base-patch32"},
-        "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 6, "dropout": 0.1},
-        "min_token_count": 5,
-        "epochs": 20,
-        "batch_size": 256,
-        "learning_rate": 3e-4,
-        "warmup_steps": 2000,
-        "dev_split": "val",
-    },
+}
+# Production: CLIP ViT-B/32 from the Hugging Face hub and the default 6-layer decoder, on a GPU.
+_CLIP = {
+    "encoder": {"name": "clip", "source": "openai/clip-vit-base-patch32"},
+    "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 6, "dropout": 0.1},
+    "learning_rate": 3e-4,
+}
+PRESETS["flickr30k-clip"] = {
+    **_CLIP,
+    "min_token_count": 3,
+    "epochs": 30,
+    "batch_size": 128,
+    "warmup_steps": 1000,
+}
+PRESETS["coco-clip"] = {
+    **_CLIP,
+    "min_token_count": 5,
+    "epochs": 20,
+    "batch_size": 256,
+    "warmup_steps": 2000,
+    "dev_split": "val",
 }
 
 
