@@ -12,14 +12,21 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from safetensors.torch import load_file
 
+from captioner.cli import main
 from captioner.config import EncoderConfig
-from captioner.data import load_records
+from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
 from captioner.features import build_cache, cache_dir
 from captioner.model import Captioner
 from captioner.tokenizer import CaptionTokenizer
 from captioner.training.config import TrainConfig, preset
-from captioner.training.data import CaptionCollator, CaptionSampler, TrainCaptions, image_source
+from captioner.training.data import (
+    CaptionCollator,
+    CaptionSampler,
+    LengthBucketBatches,
+    TrainCaptions,
+    image_source,
+)
 from captioner.training.run import train
 
 WORDS = ["red", "green", "blue", "yellow"]
@@ -169,6 +176,31 @@ def test_sampler_random_caption_per_image_and_all(dataset):
     assert sorted(everything) == [(i, (0, 1, 2)) for i in range(4)]
 
 
+def test_length_buckets_cover_every_item_once_and_group_lengths():
+    records = [
+        CaptionRecord(str(i), f"{i}.png", ["word " * (1 + i % 7)] * 2, "train") for i in range(40)
+    ]
+    data = TrainCaptions(records, cache=None)
+    sampler = CaptionSampler(data, "random", seed=0)
+    buckets = LengthBucketBatches(sampler, data, batch_size=4, window=5)
+    batches = list(buckets)
+    assert len(batches) == len(buckets) == 10
+    assert sorted(image for batch in batches for image, _ in batch) == list(range(40))
+    spread = sum(
+        max(buckets._length(k) for k in b) - min(buckets._length(k) for k in b) for b in batches
+    )
+    sampler.set_epoch(0)
+    unsorted = list(sampler)
+    plain = sum(
+        max(buckets._length(k) for k in unsorted[i : i + 4])
+        - min(buckets._length(k) for k in unsorted[i : i + 4])
+        for i in range(0, 40, 4)
+    )
+    assert spread < plain / 2
+    sampler.set_epoch(1)
+    assert list(buckets) != batches  # a new epoch, a new order
+
+
 def test_batches_share_each_image_among_its_captions(dataset, tmp_path):
     records = load_records(dataset, "train")[:3]
     cache = build_cache(
@@ -213,3 +245,54 @@ def test_ddp_on_two_cpu_processes(dataset, tmp_path):
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
     weights = load_file(out / "best" / "model.safetensors")
     assert weights  # rank 0 exported the model
+
+
+def test_wandb_offline_logs_the_run_and_the_model_artifact(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    best = train(tiny_config(dataset, tmp_path, epochs=1, wandb=True), progress=False)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (best / "model.safetensors").is_file()
+
+
+def test_eval_command_prints_every_metric(dataset, tmp_path, capsys):
+    best = train(tiny_config(dataset, tmp_path, epochs=1), progress=False)
+    predictions = tmp_path / "predictions.jsonl"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(best),
+            "--data",
+            str(dataset),
+            "--split",
+            "dev",
+            "--beam",
+            "2",
+            "--json",
+            "--predictions",
+            str(predictions),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(scores) == {
+        "bleu1",
+        "bleu2",
+        "bleu3",
+        "bleu4",
+        "meteor",
+        "rouge_l",
+        "cider",
+        "token_accuracy",
+        "images",
+        "seconds",
+    }
+    assert scores["images"] == 4 and 0 <= scores["token_accuracy"] <= 1
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert {line["image_id"] for line in lines} == {"12", "13", "14", "15"}
+    assert all(len(line["references"]) == 3 for line in lines)

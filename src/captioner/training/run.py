@@ -22,6 +22,7 @@ from captioner.training.data import (
     CaptionCollator,
     CaptionSampler,
     DevImages,
+    LengthBucketBatches,
     TrainCaptions,
     cached_records,
     image_source,
@@ -65,13 +66,12 @@ class CaptionData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = TrainCaptions(self.records[self.config.train_split], self.cache)
+        sampler = CaptionSampler(dataset, self.config.captions_per_image, self.config.seed)
         return DataLoader(
             dataset,
-            batch_size=self.config.batch_size,
-            sampler=CaptionSampler(dataset, self.config.captions_per_image, self.config.seed),
+            batch_sampler=LengthBucketBatches(sampler, dataset, self.config.batch_size),
             num_workers=self.config.num_workers,
             collate_fn=self.collator,
-            drop_last=True,
             persistent_workers=self.config.num_workers > 0,
         )
 
