@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint frontend test-frontend
+.PHONY: install demo test lint frontend test-frontend bundled-model
 FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src -type f)) \
 	frontend/index.html frontend/vite.config.ts frontend/tsconfig.json
 
@@ -36,6 +36,12 @@ demo: install frontend
 test-frontend: install frontend
 	cd frontend && npm test
 	cd frontend && npm run e2e
+
+# Reproduces the bundled default model (about an hour on 2 CPU cores, features included).
+FLICKR8K ?= ../shared/datasets/flickr8k
+bundled-model: install
+	$(VENV)/bin/captioner train --preset flickr8k-effnet --data $(FLICKR8K) --output-dir runs/flickr8k-effnet
+	$(VENV)/bin/captioner export runs/flickr8k-effnet/best src/captioner/pretrained/flickr8k-effnet --half
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from safetensors.torch import load_file
 
 from captioner.cli import main
 
@@ -57,3 +58,10 @@ def test_missing_model_is_a_message_not_a_trace(tmp_path, photo, capsys):
     photo.save(image)
     assert main(["caption", str(image), "--model", str(tmp_path / "no" / "model")]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_export_half_precision(model_dir, tmp_path, capsys):
+    assert main(["export", str(model_dir), str(tmp_path / "half"), "--half"]) == 0
+    assert "MB" in capsys.readouterr().out
+    weights = load_file(tmp_path / "half" / "model.safetensors")
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float16"}

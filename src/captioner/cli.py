@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.set_defaults(run=_train)
 
+    export = commands.add_parser("export", help="re-save a model (e.g. in half precision)")
+    export.add_argument("model", help="model folder, hub id or wandb: artifact")
+    export.add_argument("output", type=Path, help="folder to write")
+    export.add_argument("--half", action="store_true", help="store the weights as float16")
+    export.set_defaults(run=_export)
+
     evaluate = commands.add_parser("eval", help="score a model on a dataset split")
     evaluate.add_argument(
         "--model", help="model folder, hub id or wandb: artifact (default: bundled)"
@@ -178,6 +184,18 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     best = train(config, resume=args.resume)
     print(f"best model: {best}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from captioner.model import Captioner
+
+    model = Captioner.from_pretrained(args.model)
+    model.save_pretrained(args.output, dtype=torch.float16 if args.half else None)
+    size = sum(p.stat().st_size for p in args.output.iterdir()) / 1e6
+    print(f"saved {args.output} ({size:.1f} MB)")
     return 0
 
 
