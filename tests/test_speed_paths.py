@@ -1,0 +1,82 @@
+"""The fast paths give what the plain ones give: folded batch norms and ONNX Runtime match the
+network as published to 1e-4 (grids of ReLU6 activations, 0 to 6), and captions are identical."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from captioner.config import GenerationConfig
+from captioner.encoders.efficientnet import EfficientNetLiteEncoder
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def published() -> EfficientNetLiteEncoder:
+    return EfficientNetLiteEncoder("efficientnet-lite0", fold_norms=False, runtime="torch")
+
+
+@pytest.fixture
+def pixels(photo) -> torch.Tensor:
+    preprocess = EfficientNetLiteEncoder("efficientnet-lite0", runtime="torch").preprocess
+    flipped = photo.transpose(0)  # two different images: batches must not mix rows
+    return preprocess.batch([photo, flipped])
+
+
+def test_folded_batch_norms_match_the_published_network(published, pixels):
+    folded = EfficientNetLiteEncoder("efficientnet-lite0", runtime="torch")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    expected = published(pixels).tokens
+    assert torch.allclose(folded(pixels).tokens, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_onnx_runtime_matches_pytorch_at_any_batch_size(published, pixels):
+    pytest.importorskip("onnxruntime")
+    encoder = EfficientNetLiteEncoder("efficientnet-lite0", runtime="onnx")
+    for batch in (pixels[:1], pixels):
+        grid = encoder(batch).tokens
+        assert encoder._session is not None
+        assert torch.allclose(grid, published(batch).tokens, atol=TOLERANCE, rtol=0)
+
+
+def test_auto_runtime_falls_back_to_pytorch_without_onnx_runtime(monkeypatch, pixels, published):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    encoder = EfficientNetLiteEncoder("efficientnet-lite0")
+    assert torch.allclose(encoder(pixels).tokens, published(pixels).tokens, atol=TOLERANCE, rtol=0)
+    assert encoder.runtime == "torch"
+
+
+def test_unknown_runtime_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown runtime"):
+        EfficientNetLiteEncoder("efficientnet-lite0", runtime="tensorrt")
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_captions_are_identical_on_every_encoder_path(tiny_model, photo, beam_size):
+    pytest.importorskip("onnxruntime")
+    images = [photo, photo.transpose(0)]
+    generation = {"beam_size": beam_size, "max_new_tokens": 8}
+    encoder, captions = tiny_model.encoder, {}
+    before = encoder.runtime, encoder._session
+    try:
+        for runtime in ("torch", "onnx"):
+            encoder.runtime, encoder._session = runtime, None
+            captions[runtime] = [c.token_ids for c in tiny_model.caption(images, **generation)]
+    finally:
+        encoder.runtime, encoder._session = before
+    assert captions["onnx"] == captions["torch"]
+
+
+def test_batched_greedy_equals_one_image_at_a_time(tiny_model):
+    """Micro-batching must not change a caption: each row decodes as if alone."""
+    torch.manual_seed(0)
+    features = torch.randn(4, tiny_model.decoder.config.image_tokens, tiny_model.encoder.dim)
+    generation = GenerationConfig(beam_size=1, max_new_tokens=10)
+    batched = tiny_model.generate_from_features(features, generation)
+    alone = [tiny_model.generate_from_features(row[None], generation)[0] for row in features]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
+    for together, single in zip(batched, alone):
+        assert together.score == pytest.approx(single.score, abs=1e-4)
