@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every benchmark in turn, as BENCHMARKS.md reports them: bash bench/run_all.sh [DIR]
+# writes DIR/<script>.txt (default: /tmp/captioner-bench); run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-/tmp/captioner-bench}
+mkdir -p "$out"
+for script in encoder_paths caption_latency server_load training_throughput feature_extraction; do
+    .venv/bin/python "bench/$script.py" 2>&1 | tee "$out/$script.txt"
+done
