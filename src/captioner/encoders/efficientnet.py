@@ -63,7 +63,7 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
     return net
 
 
-class _FeatureMap(nn.Module):
+class FeatureMap(nn.Module):
     """`extract_features` as a module's forward, for the ONNX exporter."""
 
     def __init__(self, net: nn.Module):
@@ -82,7 +82,7 @@ def onnx_session(net: nn.Module, size: int, threads: int) -> onnxruntime.Inferen
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and folding notes
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _FeatureMap(net).eval(),
+            FeatureMap(net).eval(),
             (torch.zeros(1, 3, size, size),),
             buffer,
             dynamo=False,
