@@ -38,12 +38,15 @@ def records(count: int) -> list[CaptionRecord]:
     ]
 
 
-def trainer_step(model: Captioner, label_smoothing: float) -> Callable:
+def trainer_step(model: Captioner, label_smoothing: float, bf16: bool) -> Callable:
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=1e-4)
 
     def step(batch) -> None:
-        logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
-        loss, _, _ = token_loss_and_accuracy(logits, batch.ids, batch.lengths, label_smoothing)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):  # Lightning's bf16-mixed
+            logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
+        loss, _, _ = token_loss_and_accuracy(
+            logits.float(), batch.ids, batch.lengths, label_smoothing
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="distinct images in the loop")
     parser.add_argument("--cached-steps", type=int, default=20)
     parser.add_argument("--encoder-steps", type=int, default=4)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast in every training step")
     args = parser.parse_args()
     header("Training throughput, CPU")
 
@@ -80,7 +84,7 @@ def main() -> None:
         CaptionerConfig(encoder=EncoderConfig(config.encoder.name), decoder=config.decoder),
         tokenizer,
     ).train()
-    step = trainer_step(model, config.label_smoothing)
+    step = trainer_step(model, config.label_smoothing, args.bf16)
     collator = CaptionCollator(tokenizer, config.decoder.max_length)
 
     with tempfile.TemporaryDirectory() as cache_root:
@@ -118,7 +122,7 @@ def main() -> None:
         )
 
     print(
-        f"{len(data)} images, {per_step} images x all captions per step, decoder {config.decoder.n_layers} layers d{config.decoder.d_model}"
+        f"{len(data)} images, {per_step} images x all captions per step, decoder {config.decoder.n_layers} layers d{config.decoder.d_model}, {'bf16 autocast' if args.bf16 else 'fp32'}"
     )
     print(f"building the cache once: {len(data) / encode_s:.1f} images/s ({encode_s:.1f} s)")
     print(f"feature cache:                    {with_cache:7.1f} captions/s")
