@@ -72,6 +72,17 @@ def median(times: list[float]) -> float:
     return statistics.median(times)
 
 
+def synthetic_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """Gradients plus noise (so that JPEG has detail to code), quality 90."""
+    generator = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], axis=-1)
+    pixels = (base + generator.normal(0, 20, base.shape)).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def sample_images(count: int) -> list[bytes]:
     """JPEG bytes of real photos (the Flickr8k slice) where present, else synthetic 500x375
     JPEGs of the same size: decoding is part of what is timed."""
@@ -79,16 +90,7 @@ def sample_images(count: int) -> list[bytes]:
         paths = sorted(FLICKR8K_IMAGES.glob("*.jpg"))[:count]
         if len(paths) == count:
             return [path.read_bytes() for path in paths]
-    generator = np.random.default_rng(0)
-    images = []
-    for _ in range(count):
-        y, x = np.mgrid[0:375, 0:500]
-        base = np.stack([x * 0.5, y * 0.6, (x + y) * 0.3], axis=-1)
-        pixels = (base + generator.normal(0, 20, base.shape)).clip(0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
+    return [synthetic_jpeg(500, 375, seed) for seed in range(count)]
 
 
 def model_source(source: str | None) -> str | None:

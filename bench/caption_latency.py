@@ -24,6 +24,7 @@ from _common import (
     percentile,
     random_clip_model,
     sample_images,
+    synthetic_jpeg,
 )
 
 from captioner import Captioner, GenerationConfig
@@ -110,8 +111,10 @@ def split(model: Captioner, images: list[bytes], tokens: int, repeats: int) -> N
     pixels = model.pixels(images[:1])
     features = model.encoder(pixels).tokens
     generation = GenerationConfig(beam_size=1, max_new_tokens=tokens)
+    phone = [synthetic_jpeg(4032, 3024)]
     parts = {
         "image decode + preprocess": lambda: model.pixels(images[:1]),
+        "  the same for a 12 MP photo": lambda: model.pixels(phone),
         "encoder": lambda: model.encoder(pixels),
         f"decoding ({tokens} tokens, greedy)": lambda: model.generate_from_features(
             features, generation
