@@ -14,6 +14,7 @@ import math
 import warnings
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -35,6 +36,10 @@ _VARIANTS = {
 # The TF-Lite EfficientNet-Lite weights were trained on pixels scaled as (x - 127) / 128.
 _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
+
+# Images per ONNX Runtime call: past 2, activations spill out of the core's cache and each image
+# costs more (bench/encoder_paths.py --batches 1 2 8).
+ONNX_CHUNK = 2
 
 # "auto": ONNX Runtime for CPU inference when it is installed, else PyTorch.
 RUNTIMES = ("auto", "onnx", "torch")
@@ -156,7 +161,12 @@ class EfficientNetLiteEncoder(ImageEncoder):
         on_cpu = pixels.device.type == "cpu" and pixels.dtype == torch.float32
         session = self._onnx() if on_cpu else None
         if session is not None:
-            grid = torch.from_numpy(session.run(None, {"pixels": pixels.contiguous().numpy()})[0])
+            chunks = pixels.contiguous().numpy()
+            grids = [
+                session.run(None, {"pixels": chunks[i : i + ONNX_CHUNK]})[0]
+                for i in range(0, len(chunks), ONNX_CHUNK)
+            ]
+            grid = torch.from_numpy(np.concatenate(grids))
         else:
             grid = self.net.extract_features(pixels)  # (batch, dim, h, w)
         return grid.flatten(2).transpose(1, 2)
