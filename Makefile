@@ -41,7 +41,8 @@ test-frontend: install frontend
 FLICKR8K ?= ../shared/datasets/flickr8k
 bundled-model: install
 	$(VENV)/bin/captioner train --preset flickr8k-effnet --data $(FLICKR8K) --output-dir runs/flickr8k-effnet
-	$(VENV)/bin/captioner export runs/flickr8k-effnet/best src/captioner/pretrained/flickr8k-effnet --half
+	$(VENV)/bin/captioner train --preset flickr8k-effnet-scst --data $(FLICKR8K) --output-dir runs/flickr8k-effnet-scst
+	$(VENV)/bin/captioner export runs/flickr8k-effnet-scst/best src/captioner/pretrained/flickr8k-effnet --half
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -16,6 +16,7 @@ from captioner.cli import main
 from captioner.config import EncoderConfig
 from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
+from captioner.evaluation.metrics import caption_metrics
 from captioner.features import build_cache, cache_dir
 from captioner.model import Captioner
 from captioner.tokenizer import CaptionTokenizer
@@ -28,6 +29,7 @@ from captioner.training.data import (
     image_source,
 )
 from captioner.training.run import train
+from captioner.training.scst import CiderD
 
 WORDS = ["red", "green", "blue", "yellow"]
 
@@ -296,3 +298,38 @@ def test_eval_command_prints_every_metric(dataset, tmp_path, capsys):
     lines = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert {line["image_id"] for line in lines} == {"12", "13", "14", "15"}
     assert all(len(line["references"]) == 3 for line in lines)
+
+
+def test_cider_d_reward_matches_coco_caption_on_the_same_corpus():
+    references = {
+        "1": ["a dog runs on the grass", "a brown dog is running", "dog running outside"],
+        "2": ["two kids play in water", "children splash in a pool", "two children swimming"],
+        "3": ["a man rides a bike", "a cyclist on a road", "a man riding his bicycle"],
+    }
+    predictions = {
+        "1": "a dog is running on grass",
+        "2": "two kids in a pool",
+        "3": "a man on a bike",
+    }
+    reward = CiderD(references.values())
+    mean = sum(reward.score(predictions[k], references[k]) for k in references) / 3
+    assert mean == pytest.approx(caption_metrics(predictions, references, meteor=False)["cider"])
+    # A caption equal to every reference scores highest; an unrelated one scores zero.
+    assert reward.score("a dog runs on the grass", references["1"]) > reward.score(
+        "a dog", references["1"]
+    )
+    assert reward.score("purple elephants fly", references["1"]) == 0.0
+
+
+def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
+    first = train(tiny_config(dataset, tmp_path / "xe", epochs=1), progress=False)
+    scst = tiny_config(
+        dataset, tmp_path / "scst", objective="scst", init_from=str(first), epochs=1, scst_samples=3
+    )
+    best = train(scst, progress=False)
+    tuned = Captioner.from_pretrained(best)
+    assert tuned.tokenizer.vocab == Captioner.from_pretrained(first).tokenizer.vocab
+    logs = next((tmp_path / "scst" / "run" / "logs").rglob("metrics.csv")).read_text()
+    assert "train/reward" in logs.splitlines()[0]
+    with pytest.raises(ValueError, match="needs init_from"):
+        train(tiny_config(dataset, tmp_path / "bad", objective="scst"), progress=False)

@@ -20,11 +20,17 @@ class TrainConfig:
     validation_generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(beam_size=1, max_new_tokens=25)
     )
+    # "xe": cross-entropy from scratch (or from `init_from`); "scst": self-critical fine-tuning
+    # on CIDEr-D of a model trained with "xe", named by `init_from`.
+    objective: str = "xe"
+    init_from: str | None = None
+    scst_samples: int = 5  # sampled captions per image
     train_split: str = "train"
     dev_split: str = "dev"
     captions_per_image: str = "random"  # "random": one of them each epoch; "all": every one
     min_token_count: int = 1  # compact vocabulary: CLIP tokens seen at least this often
     epochs: int = 20
+    steps_per_epoch: int | None = None  # validate (and checkpoint) after this many steps
     batch_size: int = 64  # images per step (each with one or all of its captions)
     learning_rate: float = 5e-4
     weight_decay: float = 0.01
@@ -74,6 +80,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "early_stopping_patience": 3,
         "max_minutes": 48.0,
     },
+}
+# Second stage of the bundled model: CIDEr-D fine-tuning of the cross-entropy model.
+PRESETS["flickr8k-effnet-scst"] = {
+    **PRESETS["flickr8k-effnet"],
+    "objective": "scst",
+    "init_from": "runs/flickr8k-effnet/best",
+    "epochs": 3,
+    "steps_per_epoch": 120,
+    "learning_rate": 2e-5,
+    "warmup_steps": 20,
+    "early_stopping_patience": 2,
+    "max_minutes": 16.0,
 }
 # Production: CLIP ViT-B/32 from the Hugging Face hub and the default 6-layer decoder, on a GPU.
 _CLIP = {

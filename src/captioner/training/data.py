@@ -154,11 +154,11 @@ class Batch:
     ids: torch.Tensor  # (captions, length): start, caption, end, then end-token padding
     lengths: torch.Tensor  # tokens in each caption, start and end included
     image_index: torch.Tensor  # (captions,): which image each caption describes
+    captions: list[list[str]]  # the texts, per image (rewards in self-critical training)
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            *(t.to(device) for t in (self.features, self.ids, self.lengths, self.image_index))
-        )
+        tensors = (self.features, self.ids, self.lengths, self.image_index)
+        return Batch(*(t.to(device) for t in tensors), self.captions)
 
 
 class CaptionCollator:
@@ -174,7 +174,7 @@ class CaptionCollator:
         image_index = torch.tensor([i for i, group in enumerate(captions) for _ in group])
         ids = self.tokenizer.batch(texts, self.max_length)
         lengths = (ids != self.tokenizer.pad_id).sum(dim=1) + 1  # + the first end token
-        return Batch(features.float(), ids, lengths, image_index)
+        return Batch(features.float(), ids, lengths, image_index, [list(g) for g in captions])
 
     def __call__(self, items: list[tuple[torch.Tensor, list[str]]]) -> Batch:
         return self.tokenize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -28,6 +29,7 @@ from captioner.training.data import (
     image_source,
 )
 from captioner.training.module import CaptionerModule
+from captioner.training.scst import SelfCriticalModule
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +145,35 @@ def train(
     last = output_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if config.init_from:  # continue from a trained model: its encoder, decoder and vocabulary
+        model = Captioner.from_pretrained(config.init_from)
+        config = dataclasses.replace(
+            config, encoder=model.config.encoder, decoder=model.config.decoder
+        )
+        model.tokenizer.save(output_dir / TOKENIZER_FILE)
     cache, records = extract_features(config, [config.train_split, config.dev_split], progress)
-    tokenizer = _tokenizer(config, records[config.train_split], output_dir)
-    model_config = CaptionerConfig(encoder=config.encoder, decoder=config.decoder)
-    model_config.metadata = {
-        "data": config.data,
-        "train_split": config.train_split,
-        "dev_split": config.dev_split,
-    }
-    model = Captioner(model_config, tokenizer)
-    collator = CaptionCollator(tokenizer, config.decoder.max_length)
+    if not config.init_from:
+        tokenizer = _tokenizer(config, records[config.train_split], output_dir)
+        model = Captioner(
+            CaptionerConfig(encoder=config.encoder, decoder=config.decoder), tokenizer
+        )
+    model.config.metadata.update(
+        {"data": config.data, "train_split": config.train_split, "dev_split": config.dev_split}
+    )
+    collator = CaptionCollator(model.tokenizer, config.decoder.max_length)
     data = CaptionData(config, cache, records, collator)
-    module = CaptionerModule(model, config)
-    (output_dir).mkdir(parents=True, exist_ok=True)
+    if config.objective == "scst":
+        if not config.init_from:
+            raise ValueError(
+                "self-critical training (objective=scst) needs init_from: a trained model"
+            )
+        corpus = [r.captions for r in records[config.train_split]]
+        module = SelfCriticalModule(model, config, corpus)
+    elif config.objective == "xe":
+        module = CaptionerModule(model, config)
+    else:
+        raise ValueError(f"unknown objective {config.objective!r}: use 'xe' or 'scst'")
     (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     callbacks = [
@@ -176,6 +194,7 @@ def train(
     ]
     trainer = L.Trainer(
         max_epochs=config.epochs,
+        limit_train_batches=config.steps_per_epoch,
         max_time={"minutes": config.max_minutes} if config.max_minutes else None,
         accelerator=config.accelerator,
         devices=config.devices,
