@@ -254,7 +254,7 @@ def test_wandb_offline_logs_the_run_and_the_model_artifact(dataset, tmp_path, mo
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     best = train(tiny_config(dataset, tmp_path, epochs=1, wandb=True), progress=False)
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    runs = list(tmp_path.rglob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (best / "model.safetensors").is_file()
 
@@ -329,7 +329,8 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
     best = train(scst, progress=False)
     tuned = Captioner.from_pretrained(best)
     assert tuned.tokenizer.vocab == Captioner.from_pretrained(first).tokenizer.vocab
-    logs = next((tmp_path / "scst" / "run" / "logs").rglob("metrics.csv")).read_text()
-    assert "train/reward" in logs.splitlines()[0]
+    before = Captioner.from_pretrained(first).decoder.state_dict()
+    after = tuned.decoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it did learn something
     with pytest.raises(ValueError, match="needs init_from"):
         train(tiny_config(dataset, tmp_path / "bad", objective="scst"), progress=False)
