@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-import captioner.generation
 from captioner.config import GenerationConfig
+from captioner.decoder import KVCache
 from captioner.encoders.efficientnet import EfficientNetLiteEncoder
 from captioner.transforms import resize_shorter_side
 
@@ -94,9 +94,8 @@ def test_beam_search_skipping_the_cross_attention_reorder_changes_nothing(tiny_m
     features = torch.randn(3, tiny_model.decoder.config.image_tokens, tiny_model.encoder.dim)
     generation = GenerationConfig(beam_size=3, max_new_tokens=10)
     fast = tiny_model.generate_from_features(features, generation)
-    monkeypatch.setattr(
-        captioner.generation, "_reorder_beams", lambda cache, index: cache.reorder(index)
-    )
+    reorder = KVCache.reorder
+    monkeypatch.setattr(KVCache, "reorder", lambda cache, index, cross=True: reorder(cache, index))
     plain = tiny_model.generate_from_features(features, generation)
     assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
     assert [c.score for c in fast] == pytest.approx([c.score for c in plain], abs=1e-5)

@@ -31,9 +31,10 @@ class KVCache:
         first = self.self_kv[0]
         return 0 if first is None else first[0].shape[2]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows `index` (beam search picks which hypotheses live on)."""
-        for store in (self.self_kv, self.cross_kv):
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keep rows `index` (beam search picks which hypotheses live on). `cross=False` leaves
+        the cross-attention rows alone, for callers that know they would not change."""
+        for store in (self.self_kv, self.cross_kv) if cross else (self.self_kv,):
             for i, kv in enumerate(store):
                 if kv is not None:
                     store[i] = (kv[0].index_select(0, index), kv[1].index_select(0, index))

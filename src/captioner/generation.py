@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from captioner.config import GenerationConfig
-from captioner.decoder import CaptionDecoder, KVCache
+from captioner.decoder import CaptionDecoder
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,9 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
                 done[b] = normalised(max(next_scores[-beams:]), step + 2) <= worst
         if all(done):
             break
-        _reorder_beams(cache, torch.tensor(next_rows, device=device))
+        # A row only inherits from a beam of its own image, whose cross-attention keys and values
+        # are the same: only the self-attention cache needs reordering.
+        cache.reorder(torch.tensor(next_rows, device=device), cross=False)
         history = [history[row] + [token] for row, token in zip(next_rows, next_tokens)]
         beam_scores = torch.tensor(next_scores, device=device).view(batch, beams)
         last = torch.tensor(next_tokens, device=device)
@@ -191,13 +193,3 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
                     pool.append(Hypothesis(history[b * beams + k], normalised(score, max_new)))
         results.append(max(pool, key=lambda h: h.score))
     return results
-
-
-def _reorder_beams(cache: KVCache, index: torch.Tensor) -> None:
-    """`cache.reorder` for beam search, less the copying of the cross-attention keys and values:
-    a row only ever inherits from a beam of its own image, and those are the same for all of an
-    image's beams. At batch 8, beam 3 they are megabytes per step."""
-    cache.self_kv = [
-        None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
-        for kv in cache.self_kv
-    ]
