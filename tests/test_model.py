@@ -25,7 +25,6 @@ def test_caption_accepts_every_input_kind_and_batches(tiny_model, photo, tmp_pat
 def test_caption_tokens_match_text(tiny_model, photo):
     result = tiny_model.caption(photo, beam_size=3)[0]
     assert len(result.tokens) == len(result.token_ids)
-    assert " ".join(result.tokens).replace(" .", ".").startswith(result.text.split(" ")[0])
     assert tiny_model.tokenizer.decode(result.token_ids) == result.text
 
 
