@@ -1,11 +1,14 @@
 """Training throughput in captions/s: features from the disk cache against the encoder in every step.
 
-Both loops run the same training step (the flickr8k-effnet preset: 16 images per step, each with
-all its captions; forward, label-smoothed loss, backward, AdamW). With the cache a step reads the
-memory-mapped fp16 grids; without it, it decodes and preprocesses the 16 photos and runs the frozen
-EfficientNet-Lite2 over them first, as a pipeline without a cache must (once per image, sharing
-it among the image's captions as our batches do, and once per (image, caption) example, as
-caption-pair datasets do).
+Both loops run the same training step of a preset (forward, label-smoothed loss, backward,
+AdamW), with its encoder, decoder, images per step and captions per image: `flickr8k-effnet`
+(EfficientNet-Lite2, 3 layers, 16 images each with all 5 captions) or the production
+`flickr30k-clip` (CLIP ViT-B/32 with random weights, 6 layers, 128 images with one random caption
+each). With the cache a step reads the memory-mapped fp16 grids; without it, it decodes and
+preprocesses the step's photos and runs the frozen encoder over them first, as a pipeline without
+a cache must: once per image, sharing it among the image's captions as our batches do, and once
+per (image, caption) example, as caption-pair datasets do (the same thing where a step trains one
+caption per image).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _common import FLICKR8K_IMAGES, header, sample_images
+from _common import FLICKR8K_IMAGES, header, random_clip_encoder, sample_images
 
 from captioner import Captioner, CaptionerConfig, CaptionTokenizer, EncoderConfig
 from captioner.data import CaptionRecord, load_records
@@ -73,17 +76,33 @@ def main() -> None:
     parser.add_argument("--cached-steps", type=int, default=20)
     parser.add_argument("--encoder-steps", type=int, default=4)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in every training step")
+    parser.add_argument(
+        "--preset", default="flickr8k-effnet", help="flickr8k-effnet, flickr30k-clip"
+    )
+    parser.add_argument("--per-step", type=int, help="images per step (default: the preset's)")
     args = parser.parse_args()
     header("Training throughput, CPU")
 
-    config = preset("flickr8k-effnet")
-    per_step = config.batch_size
-    data = records(args.images)
+    config = preset(args.preset)
+    per_step = args.per_step or config.batch_size
+    data = records(max(args.images, per_step))
     tokenizer = CaptionTokenizer.build_compact(c for r in data for c in r.captions)
+    # CLIP's weights come from the hub; random ones run at the same speed.
+    encoder = random_clip_encoder() if config.encoder.name == "clip" else None
     model = Captioner(
-        CaptionerConfig(encoder=EncoderConfig(config.encoder.name), decoder=config.decoder),
+        CaptionerConfig(
+            encoder=EncoderConfig(config.encoder.name, encoder and encoder.source),
+            decoder=config.decoder,
+        ),
         tokenizer,
+        encoder,
     ).train()
+
+    def trained_captions(i: int) -> list[str]:
+        """All of an image's captions, or one ("random": the CLIP presets)."""
+        captions = data[i].captions
+        return captions if config.captions_per_image == "all" else captions[:1]
+
     step = trainer_step(model, config.label_smoothing, args.bf16)
     collator = CaptionCollator(tokenizer, config.decoder.max_length)
 
@@ -96,20 +115,22 @@ def main() -> None:
         dataset = TrainCaptions(data, cache)
 
         def cached(indices: list[int]) -> int:
-            batch = collator([dataset[(i, tuple(range(len(data[i].captions))))] for i in indices])
+            batch = collator(
+                [dataset[(i, tuple(range(len(trained_captions(i)))))] for i in indices]
+            )
             step(batch)
             return len(batch.ids)
 
         def encoder_in_loop(indices: list[int]) -> int:
             pixels = model.pixels([data[i].image for i in indices])
             features = model.encoder(pixels).tokens
-            batch = collator.tokenize(features, [data[i].captions for i in indices])
+            batch = collator.tokenize(features, [trained_captions(i) for i in indices])
             step(batch)
             return len(batch.ids)
 
         def encoder_per_caption(indices: list[int]) -> int:
             """Caption-pair datasets: every (image, caption) example loads and encodes its image."""
-            pairs = [(i, text) for i in indices for text in data[i].captions]
+            pairs = [(i, text) for i in indices for text in trained_captions(i)]
             features = model.encoder(model.pixels([data[i].image for i, _ in pairs])).tokens
             batch = collator.tokenize(features, [[text] for _, text in pairs])
             step(batch)
@@ -122,7 +143,7 @@ def main() -> None:
         )
 
     print(
-        f"{len(data)} images, {per_step} images x all captions per step, decoder {config.decoder.n_layers} layers d{config.decoder.d_model}, {'bf16 autocast' if args.bf16 else 'fp32'}"
+        f"{args.preset}: {len(data)} images, {per_step} images x {'all captions' if config.captions_per_image == 'all' else 'one caption'} per step, {config.encoder.name}, decoder {config.decoder.n_layers} layers d{config.decoder.d_model}, {'bf16 autocast' if args.bf16 else 'fp32'}"
     )
     print(f"building the cache once: {len(data) / encode_s:.1f} images/s ({encode_s:.1f} s)")
     print(f"feature cache:                    {with_cache:7.1f} captions/s")

@@ -135,3 +135,19 @@ def test_sampling_is_seeded_and_top_p_zero_is_greedy(setup):
     assert [h.ids for h in generate(decoder, image, SPECIAL, nucleus)] == [
         h.ids for h in generate(decoder, image, SPECIAL, greedy)
     ]
+
+
+def test_sampling_draws_tokens_with_their_probabilities():
+    from captioner.generation import _nucleus
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
+    log_probs = probs.log().expand(20000, -1)
+    generator = torch.Generator().manual_seed(0)
+    for top_p, expected in (
+        (1.0, probs),  # the whole distribution
+        (0.7, torch.tensor([0.5, 0.0, 0.3, 0.0, 0.0]) / 0.8),  # the nucleus, renormalised
+    ):
+        drawn = _nucleus(log_probs, top_p, generator)
+        frequency = torch.bincount(drawn, minlength=5).float() / len(drawn)
+        assert frequency[probs == 0].sum() == 0  # an impossible token never comes up
+        torch.testing.assert_close(frequency, expected, atol=0.015, rtol=0)

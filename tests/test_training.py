@@ -118,17 +118,34 @@ def test_resume_continues_exactly(dataset, tmp_path):
         tiny_config(dataset, tmp_path / "a", early_stopping_patience=9), progress=False
     )
     config = tiny_config(dataset, tmp_path / "b", early_stopping_patience=9)
+    assert config.average_decay  # the weight average is resumed too
     train(config, progress=False, callbacks=[StopAfterFirstEpoch()])
     resumed = train(config, resume=True, progress=False)
-    last_a = torch.load(straight.parent / "checkpoints" / "last.ckpt", weights_only=True)[
-        "state_dict"
-    ]
-    last_b = torch.load(resumed.parent / "checkpoints" / "last.ckpt", weights_only=True)[
-        "state_dict"
-    ]
-    assert last_a.keys() == last_b.keys()
-    for key in last_a:
-        torch.testing.assert_close(last_a[key], last_b[key], msg=key)
+    last_a = torch.load(straight.parent / "checkpoints" / "last.ckpt", weights_only=True)
+    last_b = torch.load(resumed.parent / "checkpoints" / "last.ckpt", weights_only=True)
+    average_a = last_a["callbacks"]["DecoderAverage"]["average"]
+    average_b = last_b["callbacks"]["DecoderAverage"]["average"]
+    for weights_a, weights_b in (
+        (last_a["state_dict"], last_b["state_dict"]),
+        (average_a, average_b),
+    ):
+        assert weights_a.keys() == weights_b.keys()
+        for key in weights_a:
+            torch.testing.assert_close(weights_a[key], weights_b[key], msg=key)
+
+
+def test_the_exported_model_is_the_weight_average(dataset, tmp_path):
+    best = train(tiny_config(dataset, tmp_path, epochs=1, average_decay=0.5), progress=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    average = checkpoint["callbacks"]["DecoderAverage"]["average"]
+    raw = checkpoint["state_dict"]
+    assert int(average["n_averaged"]) == 3  # one update per step: 12 images, 4 per step
+    exported = Captioner.from_pretrained(best).decoder.state_dict()
+    moved = 0
+    for key, value in exported.items():
+        torch.testing.assert_close(value, average[f"module.{key}"], msg=key)
+        moved += not torch.equal(value, raw[f"model.decoder.{key}"])
+    assert moved  # and not the raw weights of the last step
 
 
 def test_resume_without_a_checkpoint_is_refused(dataset, tmp_path):
@@ -149,9 +166,11 @@ def test_feature_cache_reuse_and_invalidation(dataset, tmp_path):
     lite0.register_forward_hook(lambda *a: calls.append(1))
     again = build_cache(lite0, sources, tmp_path, progress=False)
     assert calls == [] and np.array_equal(again[next(iter(again.rows))], first)
+    # A touched (or copied) file is still the same image: nothing is re-encoded.
+    os.utime(dataset / "images" / "1.png", ns=(1, 1))
+    assert len(build_cache(lite0, sources, tmp_path, progress=False)) == 16 and calls == []
     # A changed image is re-encoded, the others reused.
     Image.new("RGB", (40, 40), (0, 0, 0)).save(dataset / "images" / "0.png")
-    os.utime(dataset / "images" / "0.png", ns=(1, 1))
     changed = build_cache(lite0, sources, tmp_path, progress=False)
     assert len(calls) == 1 and len(changed) == 17  # one new row beside the stale one
     # Another encoder (or other preprocessing) gets its own cache folder.

@@ -37,6 +37,8 @@ class TrainConfig:
     warmup_steps: int = 500
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
+    # Score and export an exponential moving average of the decoder's weights (None: the raw ones).
+    average_decay: float | None = None
     early_stopping_patience: int = 5
     max_minutes: float | None = None  # stop (and keep the best) after this long
     seed: int = 0
@@ -77,6 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 16,  # images, each with its 5 captions
         "learning_rate": 6e-4,
         "warmup_steps": 300,
+        "average_decay": 0.999,
         "early_stopping_patience": 3,
         "max_minutes": 48.0,
     },
@@ -90,6 +93,7 @@ PRESETS["flickr8k-effnet-scst"] = {
     "steps_per_epoch": 120,
     "learning_rate": 2e-5,
     "warmup_steps": 20,
+    "average_decay": 0.99,
     "early_stopping_patience": 2,
     "max_minutes": 16.0,
 }

@@ -18,6 +18,7 @@ from captioner.encoders import build_encoder
 from captioner.features import FeatureCache, build_cache
 from captioner.model import Captioner
 from captioner.tokenizer import CaptionTokenizer
+from captioner.training.averaging import DecoderAverage
 from captioner.training.config import TrainConfig
 from captioner.training.data import (
     CaptionCollator,
@@ -192,6 +193,8 @@ def train(
         EarlyStopping(monitor="val/cider", mode="max", patience=config.early_stopping_patience),
         ExportBest(output_dir / BEST_DIR),
     ]
+    if config.average_decay is not None:  # after ExportBest, which must see the average
+        callbacks.append(DecoderAverage(config.average_decay))
     trainer = L.Trainer(
         max_epochs=config.epochs,
         limit_train_batches=config.steps_per_epoch,
