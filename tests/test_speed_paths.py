@@ -113,3 +113,25 @@ def test_large_photos_resize_fast_and_close_small_ones_exactly():
         size = (round(width * 260 / height), 260)
         plain = np.asarray(image.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
         assert np.abs(fast - plain).max() <= most
+
+
+def test_large_jpegs_decode_at_reduced_scale_close_to_a_full_decode(tmp_path):
+    """`min_size` decodes a large JPEG at a reduced scale; the encoder's pixels barely move."""
+    from captioner.images import load_image
+    from captioner.transforms import Preprocess
+
+    height, width = 1800, 2400
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 255], axis=-1)
+    noisy = (base + np.random.default_rng(0).normal(0, 10, base.shape)).clip(0, 255)
+    path = tmp_path / "large.jpg"
+    Image.fromarray(noisy.astype(np.uint8)).save(path, quality=90)
+    full, reduced = load_image(path), load_image(path, min_size=260)
+    assert full.size == (2400, 1800) and reduced.size == (600, 450)  # 1/4 (1/8 is under 260)
+    preprocess = Preprocess(crop_size=260, resize_size=260, mean=(0.5,) * 3, std=(0.5,) * 3)
+    difference = (preprocess(reduced) - preprocess(full)).abs() * 127.5  # in 0..255 levels
+    assert difference.mean() < 1.0 and difference.max() < 16  # the added noise is sigma 10
+    assert load_image(path, min_size=1000).size == full.size  # 1/2 would be under 1000
+    png = tmp_path / "small.png"
+    full.resize((1200, 900)).save(png)
+    assert load_image(png, min_size=260).size == (1200, 900)  # only JPEG decoders scale

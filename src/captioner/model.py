@@ -81,7 +81,8 @@ class Captioner(nn.Module):
         return next(self.decoder.parameters()).device
 
     def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        return self.encoder.preprocess.batch([load_image(image) for image in images])
+        size = self.encoder.preprocess.resize_size
+        return self.encoder.preprocess.batch([load_image(i, min_size=size) for i in images])
 
     @torch.inference_mode()
     def generate_from_features(
