@@ -115,10 +115,11 @@ class StopAfterFirstEpoch(Callback):
 
 def test_resume_continues_exactly(dataset, tmp_path):
     straight = train(
-        tiny_config(dataset, tmp_path / "a", early_stopping_patience=9), progress=False
+        tiny_config(dataset, tmp_path / "a", early_stopping_patience=9, average_decay=0.9),
+        progress=False,
     )
-    config = tiny_config(dataset, tmp_path / "b", early_stopping_patience=9)
-    assert config.average_decay  # the weight average is resumed too
+    # With the weight average on: it must resume exactly too.
+    config = tiny_config(dataset, tmp_path / "b", early_stopping_patience=9, average_decay=0.9)
     train(config, progress=False, callbacks=[StopAfterFirstEpoch()])
     resumed = train(config, resume=True, progress=False)
     last_a = torch.load(straight.parent / "checkpoints" / "last.ckpt", weights_only=True)
@@ -347,6 +348,18 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
     )
     best = train(scst, progress=False)
     tuned = Captioner.from_pretrained(best)
+    # Sampling is seeded by step: a rerun draws the same captions and ends with the same weights.
+    again = tiny_config(
+        dataset,
+        tmp_path / "again",
+        objective="scst",
+        init_from=str(first),
+        epochs=1,
+        scst_samples=3,
+    )
+    rerun = Captioner.from_pretrained(train(again, progress=False)).decoder.state_dict()
+    for key, value in tuned.decoder.state_dict().items():
+        torch.testing.assert_close(value, rerun[key], msg=key)
     assert tuned.tokenizer.vocab == Captioner.from_pretrained(first).tokenizer.vocab
     before = Captioner.from_pretrained(first).decoder.state_dict()
     after = tuned.decoder.state_dict()

@@ -79,7 +79,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 16,  # images, each with its 5 captions
         "learning_rate": 6e-4,
         "warmup_steps": 300,
-        "average_decay": 0.999,
         "early_stopping_patience": 3,
         "max_minutes": 48.0,
     },
@@ -93,7 +92,6 @@ PRESETS["flickr8k-effnet-scst"] = {
     "steps_per_epoch": 120,
     "learning_rate": 2e-5,
     "warmup_steps": 20,
-    "average_decay": 0.99,
     "early_stopping_patience": 2,
     "max_minutes": 16.0,
 }

@@ -7,6 +7,7 @@ other k - 1 (the baseline of Luo, 2020), and the loss is -advantage * log p(capt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -86,6 +87,11 @@ class SelfCriticalModule(CaptionerModule):
             max_new_tokens=config.validation_generation.max_new_tokens,
         )  # fmt: skip
 
+    def _sampling_at(self, step: int) -> GenerationConfig:
+        """Samples are a function of (seed, step, rank): reruns and resumed runs draw the same."""
+        seed = (self.config.seed * 1_000_003 + step) * 1024 + self.global_rank
+        return dataclasses.replace(self.sampling, seed=seed)
+
     def training_step(self, batch: Batch, _) -> torch.Tensor:
         samples = self.config.scst_samples
         images = batch.features.shape[0]
@@ -98,7 +104,7 @@ class SelfCriticalModule(CaptionerModule):
                 self.model.decoder,
                 memory.repeat_interleave(samples, dim=0),
                 self.model.special,
-                self.sampling,
+                self._sampling_at(self.global_step),
             )
         self.model.train()
         texts = [self.model.tokenizer.decode(h.ids) for h in hypotheses]
