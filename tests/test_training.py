@@ -149,6 +149,15 @@ def test_the_exported_model_is_the_weight_average(dataset, tmp_path):
     assert moved  # and not the raw weights of the last step
 
 
+def test_progress_reaches_a_log_file(dataset, tmp_path, capsys):
+    """Under nohup or SLURM stdout is a file, where Lightning's Rich bar prints only the final
+    state when training ends; every epoch must show up as it runs."""
+    train(tiny_config(dataset, tmp_path, epochs=2, early_stopping_patience=9), progress=True)
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "Epoch 0" in text and "Epoch 1" in text and "train/loss" in text
+
+
 def test_resume_without_a_checkpoint_is_refused(dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(tiny_config(dataset, tmp_path), resume=True, progress=False)

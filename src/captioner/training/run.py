@@ -5,11 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    ProgressBar,
+    TQDMProgressBar,
+)
 from torch.utils.data import DataLoader
 
 from captioner.config import CaptionerConfig
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 TOKENIZER_FILE = "tokenizer.json"
+NON_TTY_REFRESH_STEPS = 50
 
 
 def extract_features(
@@ -195,6 +203,11 @@ def train(
     ]
     if config.average_decay is not None:  # after ExportBest, which must see the average
         callbacks.append(DecoderAverage(config.average_decay))
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    if progress and not has_bar and not sys.stdout.isatty():
+        # Lightning's Rich bar draws nothing into a log file (nohup, SLURM): tqdm writes a line
+        # every `refresh_rate` steps, with the loss and the speed.
+        callbacks.append(TQDMProgressBar(refresh_rate=NON_TTY_REFRESH_STEPS))
     trainer = L.Trainer(
         max_epochs=config.epochs,
         limit_train_batches=config.steps_per_epoch,
