@@ -197,6 +197,21 @@ def test_exif_orientation_is_honoured(client: TestClient) -> None:
     assert response.json()["image"] == {"width": 48, "height": 64}
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_is_decoded_small_and_reported_at_full_size(
+    client: TestClient, orientation: int
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 6: stored sideways, displayed a quarter turn round
+    data = encode(photo(2400, 1800), "JPEG", exif=exif.tobytes())
+    response = post(client, data, "large.jpg", beam_size=1, attention="false")
+    assert response.status_code == 200, response.text
+    expected = (
+        {"width": 2400, "height": 1800} if orientation == 1 else {"width": 1800, "height": 2400}
+    )
+    assert response.json()["image"] == expected
+
+
 # ---- bad input: a JSON error, never a stack trace ------------------------------------------
 
 

@@ -79,7 +79,22 @@ def _open(fp, label: str, max_pixels: int, min_size: int | None) -> Image.Image:
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(f"{label} is truncated or corrupt: {error}") from None
+    if image.size != (width, height):  # decoded at reduced scale
+        image.info[_FULL_SIZE] = ((width, height), image.size)
     return image
+
+
+_FULL_SIZE = "captioner_full_size"
+
+
+def full_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the upright image at full scale, also when `load_image` decoded it at a
+    reduced one (what a client that uploaded it knows it as)."""
+    if _FULL_SIZE not in image.info:
+        return image.size
+    (width, height), decoded = image.info[_FULL_SIZE]
+    # EXIF orientation may have turned the decoded image a quarter turn since.
+    return (width, height) if image.size == decoded else (height, width)
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

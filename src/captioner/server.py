@@ -37,6 +37,7 @@ from captioner.images import (
     ImageLoadError,
     ImageTooLargeError,
     UnsupportedImageError,
+    full_size,
     load_image,
 )
 from captioner.model import Caption, Captioner
@@ -389,11 +390,14 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
         if len(data) > settings.max_upload_bytes:  # a chunked upload with no Content-Length
             return _too_large(settings)
         read = time.perf_counter()
-        image = await run_in_threadpool(load_image, data, settings.max_pixels)
+        image = await run_in_threadpool(
+            load_image, data, settings.max_pixels, model.encoder.preprocess.resize_size
+        )
         decoded = time.perf_counter()
         options = Options(beam_size or model.config.generation.beam_size, attention)
         result, stats = await batcher.caption(image, options)
         crop = crop_box(model.encoder.preprocess, image.width, image.height)
+        width, height = full_size(image)  # what the client sent, though decoded smaller
         maps = attention_maps(result, crop)
         timings = {
             "read": read - started,
@@ -407,7 +411,7 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
             tokens=result.tokens,
             score=round(result.score, 4),
             attention=maps,
-            image=ImageSize(width=image.width, height=image.height),
+            image=ImageSize(width=width, height=height),
             timings_ms={name: round(seconds * 1000, 2) for name, seconds in timings.items()},
             batch_size=stats.size,
         )
