@@ -98,7 +98,7 @@ def _caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from captioner.attention import save_token_heatmaps
-    from captioner.images import ImageLoadError, load_image
+    from captioner.images import ImageLoadError
     from captioner.model import Captioner
 
     model = Captioner.from_pretrained(args.model)
@@ -116,7 +116,7 @@ def _caption(args: argparse.Namespace) -> int:
         loaded, paths = [], []
         for path in args.images[start : start + args.batch_size]:
             try:
-                loaded.append(load_image(path, min_size=model.encoder.preprocess.resize_size))
+                loaded.append(model.encoder.preprocess.load(path))
                 paths.append(path)
             except ImageLoadError as error:
                 failures += 1

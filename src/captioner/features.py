@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from captioner.encoders import ImageEncoder
-from captioner.images import ImageInput, ImageLoadError, load_image
+from captioner.images import ImageInput, ImageLoadError
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ class _Pixels(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            image = load_image(self.sources[i].image, min_size=self.preprocess.resize_size)
-            return i, self.preprocess(image)
+            return i, self.preprocess(self.preprocess.load(self.sources[i].image))
         except ImageLoadError as error:
             return i, str(error)
 

@@ -18,7 +18,7 @@ from captioner.decoder import CaptionDecoder
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.generation import SpecialTokens, generate
 from captioner.hub import resolve_model_dir
-from captioner.images import ImageInput, load_image
+from captioner.images import ImageInput
 from captioner.tokenizer import CaptionTokenizer
 
 CONFIG_FILE = "config.json"
@@ -81,8 +81,8 @@ class Captioner(nn.Module):
         return next(self.decoder.parameters()).device
 
     def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        size = self.encoder.preprocess.resize_size
-        return self.encoder.preprocess.batch([load_image(i, min_size=size) for i in images])
+        preprocess = self.encoder.preprocess
+        return preprocess.batch([preprocess.load(image) for image in images])
 
     @torch.inference_mode()
     def generate_from_features(

@@ -38,7 +38,6 @@ from captioner.images import (
     ImageTooLargeError,
     UnsupportedImageError,
     full_size,
-    load_image,
 )
 from captioner.model import Caption, Captioner
 from captioner.transforms import Preprocess
@@ -390,9 +389,7 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
         if len(data) > settings.max_upload_bytes:  # a chunked upload with no Content-Length
             return _too_large(settings)
         read = time.perf_counter()
-        image = await run_in_threadpool(
-            load_image, data, settings.max_pixels, model.encoder.preprocess.resize_size
-        )
+        image = await run_in_threadpool(model.encoder.preprocess.load, data, settings.max_pixels)
         decoded = time.perf_counter()
         options = Options(beam_size or model.config.generation.beam_size, attention)
         result, stats = await batcher.caption(image, options)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from captioner.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -38,6 +40,11 @@ class Preprocess:
 
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self(image) for image in images])
+
+    def load(self, source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """`load_image`, decoding a large JPEG at the smallest scale this preprocessing can
+        still resize from."""
+        return load_image(source, max_pixels, min_size=self.resize_size)
 
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
