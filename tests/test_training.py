@@ -341,13 +341,13 @@ def test_cider_d_reward_matches_coco_caption_on_the_same_corpus():
         "3": "a man on a bike",
     }
     reward = CiderD(references.values())
-    mean = sum(reward.score(predictions[k], references[k]) for k in references) / 3
+    mean = sum(reward.scores([predictions[k]], references[k])[0] for k in references) / 3
     assert mean == pytest.approx(caption_metrics(predictions, references, meteor=False)["cider"])
-    # A caption equal to every reference scores highest; an unrelated one scores zero.
-    assert reward.score("a dog runs on the grass", references["1"]) > reward.score(
-        "a dog", references["1"]
+    # A caption equal to a reference beats a fragment of it; an unrelated one scores zero.
+    close, fragment, unrelated = reward.scores(
+        ["a dog runs on the grass", "a dog", "purple elephants fly"], references["1"]
     )
-    assert reward.score("purple elephants fly", references["1"]) == 0.0
+    assert close > fragment > unrelated == 0.0
 
 
 def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):

@@ -61,11 +61,15 @@ class CiderD:
                 length += frequency
         return vector, [math.sqrt(v) for v in norms], length
 
-    def score(self, candidate: str, references: Sequence[str]) -> float:
-        hyp, hyp_norms, hyp_length = self._vector(candidate)
+    def scores(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:
+        """Each candidate against the same references, which are vectorised once."""
+        refs = [self._vector(reference) for reference in references]
+        return [self._against(self._vector(candidate), refs) for candidate in candidates]
+
+    def _against(self, hypothesis: tuple, references: list[tuple]) -> float:
+        hyp, hyp_norms, hyp_length = hypothesis
         total = 0.0
-        for reference in references:
-            ref, ref_norms, ref_length = self._vector(reference)
+        for ref, ref_norms, ref_length in references:
             penalty = math.exp(-((hyp_length - ref_length) ** 2) / (2 * self.sigma**2))
             for order in range(self.n):
                 overlap = sum(
@@ -109,8 +113,11 @@ class SelfCriticalModule(CaptionerModule):
         self.model.train()
         texts = [self.model.tokenizer.decode(h.ids) for h in hypotheses]
         rewards = torch.tensor(
-            [self.cider.score(text, batch.captions[i // samples]) for i, text in enumerate(texts)]
-        ).view(images, samples)
+            [
+                self.cider.scores(texts[i * samples : (i + 1) * samples], references)
+                for i, references in enumerate(batch.captions)
+            ]
+        )
         baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (samples - 1)
         advantage = (rewards - baseline).view(-1).to(self.device)
 
