@@ -27,8 +27,9 @@ from captioner.training.data import (
     LengthBucketBatches,
     TrainCaptions,
     image_source,
+    mirror_caption,
 )
-from captioner.training.run import train
+from captioner.training.run import extract_features, train
 from captioner.training.scst import CiderD
 
 WORDS = ["red", "green", "blue", "yellow"]
@@ -195,16 +196,65 @@ def test_sampler_random_caption_per_image_and_all(dataset):
     one = CaptionSampler(data, "random", seed=1)
     picked = list(one)
     assert len(picked) == len(one) == 4
-    assert sorted(image for image, _ in picked) == [0, 1, 2, 3]  # each image once
-    assert all(len(captions) == 1 for _, captions in picked)
+    assert sorted(image for image, _, _ in picked) == [0, 1, 2, 3]  # each image once
+    assert all(len(captions) == 1 for _, captions, _ in picked)
     assert picked == list(one)  # a pure function of (seed, epoch)
     seen = set()
     for epoch in range(40):
         one.set_epoch(epoch)
-        seen |= {(image, captions[0]) for image, captions in one}
+        seen |= {(image, captions[0]) for image, captions, _ in one}
     assert len(seen) == 12  # over epochs every caption of every image comes up
     everything = CaptionSampler(data, "all", seed=1)
-    assert sorted(everything) == [(i, (0, 1, 2)) for i in range(4)]
+    assert sorted(everything) == [(i, (0, 1, 2), False) for i in range(4)]
+
+
+def test_sampler_mirrors_each_image_in_about_half_the_epochs(dataset):
+    data = TrainCaptions(load_records(dataset, "train")[:4], cache=None)
+    sampler = CaptionSampler(data, "all", seed=3, mirror=True)
+    mirrored = []
+    for epoch in range(200):
+        sampler.set_epoch(epoch)
+        mirrored += [(image, flag) for image, _, flag in sampler]
+    for image in range(4):
+        share = sum(flag for i, flag in mirrored if i == image) / 200
+        assert 0.4 < share < 0.6
+    sampler.set_epoch(7)
+    assert list(sampler) == list(sampler)  # still a pure function of (seed, epoch)
+
+
+def test_mirror_caption_swaps_sides_only():
+    assert mirror_caption("A dog on the left, a cat to the Right") == (
+        "A dog on the right, a cat to the Left"
+    )
+    assert mirror_caption("LEFT turn; leftover bright paint") == "RIGHT turn; leftover bright paint"
+
+
+def test_mirrored_grid_is_the_mirrored_image_grid(tmp_path):
+    """A mirrored source is encoded from the flipped pixels: its grid is the grid of an image
+    file that holds the mirror image, and a training item reads it with sides swapped."""
+    pixels = np.zeros((60, 90, 3), np.uint8)
+    pixels[:, :30] = (250, 20, 20)  # red on the left, noise elsewhere
+    pixels[:, 30:] = np.random.default_rng(0).integers(0, 255, (60, 60, 3))
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    Image.fromarray(pixels[:, ::-1].copy()).save(tmp_path / "flipped.png")
+    record = CaptionRecord("photo", str(tmp_path / "photo.png"), ["red on the left"], "train")
+    flipped = CaptionRecord("flipped", str(tmp_path / "flipped.png"), ["x"], "train")
+    lite0 = build_encoder(EncoderConfig("efficientnet-lite0"))
+    sources = [image_source(record), image_source(record, mirrored=True), image_source(flipped)]
+    cache = build_cache(lite0, sources, tmp_path / "cache", progress=False)
+    assert len(cache) == 3
+    data = TrainCaptions([record, flipped], cache)
+    plain, as_seen = data[(0, (0,), False)], data[(0, (0,), True)]
+    assert as_seen[1] == ["red on the right"] and plain[1] == ["red on the left"]
+    assert torch.allclose(as_seen[0].float(), data[(1, (0,), False)][0].float(), atol=0.02)
+    assert not torch.allclose(as_seen[0].float(), plain[0].float(), atol=0.1)
+
+
+def test_mirroring_encodes_the_training_images_twice(dataset, tmp_path):
+    config = tiny_config(dataset, tmp_path, mirror_images=True, cache_dir=str(tmp_path / "c"))
+    cache, records = extract_features(config, ["train", "dev"], progress=False)
+    assert len(records["train"]) == 12 and len(records["dev"]) == 4
+    assert len(cache) == 12 * 2 + 4  # dev is never mirrored
 
 
 def test_length_buckets_cover_every_item_once_and_group_lengths():
@@ -216,7 +266,7 @@ def test_length_buckets_cover_every_item_once_and_group_lengths():
     buckets = LengthBucketBatches(sampler, data, batch_size=4, window=5)
     batches = list(buckets)
     assert len(batches) == len(buckets) == 10
-    assert sorted(image for batch in batches for image, _ in batch) == list(range(40))
+    assert sorted(image for batch in batches for image, _, _ in batch) == list(range(40))
     spread = sum(
         max(buckets._length(k) for k in b) - min(buckets._length(k) for k in b) for b in batches
     )
@@ -242,7 +292,7 @@ def test_batches_share_each_image_among_its_captions(dataset, tmp_path):
     )
     data = TrainCaptions(records, cache)
     collator = CaptionCollator(CaptionTokenizer(), max_length=12)
-    batch = collator([data[(0, (0, 1, 2))], data[(2, (1,))]])
+    batch = collator([data[(0, (0, 1, 2), False)], data[(2, (1,), False)]])
     assert batch.features.shape == (2, 49, 1280)
     assert batch.image_index.tolist() == [0, 0, 0, 1]
     assert batch.ids.shape[0] == 4 and batch.ids[3, 0] == collator.tokenizer.start_id

@@ -28,6 +28,9 @@ class TrainConfig:
     train_split: str = "train"
     dev_split: str = "dev"
     captions_per_image: str = "random"  # "random": one of them each epoch; "all": every one
+    # Augmentation: each epoch, a random half of the training images are seen left-right
+    # mirrored (their grids cached beside the originals), with "left" and "right" swapped.
+    mirror_images: bool = False
     min_token_count: int = 1  # compact vocabulary: CLIP tokens seen at least this often
     epochs: int = 20
     steps_per_epoch: int | None = None  # validate (and checkpoint) after this many steps
@@ -74,6 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": {"name": "efficientnet-lite2"},
         "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 3, "dropout": 0.25},
         "captions_per_image": "all",
+        "mirror_images": True,
         "min_token_count": 5,
         "epochs": 12,
         "batch_size": 16,  # images, each with its 5 captions

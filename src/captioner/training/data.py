@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,8 +17,25 @@ from captioner.tokenizer import CaptionTokenizer
 log = logging.getLogger(__name__)
 
 
-def image_source(record: CaptionRecord) -> ImageSource:
-    return ImageSource(record.image_id, record.image)
+def image_source(record: CaptionRecord, mirrored: bool = False) -> ImageSource:
+    return ImageSource(record.image_id, record.image, mirrored)
+
+
+_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_OTHER_SIDE = {"left": "right", "right": "left"}
+
+
+def mirror_caption(text: str) -> str:
+    """The caption of the mirrored image: "left" and "right" trade places (case kept)."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = _OTHER_SIDE[word.lower()]
+        return (
+            other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
+        )
+
+    return _SIDES.sub(swap, text)
 
 
 def cached_records(records: Sequence[CaptionRecord], cache: FeatureCache) -> list[CaptionRecord]:
@@ -32,38 +50,48 @@ def cached_records(records: Sequence[CaptionRecord], cache: FeatureCache) -> lis
     return kept
 
 
-# A training item: an image (by position) and which of its captions to train on.
-ItemKey = tuple[int, tuple[int, ...]]
+# A training item: an image (by position), which of its captions to train on, and whether the
+# image is seen mirrored.
+ItemKey = tuple[int, tuple[int, ...], bool]
 
 
 class TrainCaptions(Dataset):
     """Items are an image's cached grid with some of its captions; `CaptionSampler` decides
-    which captions. One grid serves all its captions, so the image side is computed once."""
+    which captions. One grid serves all its captions, so the image side is computed once.
+    A mirrored item reads the mirrored image's grid and swaps "left" and "right" in captions."""
 
     def __init__(self, records: Sequence[CaptionRecord], cache: FeatureCache | None):
         self.records = list(records)
         self.cache = cache
-        self.keys = [fingerprint(image_source(r)) for r in self.records]
+        self.keys = [
+            {mirrored: fingerprint(image_source(r, mirrored)) for mirrored in (False, True)}
+            for r in self.records
+        ]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, key: ItemKey) -> tuple[torch.Tensor, list[str]]:
-        image, captions = key
-        grid = torch.from_numpy(self.cache[self.keys[image]].copy())
-        return grid, [self.records[image].captions[j] for j in captions]
+        image, captions, mirrored = key
+        grid = torch.from_numpy(self.cache[self.keys[image][mirrored]].copy())
+        texts = [self.records[image].captions[j] for j in captions]
+        return grid, [mirror_caption(t) for t in texts] if mirrored else texts
 
 
 class CaptionSampler(Sampler[ItemKey]):
     """Which captions an epoch trains on and in what order, as a pure function of (seed, epoch):
     so a resumed run sees exactly what an uninterrupted one would. "random" takes one caption
-    per image each epoch, "all" every caption. Under DDP each rank takes its own equal share."""
+    per image each epoch, "all" every caption. With `mirror`, each image is seen mirrored in a
+    random half of the epochs. Under DDP each rank takes its own equal share."""
 
-    def __init__(self, dataset: TrainCaptions, captions_per_image: str, seed: int):
+    def __init__(
+        self, dataset: TrainCaptions, captions_per_image: str, seed: int, mirror: bool = False
+    ):
         if captions_per_image not in ("random", "all"):
             raise ValueError("captions_per_image must be 'random' or 'all'")
         self.counts = [len(r.captions) for r in dataset.records]
         self.every_caption = captions_per_image == "all"
+        self.mirror = mirror
         self.seed = seed
         self.epoch = 0
 
@@ -85,11 +113,12 @@ class CaptionSampler(Sampler[ItemKey]):
         picks = (
             torch.rand(len(self.counts), generator=generator) * torch.tensor(self.counts)
         ).long()
+        mirrored = (torch.rand(len(self.counts), generator=generator) < 0.5) & self.mirror
         rank, world = self._rank_and_world()
         share = len(order) // world
         for image in order[rank * share : (rank + 1) * share]:
             captions = range(self.counts[image]) if self.every_caption else [int(picks[image])]
-            yield image, tuple(captions)
+            yield image, tuple(captions), bool(mirrored[image])
 
 
 class LengthBucketBatches(Sampler[list[ItemKey]]):
@@ -109,7 +138,7 @@ class LengthBucketBatches(Sampler[list[ItemKey]]):
         self.words = [[len(c.split()) for c in r.captions] for r in dataset.records]
 
     def _length(self, key: ItemKey) -> int:
-        image, captions = key
+        image, captions, _ = key
         return max(self.words[image][j] for j in captions)
 
     def __len__(self) -> int:

@@ -49,12 +49,15 @@ NON_TTY_REFRESH_STEPS = 50
 def extract_features(
     config: TrainConfig, splits: list[str], progress: bool = True
 ) -> tuple[FeatureCache, dict[str, list[CaptionRecord]]]:
-    """Encode the images of `splits` once (reusing whatever is cached) and return the records."""
+    """Encode the images of `splits` once (reusing whatever is cached) and return the records.
+    With `mirror_images`, the training split's mirrored images are encoded too."""
     if not config.data:
         raise ValueError("no data given: pass --data (a dataset folder or file)")
     records = {split: load_records(config.data, split) for split in splits}
     encoder = build_encoder(config.encoder)
     sources = [image_source(r) for split in splits for r in records[split]]
+    if config.mirror_images and config.train_split in records:
+        sources += [image_source(r, mirrored=True) for r in records[config.train_split]]
     cache = build_cache(
         encoder, sources, config.cache_dir, num_workers=config.num_workers, progress=progress
     )
@@ -77,7 +80,9 @@ class CaptionData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = TrainCaptions(self.records[self.config.train_split], self.cache)
-        sampler = CaptionSampler(dataset, self.config.captions_per_image, self.config.seed)
+        sampler = CaptionSampler(
+            dataset, self.config.captions_per_image, self.config.seed, self.config.mirror_images
+        )
         return DataLoader(
             dataset,
             batch_sampler=LengthBucketBatches(sampler, dataset, self.config.batch_size),
