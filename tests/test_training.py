@@ -159,6 +159,18 @@ def test_progress_reaches_a_log_file(dataset, tmp_path, capsys):
     assert "Epoch 0" in text and "Epoch 1" in text and "train/loss" in text
 
 
+def test_a_nested_override_keeps_the_other_fields():
+    """`--set validation_generation.beam_size=3` must not reset the validation length (25 in
+    TrainConfig) to GenerationConfig's own default (30)."""
+    config = preset("flickr8k-effnet", validation_generation={"beam_size": 3})
+    assert config.validation_generation.beam_size == 3
+    assert config.validation_generation.max_new_tokens == 25
+    scst = preset("flickr8k-effnet-scst", decoder={"dropout": 0.0})
+    assert scst.decoder.dropout == 0.0 and scst.decoder.n_layers == 3  # the preset's layers
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("flickr9k")
+
+
 def test_resume_without_a_checkpoint_is_refused(dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(tiny_config(dataset, tmp_path), resume=True, progress=False)

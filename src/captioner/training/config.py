@@ -87,17 +87,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_minutes": 48.0,
     },
 }
-# Second stage of the bundled model: CIDEr-D fine-tuning of the cross-entropy model.
+# Second stage of the bundled model: CIDEr-D fine-tuning of the cross-entropy model. Ten
+# samples per image (not five) steady the reward baseline, so dev CIDEr keeps climbing over the
+# 600 steps; checkpoints are chosen by dev CIDEr under beam 3, the decoding the model ships with.
 PRESETS["flickr8k-effnet-scst"] = {
     **PRESETS["flickr8k-effnet"],
     "objective": "scst",
     "init_from": "runs/flickr8k-effnet/best",
-    "epochs": 3,
-    "steps_per_epoch": 120,
+    "scst_samples": 10,
+    "validation_generation": {"beam_size": 3, "max_new_tokens": 30},
+    "epochs": 10,
+    "steps_per_epoch": 60,
     "learning_rate": 2e-5,
     "warmup_steps": 20,
-    "early_stopping_patience": 2,
-    "max_minutes": 16.0,
+    "early_stopping_patience": 4,
+    "max_minutes": 30.0,
 }
 # Production: CLIP ViT-B/32 from the Hugging Face hub and the default 6-layer decoder, on a GPU.
 _CLIP = {
@@ -123,13 +127,16 @@ PRESETS["coco-clip"] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """A preset's config with `overrides` (flat keys; nested ones as dicts) applied on top."""
+    """A preset's config with `overrides` (flat keys; nested ones as dicts) applied on top.
+    A nested override changes only the fields it names: the others keep the preset's value,
+    or else `TrainConfig`'s default (which may differ from the nested dataclass's own)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS[name]}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
+    values = TrainConfig().to_dict()
+    for layer in (PRESETS[name], overrides):
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
     return TrainConfig.from_dict(values)
