@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -13,12 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from captioner.cli import main
-from captioner.config import EncoderConfig
+from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig
 from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
 from captioner.evaluation.metrics import caption_metrics
 from captioner.features import build_cache, cache_dir
 from captioner.model import Captioner
+from captioner.objective import token_loss_and_accuracy
 from captioner.tokenizer import CaptionTokenizer
 from captioner.training.config import TrainConfig, preset
 from captioner.training.data import (
@@ -30,7 +32,7 @@ from captioner.training.data import (
     mirror_caption,
 )
 from captioner.training.run import extract_features, train
-from captioner.training.scst import CiderD
+from captioner.training.scst import CiderD, SelfCriticalModule
 
 WORDS = ["red", "green", "blue", "yellow"]
 
@@ -437,3 +439,28 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it did learn something
     with pytest.raises(ValueError, match="needs init_from"):
         train(tiny_config(dataset, tmp_path / "bad", objective="scst"), progress=False)
+
+
+def test_self_critical_loss_mixes_in_the_references_cross_entropy():
+    """`scst_xe_weight` adds exactly that multiple of the references' teacher-forced
+    cross-entropy (no label smoothing) to the self-critical loss of the same samples."""
+    torch.manual_seed(0)
+    captions = [["a dog runs on the grass", "a brown dog"], ["two kids swim", "a pool"]]
+    tokenizer = CaptionTokenizer.build_compact(c for group in captions for c in group)
+    config = CaptionerConfig(
+        encoder=EncoderConfig("efficientnet-lite0"),
+        decoder=DecoderConfig(n_layers=1, d_model=32, n_heads=2, dropout=0.0, max_length=16),
+    )
+    model = Captioner(config, tokenizer)
+    batch = CaptionCollator(tokenizer, 16).tokenize(torch.randn(2, 49, 1280), captions)
+    losses = {}
+    for weight in (0.0, 0.5):
+        train_config = TrainConfig(scst_samples=3, label_smoothing=0.1, scst_xe_weight=weight)
+        module = SelfCriticalModule(model, train_config, captions)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # self.log with no Trainer attached
+            losses[weight] = module.training_step(batch, 0)
+    logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
+    cross_entropy, _, _ = token_loss_and_accuracy(logits, batch.ids, batch.lengths)
+    assert cross_entropy > 0.1
+    torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * cross_entropy)

@@ -25,6 +25,7 @@ class TrainConfig:
     objective: str = "xe"
     init_from: str | None = None
     scst_samples: int = 5  # sampled captions per image
+    scst_xe_weight: float = 0.0  # weight of the references' cross-entropy in self-critical steps
     train_split: str = "train"
     dev_split: str = "dev"
     captions_per_image: str = "random"  # "random": one of them each epoch; "all": every one

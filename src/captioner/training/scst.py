@@ -2,7 +2,9 @@
 
 Cross-entropy teaches the next word; SCST rewards whole sampled captions by the metric itself.
 Each image gets k sampled captions; a caption's advantage is its CIDEr-D minus the mean of the
-other k - 1 (the baseline of Luo, 2020), and the loss is -advantage * log p(caption).
+other k - 1 (the baseline of Luo, 2020), and the loss is -advantage * log p(caption). Optionally
+the references' cross-entropy is mixed in (Paulus et al., 2018): it anchors the policy to human
+captions, where pure self-critical updates drift and, run long enough, collapse.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from captioner.config import GenerationConfig
 from captioner.evaluation.metrics import ptb_tokenize
 from captioner.generation import generate
 from captioner.model import Captioner
+from captioner.objective import token_loss_and_accuracy
 from captioner.training.config import TrainConfig
 from captioner.training.data import Batch
 from captioner.training.module import CaptionerModule
@@ -133,6 +136,13 @@ class SelfCriticalModule(CaptionerModule):
         valid = torch.arange(ids.shape[1] - 1, device=self.device)[None, :] < lengths[:, None]
         log_prob = (token_log_probs * valid).sum(dim=1)
         loss = -(advantage * log_prob).mean()
+        if self.config.scst_xe_weight:
+            reference_logits = self.model(batch.features, batch.ids[:, :-1], batch.image_index)
+            # No label smoothing here: its pull towards uniform is the drift this term holds back.
+            cross_entropy, _, _ = token_loss_and_accuracy(
+                reference_logits, batch.ids, batch.lengths
+            )
+            loss = loss + self.config.scst_xe_weight * cross_entropy
         self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=len(rows))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(rows))
         return loss
