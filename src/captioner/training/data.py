@@ -21,21 +21,18 @@ def image_source(record: CaptionRecord, mirrored: bool = False) -> ImageSource:
     return ImageSource(record.image_id, record.image, mirrored)
 
 
-_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-_OTHER_SIDE = {"left": "right", "right": "left"}
+# "left" <-> "right" in the three casings captions use.
+_OTHER_SIDE = {
+    side: other
+    for a, b in (("left", "right"), ("right", "left"))
+    for side, other in ((a, b), (a.capitalize(), b.capitalize()), (a.upper(), b.upper()))
+}
+_SIDES = re.compile(r"\b(" + "|".join(_OTHER_SIDE) + r")\b")
 
 
 def mirror_caption(text: str) -> str:
-    """The caption of the mirrored image: "left" and "right" trade places (case kept)."""
-
-    def swap(match: re.Match) -> str:
-        word = match.group(0)
-        other = _OTHER_SIDE[word.lower()]
-        return (
-            other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
-        )
-
-    return _SIDES.sub(swap, text)
+    """The caption of the mirrored image: "left" and "right" trade places."""
+    return _SIDES.sub(lambda match: _OTHER_SIDE[match.group(0)], text)
 
 
 def cached_records(records: Sequence[CaptionRecord], cache: FeatureCache) -> list[CaptionRecord]:
