@@ -19,6 +19,7 @@ from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
 from captioner.evaluation.metrics import caption_metrics
 from captioner.features import build_cache, cache_dir
+from captioner.generation import Hypothesis
 from captioner.model import Captioner
 from captioner.objective import token_loss_and_accuracy
 from captioner.tokenizer import CaptionTokenizer
@@ -32,7 +33,7 @@ from captioner.training.data import (
     mirror_caption,
 )
 from captioner.training.run import extract_features, train
-from captioner.training.scst import CiderD, SelfCriticalModule
+from captioner.training.scst import CiderD, SelfCriticalModule, sampled_log_probs
 
 WORDS = ["red", "green", "blue", "yellow"]
 
@@ -441,25 +442,61 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
         train(tiny_config(dataset, tmp_path / "bad", objective="scst"), progress=False)
 
 
+SCST_CAPTIONS = [["a dog runs on the grass", "a brown dog"], ["two kids swim", "a pool"]]
+
+
+def _self_critical_loss(model: Captioner, batch, **settings) -> torch.Tensor:
+    module = SelfCriticalModule(model, TrainConfig(scst_samples=3, **settings), SCST_CAPTIONS)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log with no Trainer attached
+        return module.training_step(batch, 0)
+
+
+def _tiny_self_critical_setup(dropout: float):
+    torch.manual_seed(0)
+    tokenizer = CaptionTokenizer.build_compact(c for group in SCST_CAPTIONS for c in group)
+    config = CaptionerConfig(
+        encoder=EncoderConfig("efficientnet-lite0"),
+        decoder=DecoderConfig(n_layers=1, d_model=32, n_heads=2, dropout=dropout, max_length=16),
+    )
+    model = Captioner(config, tokenizer)
+    batch = CaptionCollator(tokenizer, 16).tokenize(torch.randn(2, 49, 1280), SCST_CAPTIONS)
+    return model, batch
+
+
+def test_self_critical_step_scores_its_samples_without_dropout():
+    """The policy gradient needs the log-probabilities of the policy that drew the samples, so
+    dropout stays off in the update too: the same seeded step gives the same loss twice."""
+    model, batch = _tiny_self_critical_setup(dropout=0.5)
+    model.train()
+    first, second = (_self_critical_loss(model, batch) for _ in range(2))
+    assert first != 0.0
+    torch.testing.assert_close(first, second)
+
+
+def test_a_sample_cut_off_at_the_length_limit_is_scored_without_an_end_token():
+    model, batch = _tiny_self_critical_setup(dropout=0.0)
+    model.eval()
+    a, b = (model.tokenizer.encode(word)[1] for word in ("dog", "pool"))
+    start, end = model.tokenizer.start_id, model.tokenizer.end_id
+    cut_off, ended = Hypothesis([a, b], 0.0), Hypothesis([a], 0.0)
+    image_index = torch.tensor([0, 0])
+    scored = sampled_log_probs(model, batch.features, image_index, [cut_off, ended], limit=2)
+    with torch.no_grad():
+        logits = model(batch.features[:1], torch.tensor([[start, a, b]]), torch.tensor([0]))
+    steps = logits[0].float().log_softmax(-1)  # after start, after "dog", after "dog pool"
+    expected = torch.stack([steps[0, a] + steps[1, b], steps[0, a] + steps[1, end]])
+    torch.testing.assert_close(scored.detach(), expected)
+
+
 def test_self_critical_loss_mixes_in_the_references_cross_entropy():
     """`scst_xe_weight` adds exactly that multiple of the references' teacher-forced
     cross-entropy (no label smoothing) to the self-critical loss of the same samples."""
-    torch.manual_seed(0)
-    captions = [["a dog runs on the grass", "a brown dog"], ["two kids swim", "a pool"]]
-    tokenizer = CaptionTokenizer.build_compact(c for group in captions for c in group)
-    config = CaptionerConfig(
-        encoder=EncoderConfig("efficientnet-lite0"),
-        decoder=DecoderConfig(n_layers=1, d_model=32, n_heads=2, dropout=0.0, max_length=16),
-    )
-    model = Captioner(config, tokenizer)
-    batch = CaptionCollator(tokenizer, 16).tokenize(torch.randn(2, 49, 1280), captions)
-    losses = {}
-    for weight in (0.0, 0.5):
-        train_config = TrainConfig(scst_samples=3, label_smoothing=0.1, scst_xe_weight=weight)
-        module = SelfCriticalModule(model, train_config, captions)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # self.log with no Trainer attached
-            losses[weight] = module.training_step(batch, 0)
+    model, batch = _tiny_self_critical_setup(dropout=0.0)
+    losses = {
+        weight: _self_critical_loss(model, batch, label_smoothing=0.1, scst_xe_weight=weight)
+        for weight in (0.0, 0.5)
+    }
     logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
     cross_entropy, _, _ = token_loss_and_accuracy(logits, batch.ids, batch.lengths)
     assert cross_entropy > 0.1

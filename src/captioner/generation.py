@@ -35,12 +35,17 @@ def generate(
     config: GenerationConfig,
 ) -> list[Hypothesis]:
     """One caption per row of `image` (the decoder memory from `encode_image`)."""
-    max_new = min(config.max_new_tokens, decoder.config.max_length - 1)
+    max_new = token_limit(decoder, config)
     if config.do_sample:
         return _sample(decoder, image, special, config, max_new)
     if config.beam_size <= 1:
         return _greedy(decoder, image, special, config, max_new)
     return _beam_search(decoder, image, special, config, max_new)
+
+
+def token_limit(decoder: CaptionDecoder, config: GenerationConfig) -> int:
+    """The most tokens a caption may get: a caption this long was cut off, not ended."""
+    return min(config.max_new_tokens, decoder.config.max_length - 1)
 
 
 def _step_log_probs(

@@ -25,6 +25,10 @@ class TrainConfig:
     objective: str = "xe"
     init_from: str | None = None
     scst_samples: int = 5  # sampled captions per image
+    # Nucleus of the self-critical samples. Label smoothing leaves about its own weight (0.1) of
+    # probability spread over the whole vocabulary, so most full-distribution samples of a
+    # 12-token caption hold a random token, and rewards mostly score that noise.
+    scst_top_p: float = 1.0
     scst_xe_weight: float = 0.0  # weight of the references' cross-entropy in self-critical steps
     train_split: str = "train"
     dev_split: str = "dev"
