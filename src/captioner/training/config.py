@@ -93,10 +93,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 # Second stage of the bundled model: CIDEr-D fine-tuning of the cross-entropy model. Ten
-# samples per image (not five) steady the reward baseline. They come from the 0.9 nucleus: drawn
-# from the whole distribution, most held a random word from label smoothing's tail, and the
-# policy collapsed after about 300 steps. Checkpoints are chosen by dev CIDEr under beam 3, the
-# decoding the model ships with; on Flickr8k the best comes at step 240.
+# samples per image (not five) steady the reward baseline; drawn from the whole distribution
+# (see `scst_top_p`) the policy collapsed after about 300 steps. Checkpoints are chosen by dev
+# CIDEr under beam 3, the decoding the model ships with; on Flickr8k the best comes at step 240.
 PRESETS["flickr8k-effnet-scst"] = {
     **PRESETS["flickr8k-effnet"],
     "objective": "scst",
