@@ -5,13 +5,18 @@ from captioner.config import DecoderConfig
 from captioner.decoder import CaptionDecoder
 
 
-@pytest.fixture
-def decoder() -> CaptionDecoder:
+def _decoder(image_layers: int) -> CaptionDecoder:
     torch.manual_seed(0)
     config = DecoderConfig(
-        vocab_size=50, image_dim=24, image_tokens=9, d_model=32, n_heads=4, n_layers=3, dropout=0.0
-    )
+        vocab_size=50, image_dim=24, image_tokens=9, d_model=32, n_heads=4, n_layers=3,
+        image_layers=image_layers, dropout=0.0,
+    )  # fmt: skip
     return CaptionDecoder(config).eval()
+
+
+@pytest.fixture(params=[0, 2], ids=["grid", "image-layers"])
+def decoder(request) -> CaptionDecoder:
+    return _decoder(request.param)
 
 
 def test_incremental_decoding_matches_full_recomputation(decoder):
@@ -77,3 +82,14 @@ def test_image_index_equals_repeating_the_image(decoder):
     shared = decoder(ids, decoder.encode_image(features), image_index=index).logits
     repeated = decoder(ids, decoder.encode_image(features[index])).logits
     torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-5)
+
+
+def test_image_layers_give_every_image_token_the_whole_photo():
+    features = torch.randn(1, 9, 24)
+    changed = features.clone()
+    changed[0, 0] += 1.0  # one patch
+    for image_layers, others_move in ((0, False), (1, True)):
+        decoder = _decoder(image_layers)
+        before, after = decoder.encode_image(features), decoder.encode_image(changed)
+        assert not torch.allclose(before[0, 0], after[0, 0])
+        assert torch.allclose(before[0, 1:], after[0, 1:]) is not others_move

@@ -28,6 +28,9 @@ class DecoderConfig:
     d_model: int = 512
     n_heads: int = 8
     n_layers: int = 6
+    # Self-attention layers over the image tokens before the caption reads them, so each patch
+    # carries context from the whole photo (0: the projected grid as it is).
+    image_layers: int = 0
     mlp_ratio: int = 4
     max_length: int = 40
     dropout: float = 0.1

@@ -1,8 +1,8 @@
 """The caption decoder: a pre-norm transformer that cross-attends to the image's patch grid.
 
 Each block is causal self-attention, cross-attention to the projected image tokens, then an MLP,
-each behind a LayerNorm and a residual. Positions are learned; the output layer is the token
-embedding (tied). A `KVCache` makes generation cost one token's work per step, and any call can
+each behind a LayerNorm and a residual. Optional `ImageBlock`s first let the image tokens attend
+to each other. Positions are learned; the output layer is the token embedding (tied). A `KVCache` makes generation cost one token's work per step, and any call can
 hand back the cross-attention weights of every layer and head (for attention maps).
 """
 
@@ -82,6 +82,31 @@ class Attention(nn.Module):
         return self.out(mixed.transpose(1, 2).reshape(batch, length, -1)), weights
 
 
+def _mlp(config: DecoderConfig) -> nn.Sequential:
+    width = config.mlp_ratio * config.d_model
+    return nn.Sequential(
+        nn.Linear(config.d_model, width), nn.GELU(), nn.Linear(width, config.d_model)
+    )
+
+
+class ImageBlock(nn.Module):
+    """Self-attention among the image tokens, then an MLP (no mask: every patch sees all)."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.d_model)
+        self.attention = Attention(config.d_model, config.n_heads, config.dropout)
+        self.mlp_norm = nn.LayerNorm(config.d_model)
+        self.mlp = _mlp(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.attention_norm(x)
+        attended, _ = self.attention(h, self.attention.project_kv(h), None, need_weights=False)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
 class DecoderBlock(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -91,11 +116,7 @@ class DecoderBlock(nn.Module):
         self.cross_norm = nn.LayerNorm(d)
         self.cross_attention = Attention(d, config.n_heads, config.dropout)
         self.mlp_norm = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(
-            nn.Linear(d, config.mlp_ratio * d),
-            nn.GELU(),
-            nn.Linear(config.mlp_ratio * d, d),
-        )
+        self.mlp = _mlp(config)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
@@ -145,6 +166,9 @@ class CaptionDecoder(nn.Module):
         d = config.d_model
         self.image_projection = nn.Sequential(nn.Linear(config.image_dim, d), nn.LayerNorm(d))
         self.image_positions = nn.Parameter(torch.zeros(1, config.image_tokens, d))
+        self.image_blocks = nn.ModuleList(ImageBlock(config) for _ in range(config.image_layers))
+        # Pre-norm blocks leave their sum unnormalised; without blocks the projection's norm holds.
+        self.image_norm = nn.LayerNorm(d) if config.image_layers else nn.Identity()
         self.token_embedding = nn.Embedding(config.vocab_size, d)
         self.positions = nn.Parameter(torch.zeros(1, config.max_length, d))
         self.dropout = nn.Dropout(config.dropout)
@@ -164,7 +188,10 @@ class CaptionDecoder(nn.Module):
                 f"the decoder was built for {self.config.image_tokens} image tokens, "
                 f"got {features.shape[1]}: wrong encoder for this model?"
             )
-        return self.dropout(self.image_projection(features) + self.image_positions)
+        memory = self.dropout(self.image_projection(features) + self.image_positions)
+        for block in self.image_blocks:
+            memory = block(memory)
+        return self.image_norm(memory)
 
     def forward(
         self,
