@@ -2,8 +2,9 @@
 
 Each block is causal self-attention, cross-attention to the projected image tokens, then an MLP,
 each behind a LayerNorm and a residual. Optional `ImageBlock`s first let the image tokens attend
-to each other. Positions are learned; the output layer is the token embedding (tied). A `KVCache` makes generation cost one token's work per step, and any call can
-hand back the cross-attention weights of every layer and head (for attention maps).
+to each other. Positions are learned; the output layer is the token embedding (tied). A
+`KVCache` makes generation cost one token's work per step, and any call can hand back the
+cross-attention weights of every layer and head (for attention maps).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Self-critical sequence training (Rennie et al., 2017): fine-tune a trained captioner on CIDEr-D.
 
 Cross-entropy teaches the next word; SCST rewards whole sampled captions by the metric itself.
-Each image gets k sampled captions (from a nucleus, `scst_top_p`: a label-smoothed model's
-long tail would put a random word into most of them); a caption's advantage is its CIDEr-D minus the mean of the
-other k - 1 (the baseline of Luo, 2020), and the loss is -advantage * log p(caption). Optionally
-the references' cross-entropy is mixed in (Paulus et al., 2018): it anchors the policy to human
-captions, where pure self-critical updates drift and, run long enough, collapse.
+Each image gets k sampled captions (from the nucleus `scst_top_p`); a caption's advantage is its
+CIDEr-D minus the mean of the other k - 1 (the baseline of Luo, 2020), and the loss is
+-advantage * log p(caption). Optionally the references' cross-entropy is mixed in (Paulus et
+al., 2018): it anchors the policy to human captions, where pure self-critical updates drift and,
+run long enough, collapse.
 """
 
 from __future__ import annotations
