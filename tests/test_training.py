@@ -333,7 +333,7 @@ def test_ddp_on_two_cpu_processes(dataset, tmp_path):
         "strategy": "ddp",
         "min_token_count": 1,
     }
-    args = [sys.executable, "-m", "captioner.cli", "train", "--data", str(dataset)]
+    args = [sys.executable, "-m", "captioner", "train", "--data", str(dataset)]
     for key, value in overrides.items():
         args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,0 +1,40 @@
+"""The `captioner` command line: caption, features, train, eval, export, serve.
+
+Each command lives in its own module with `add_parser(commands)` and `run(args) -> int`.
+Flags default to None so that the library's configs keep the one set of defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from captioner.cli import caption, evaluate, export, features, serve, train
+from captioner.hub import ModelNotFoundError
+
+COMMANDS = (caption, features, train, evaluate, export, serve)
+
+
+class UsageError(Exception):
+    """A bad flag or value: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ModelNotFoundError, UsageError) as error:
+        print(f"captioner: {error}", file=sys.stderr)
+        return 2
