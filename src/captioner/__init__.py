@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from functools import lru_cache
 
 from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig, GenerationConfig
@@ -20,15 +20,16 @@ def load(source: str | None = None) -> Captioner:
 
 
 def caption(
-    images: ImageInput | Sequence[ImageInput],
+    images: ImageInput | Iterable[ImageInput],
     model: str | None = None,
     beam_size: int | None = None,
     return_attention: bool = False,
-    **generation_options,
+    **options,
 ) -> list[Caption]:
-    """Caption images with the bundled model (or `model`: folder, hub id, wandb: artifact)."""
+    """Caption images with the bundled model (or `model`: folder, hub id, wandb: artifact);
+    `options` are `Captioner.caption`'s (batch_size, GenerationConfig fields)."""
     return load(model).caption(
-        images, beam_size=beam_size, return_attention=return_attention, **generation_options
+        images, beam_size=beam_size, return_attention=return_attention, **options
     )
 
 

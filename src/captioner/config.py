@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +38,99 @@ class DecoderConfig:
     dropout: float = 0.1
 
 
+# The widest beam and the most captions per image a caller may ask for: each beam or sample is a
+# row of every decoder call, so these bound the work one request can cause.
+MAX_BEAM_SIZE = 16
+MAX_RETURN_SEQUENCES = 16
+# Below this the scaled logits overflow float32 (NaN scores); above it sampling is uniform noise.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+
+
 @dataclass
 class GenerationConfig:
-    """Decoding settings; the defaults are what `caption()` uses when nothing is passed."""
+    """Decoding settings; the defaults are what `caption()` uses when nothing is passed.
+
+    Greedy when beam_size == 1, beam search when larger; `do_sample` draws from the `top_p`
+    nucleus at `temperature` instead (beam_size is then unused). `num_return_sequences` captions
+    per image: the best K beams, or K independent samples (which may coincide).
+    """
 
     beam_size: int = 3
     max_new_tokens: int = 30
+    # The end token is banned until the caption has this many tokens (1: never empty).
+    min_new_tokens: int = 1
+    num_return_sequences: int = 1
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 3
     do_sample: bool = False
     top_p: float = 0.9
     temperature: float = 1.0
     seed: int | None = None
+
+    def replace(self, **options: Any) -> GenerationConfig:
+        """A copy with `options` changed; an unknown option name is a ValueError naming it."""
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        return dataclasses.replace(self, **options)
+
+    def validate(self, max_new_tokens_limit: int | None = None) -> GenerationConfig:
+        """Raise ValueError, saying the allowed range, for any setting that would decode
+        nonsense or silently do something else; returns self. `max_new_tokens_limit`: the most
+        tokens the model can write (its max_length - 1), when known."""
+        _check_int("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
+        _check_int(
+            "max_new_tokens",
+            self.max_new_tokens,
+            1,
+            max_new_tokens_limit,
+            "the longest this model writes",
+        )
+        _check_int("min_new_tokens", self.min_new_tokens, 1, self.max_new_tokens, "max_new_tokens")
+        if not isinstance(self.do_sample, bool):
+            raise ValueError(f"do_sample must be true or false, got {self.do_sample!r}")
+        if self.do_sample:
+            _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
+        else:
+            why = "beam_size: the best beams; or do_sample=True for samples"
+            _check_int("num_return_sequences", self.num_return_sequences, 1, self.beam_size, why)
+        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, None)
+        _check_number("length_penalty", self.length_penalty)
+        _check_number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_number("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, 2**64 - 1)
+        return self
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None, why: str = "") -> None:
+    allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    if why and high is not None:
+        allowed += f" ({why})"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
+def _check_number(
+    name: str, value: Any, low: float | None = None, high: float | None = None, low_open=False
+) -> None:
+    """A finite real number, within [low, high] (or (low, high]) when given."""
+    allowed = "a finite number"
+    if low is not None:
+        allowed = f"a number {'>' if low_open else '>='} {low} and <= {high}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    if (
+        low is not None
+        and (value <= low if low_open else value < low)
+        or (high is not None and value > high)
+    ):
+        raise ValueError(f"{name} must be {allowed}, got {value}")
 
 
 @dataclass

@@ -5,7 +5,7 @@ All of them feed one new token per step through the decoder's key/value cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,9 @@ class SpecialTokens:
 class Hypothesis:
     ids: list[int]  # generated ids, end token excluded
     score: float  # sum of log-probabilities, length-normalised for beam search
+    # With num_return_sequences K > 1, the image's other K - 1 captions: the next best beams in
+    # order, or the other samples in the order drawn. Each image still gets one Hypothesis.
+    alternatives: list[Hypothesis] = field(default_factory=list)
 
 
 @torch.inference_mode()
@@ -34,18 +37,33 @@ def generate(
     special: SpecialTokens,
     config: GenerationConfig,
 ) -> list[Hypothesis]:
-    """One caption per row of `image` (the decoder memory from `encode_image`)."""
+    """One caption per row of `image` (the decoder memory from `encode_image`), with its
+    alternatives when `config.num_return_sequences` > 1. ValueError for invalid settings."""
+    config.validate(max_new_tokens_limit(decoder))
     max_new = token_limit(decoder, config)
     if config.do_sample:
-        return _sample(decoder, image, special, config, max_new)
-    if config.beam_size <= 1:
+        samples = config.num_return_sequences
+        drawn = _sample(decoder, image.repeat_interleave(samples, dim=0), special, config, max_new)
+        return [_with_alternatives(drawn[i : i + samples]) for i in range(0, len(drawn), samples)]
+    if config.beam_size == 1:
         return _greedy(decoder, image, special, config, max_new)
     return _beam_search(decoder, image, special, config, max_new)
 
 
+def max_new_tokens_limit(decoder: CaptionDecoder) -> int:
+    """The most tokens this decoder can write after the start token."""
+    return decoder.config.max_length - 1
+
+
 def token_limit(decoder: CaptionDecoder, config: GenerationConfig) -> int:
     """The most tokens a caption may get: a caption this long was cut off, not ended."""
-    return min(config.max_new_tokens, decoder.config.max_length - 1)
+    return min(config.max_new_tokens, max_new_tokens_limit(decoder))
+
+
+def _with_alternatives(ranked: list[Hypothesis]) -> Hypothesis:
+    """The first hypothesis, carrying the others as its alternatives."""
+    first, *others = ranked
+    return Hypothesis(first.ids, first.score, others)
 
 
 def _step_log_probs(
@@ -56,13 +74,14 @@ def _step_log_probs(
     special: SpecialTokens,
     history: list[list[int]],
     config: GenerationConfig,
+    step: int,
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """Log-probabilities of the next token for each row, with banned tokens masked out."""
     logits = decoder(last[:, None], image, cache).logits[:, -1].float() / temperature
     logits[:, list(special.banned)] = float("-inf")
-    if not history[0]:
-        logits[:, special.end] = float("-inf")  # no empty captions
+    if step < config.min_new_tokens:  # every live row has `step` tokens so far
+        logits[:, special.end] = float("-inf")
     for row, ids in enumerate(history):
         banned = _repeated_ngram_tokens(ids, config.no_repeat_ngram_size)
         if banned:
@@ -100,9 +119,9 @@ def _token_by_token(decoder, image, special, config, max_new, generator) -> list
     scores = torch.zeros(batch)
     done = torch.zeros(batch, dtype=torch.bool)
     temperature = config.temperature if generator is not None else 1.0
-    for _ in range(max_new):
+    for step in range(max_new):
         log_probs = _step_log_probs(
-            decoder, last, image, cache, special, history, config, temperature
+            decoder, last, image, cache, special, history, config, step, temperature
         )
         if generator is None:
             chosen = log_probs.argmax(dim=-1)
@@ -147,7 +166,8 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
     """Batched beam search: every image keeps `beam_size` live hypotheses in one decoder call.
 
     Finished hypotheses are scored as sum(log p) / length ** length_penalty; an image is done once
-    it has `beam_size` of them and no live hypothesis could still beat the worst.
+    it has `beam_size` of them and no live hypothesis could still beat the worst. Each image's
+    best `num_return_sequences` of them are returned (distinct token sequences).
     """
     batch, beams = image.shape[0], config.beam_size
     device = image.device
@@ -165,7 +185,7 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
         return score / max(length, 1) ** config.length_penalty
 
     for step in range(max_new):
-        log_probs = _step_log_probs(decoder, last, image, cache, special, history, config)
+        log_probs = _step_log_probs(decoder, last, image, cache, special, history, config, step)
         vocab = log_probs.shape[-1]
         candidates = (beam_scores[:, :, None] + log_probs.view(batch, beams, vocab)).view(batch, -1)
         top_scores, top_index = (t.tolist() for t in candidates.topk(2 * beams, dim=-1))
@@ -208,5 +228,6 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
                 score = float(beam_scores[b, k])
                 if score > float("-inf"):
                     pool.append(Hypothesis(history[b * beams + k], normalised(score, max_new)))
-        results.append(max(pool, key=lambda h: h.score))
+        pool.sort(key=lambda h: h.score, reverse=True)
+        results.append(_with_alternatives(pool[: config.num_return_sequences]))
     return results

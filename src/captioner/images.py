@@ -1,4 +1,5 @@
-"""Turning whatever a user hands us (path, bytes, PIL image, array) into a clean RGB PIL image.
+"""Turning whatever a user hands us (path, bytes, file object, PIL image, array) into a clean RGB
+PIL image.
 
 Everything that can go wrong with an input image is raised as `ImageLoadError`, whose message is
 meant to be shown to the user as it is (by the CLI and the web server).
@@ -9,12 +10,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Iterable, Iterator, Mapping, Set
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageInput = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
+ImageInput = (
+    str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+)
+_SUPPORTED = "a path, bytes, a binary file object, a PIL image or a numpy array"
 
 # Refuse images whose pixel count would blow up memory when decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -43,19 +49,69 @@ def load_image(
     pixels stay within 0.6/255 on average of a full decode.
     """
     if isinstance(source, Image.Image):
-        image = source
+        image = _readable(source)
     elif isinstance(source, np.ndarray):
         image = _from_array(source)
-    elif isinstance(source, (bytes, bytearray)):
+    elif isinstance(source, (bytes, bytearray, memoryview)):
         image = _open(io.BytesIO(bytes(source)), "the uploaded data", max_pixels, min_size)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise ImageLoadError(f"{path}: no such file")
         image = _open(path, str(path), max_pixels, min_size)
+    elif hasattr(source, "read"):
+        image = _open(_binary_file(source), _file_label(source), max_pixels, min_size)
     else:
-        raise ImageLoadError(f"cannot read an image from a {type(source).__name__}")
+        raise ImageLoadError(
+            f"cannot read an image from a {type(source).__name__}; pass {_SUPPORTED}"
+        )
     return to_rgb(image)
+
+
+def is_image_input(source: object) -> bool:
+    """Whether `source` is one image (of a kind `load_image` reads), not a collection of them."""
+    single = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
+    return isinstance(source, single) or hasattr(source, "read")
+
+
+def image_iterator(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput]:
+    """One image, or an ordered iterable of them (list, tuple, generator...), as an iterator;
+    ImageLoadError naming the type for anything else."""
+    if is_image_input(images):
+        return iter([images])
+    if isinstance(images, (Mapping, Set)):
+        raise ImageLoadError(
+            f"cannot caption a {type(images).__name__}, which has no order: pass a list of images"
+        )
+    if not isinstance(images, Iterable):
+        raise ImageLoadError(
+            f"cannot read an image from a {type(images).__name__}; pass {_SUPPORTED}, "
+            "or a list or other iterable of them"
+        )
+    return iter(images)
+
+
+def _readable(image: Image.Image) -> Image.Image:
+    """A caller's PIL image with its pixels loaded (a lazily opened file may be closed or
+    truncated by now)."""
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageLoadError(f"the PIL image cannot be read: {error}") from None
+    return image
+
+
+def _binary_file(source) -> BinaryIO:
+    if getattr(source, "closed", False):
+        raise ImageLoadError(f"{_file_label(source)} is closed")
+    if isinstance(source, io.TextIOBase):
+        raise ImageLoadError(f"{_file_label(source)} is open in text mode: open it with 'rb'")
+    return source
+
+
+def _file_label(source) -> str:
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else f"the {type(source).__name__}"
 
 
 def _open(fp, label: str, max_pixels: int, min_size: int | None) -> Image.Image:
@@ -98,13 +154,24 @@ def full_size(image: Image.Image) -> tuple[int, int]:
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
-    """HxW or HxWxC arrays, uint8 (0..255) or float (0..1)."""
+    """HxW or HxWxC arrays, uint8 (0..255) or float (0..1: a float array holding 0..255 is
+    refused, not guessed at, since a dark 0..1 image can look the same)."""
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ImageLoadError(
             f"an image array must be HxW or HxWxC with C in 1, 3, 4; got {array.shape}"
         )
+    if array.size == 0:
+        raise ImageLoadError(f"the image array is empty: {array.shape}")
     if np.issubdtype(array.dtype, np.floating):
-        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if not np.isfinite(array).all():
+            raise ImageLoadError("the float image array holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageLoadError(
+                f"a float image array must hold values from 0 to 1, got {low:g} to {high:g} "
+                "(divide 0..255 values by 255, or pass uint8)"
+            )
+        array = (array * 255.0 + 0.5).astype(np.uint8)
     elif array.dtype != np.uint8:
         raise ImageLoadError(f"image arrays must be uint8 or float, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from captioner.config import CaptionerConfig, GenerationConfig
 from captioner.decoder import CaptionDecoder
 from captioner.encoders import ImageEncoder, build_encoder
-from captioner.generation import SpecialTokens, generate
+from captioner.generation import SpecialTokens, generate, max_new_tokens_limit
 from captioner.hub import resolve_model_dir
-from captioner.images import ImageInput
+from captioner.images import ImageInput, image_iterator
 from captioner.tokenizer import CaptionTokenizer
 
 CONFIG_FILE = "config.json"
@@ -34,6 +34,9 @@ class Caption:
     score: float
     # (tokens, layers, heads, grid_h, grid_w) cross-attention, when asked for
     attention: np.ndarray | None = None
+    # With num_return_sequences K > 1, the image's other K - 1 captions: the next best beams in
+    # order, or the other samples in the order drawn (samples may coincide).
+    alternatives: list[Caption] = field(default_factory=list)
 
     @property
     def mean_attention(self) -> np.ndarray | None:
@@ -91,22 +94,35 @@ class Captioner(nn.Module):
         generation: GenerationConfig | None = None,
         return_attention: bool = False,
     ) -> list[Caption]:
+        """One Caption per row of `features` (the encoder's tokens), with its alternatives when
+        `generation.num_return_sequences` > 1; ValueError for invalid generation settings."""
         generation = generation or self.config.generation
         memory = self.decoder.encode_image(features.to(self.device, self.decoder_dtype))
-        hypotheses = generate(self.decoder, memory, self.special, generation)
-        attention = self._attention(memory, hypotheses) if return_attention else None
-        captions = []
-        for i, hypothesis in enumerate(hypotheses):
-            captions.append(
-                Caption(
-                    text=self.tokenizer.decode(hypothesis.ids),
-                    tokens=self.tokenizer.token_strings(hypothesis.ids),
-                    token_ids=hypothesis.ids,
-                    score=hypothesis.score,
-                    attention=None if attention is None else attention[i],
-                )
+        ranked = [
+            [h, *h.alternatives] for h in generate(self.decoder, memory, self.special, generation)
+        ]
+        flat = [hypothesis for group in ranked for hypothesis in group]
+        if return_attention:
+            rows = [i for i, group in enumerate(ranked) for _ in group]
+            attention = self._attention(memory[rows], flat)
+        else:
+            attention = [None] * len(flat)
+        captions = iter(
+            Caption(
+                text=self.tokenizer.decode(hypothesis.ids),
+                tokens=self.tokenizer.token_strings(hypothesis.ids),
+                token_ids=hypothesis.ids,
+                score=hypothesis.score,
+                attention=grids,
             )
-        return captions
+            for hypothesis, grids in zip(flat, attention)
+        )
+        results = []
+        for group in ranked:
+            best, *others = [next(captions) for _ in group]
+            best.alternatives = others
+            results.append(best)
+        return results
 
     def _attention(self, memory: torch.Tensor, hypotheses) -> list[np.ndarray]:
         """Cross-attention behind each generated token, recomputed in one teacher-forced pass
@@ -129,24 +145,35 @@ class Captioner(nn.Module):
     def decoder_dtype(self) -> torch.dtype:
         return next(self.decoder.parameters()).dtype
 
+    def generation_config(self, **options) -> GenerationConfig:
+        """This model's decoding defaults with `options` changed, validated: a ValueError names
+        an unknown option or gives the allowed range (for the API, the CLI and the server)."""
+        generation = self.config.generation.replace(**options)
+        return generation.validate(max_new_tokens_limit(self.decoder))
+
     @torch.inference_mode()
     def caption(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        images: ImageInput | Iterable[ImageInput],
         beam_size: int | None = None,
         return_attention: bool = False,
         batch_size: int = 16,
         **generation_options,
     ) -> list[Caption]:
-        """Caption paths, PIL images, bytes or arrays; a single image still gives a list."""
-        if isinstance(images, (str, Path, bytes, bytearray, Image.Image, np.ndarray)):
-            images = [images]
+        """Caption one image (a path, bytes, binary file object, PIL image or array) or an
+        iterable of them, read `batch_size` at a time (a generator too): one Caption per image,
+        in order. `generation_options` are GenerationConfig fields; with
+        num_return_sequences=K > 1 each Caption's `alternatives` hold the image's other K - 1.
+        ValueError for invalid options, ImageLoadError for an input that is not an image."""
         if beam_size is not None:
             generation_options["beam_size"] = beam_size
-        generation = dataclasses.replace(self.config.generation, **generation_options)
+        generation = self.generation_config(**generation_options)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        pending = image_iterator(images)
         captions: list[Caption] = []
-        for start in range(0, len(images), batch_size):
-            pixels = self.pixels(images[start : start + batch_size]).to(self.device)
+        while chunk := list(islice(pending, batch_size)):
+            pixels = self.pixels(chunk).to(self.device)
             features = self.encoder(pixels).tokens
             captions += self.generate_from_features(features, generation, return_attention)
         return captions
