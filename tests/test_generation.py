@@ -1,4 +1,6 @@
+import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -151,3 +153,131 @@ def test_sampling_draws_tokens_with_their_probabilities():
         frequency = torch.bincount(drawn, minlength=5).float() / len(drawn)
         assert frequency[probs == 0].sum() == 0  # an impossible token never comes up
         torch.testing.assert_close(frequency, expected, atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"beam_size": 0}, "beam_size must be an integer from 1 to 16, got 0"),
+        ({"beam_size": -1}, "beam_size must be an integer from 1 to 16"),
+        ({"beam_size": 17}, "beam_size must be an integer from 1 to 16"),
+        ({"beam_size": 2.5}, "beam_size must be an integer"),
+        ({"beam_size": True}, "beam_size must be an integer"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, got 0"),
+        ({"max_new_tokens": -5}, "max_new_tokens must be an integer >= 1"),
+        ({"min_new_tokens": 0}, "min_new_tokens must be an integer from 1 to 30"),
+        (
+            {"min_new_tokens": 31},
+            r"min_new_tokens must be an integer from 1 to 30 \(max_new_tokens\)",
+        ),
+        ({"num_return_sequences": 4}, "num_return_sequences must be an integer from 1 to 3"),
+        ({"num_return_sequences": 0}, "num_return_sequences must be an integer from 1 to 3"),
+        ({"beam_size": 1, "num_return_sequences": 2}, "from 1 to 1 .*do_sample=True"),
+        ({"do_sample": True, "num_return_sequences": 17}, "num_return_sequences .* 1 to 16"),
+        ({"do_sample": "yes"}, "do_sample must be true or false"),
+        ({"do_sample": True, "temperature": 0}, r"temperature must be a number >= 0.01 and <= 100"),
+        ({"temperature": -1.0}, "temperature must be a number >= 0.01"),
+        ({"temperature": float("nan")}, "temperature must be"),
+        ({"temperature": 1e3}, "temperature must be .* <= 100"),
+        ({"top_p": 0}, r"top_p must be a number > 0.0 and <= 1.0, got 0"),
+        ({"top_p": 1.5}, "top_p must be a number > 0.0 and <= 1.0"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be an integer >= 0"),
+        ({"length_penalty": float("inf")}, "length_penalty must be a finite number"),
+        ({"seed": -1}, "seed must be an integer from 0"),
+        ({"seed": "7"}, "seed must be an integer"),
+    ],
+)
+def test_invalid_generation_settings_name_the_allowed_range(options, message):
+    config = GenerationConfig(**options)
+    with pytest.raises(ValueError, match=message):
+        config.validate()
+
+
+def test_valid_settings_pass_and_the_model_limit_bounds_the_length(setup):
+    assert GenerationConfig().validate() == GenerationConfig()
+    GenerationConfig(
+        do_sample=True, num_return_sequences=16, temperature=0.01, top_p=1.0
+    ).validate()
+    GenerationConfig(beam_size=16, num_return_sequences=16, seed=2**64 - 1).validate()
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer from 1 to 39"):
+        GenerationConfig(max_new_tokens=40).validate(max_new_tokens_limit=39)
+    # generate() checks too, against the decoder's own length limit.
+    decoder, image = setup
+    limit = decoder.config.max_length - 1
+    with pytest.raises(ValueError, match=f"from 1 to {limit}"):
+        generate(decoder, image, SPECIAL, GenerationConfig(max_new_tokens=limit + 1))
+    with pytest.raises(ValueError, match="temperature"):
+        generate(decoder, image, SPECIAL, GenerationConfig(do_sample=True, temperature=0.0))
+
+
+def test_replace_refuses_unknown_option_names():
+    assert GenerationConfig().replace(beam_size=5).beam_size == 5
+    with pytest.raises(ValueError, match="unknown generation option.*beam;.*known: beam_size"):
+        GenerationConfig().replace(beam=5)
+
+
+def test_min_new_tokens_bans_the_end_token_until_then(setup):
+    decoder, image = setup
+    for options in ({"beam_size": 1}, {"beam_size": 4}, {"do_sample": True, "seed": 3}):
+        short = GenerationConfig(max_new_tokens=8, no_repeat_ngram_size=0, **options)
+        lengths = [len(h.ids) for h in generate(decoder, image, SPECIAL, short)]
+        assert min(lengths) < 6  # the end token comes early without the minimum
+        config = dataclasses.replace(short, min_new_tokens=6)
+        for hyp in generate(decoder, image, SPECIAL, config):
+            assert 6 <= len(hyp.ids) <= 8 and SPECIAL.end not in hyp.ids
+
+
+def test_greedy_with_min_new_tokens_is_the_masked_argmax(setup):
+    decoder, image = setup
+    config = GenerationConfig(
+        beam_size=1, max_new_tokens=6, min_new_tokens=4, no_repeat_ngram_size=0
+    )
+    for row, hyp in enumerate(generate(decoder, image, SPECIAL, config)):
+        prefix = [SPECIAL.start]
+        for token in [*hyp.ids, SPECIAL.end][: config.max_new_tokens]:
+            logits = decoder(torch.tensor([prefix]), image[row : row + 1]).logits[0, -1]
+            logits[list(SPECIAL.banned)] = float("-inf")
+            if len(prefix) <= config.min_new_tokens:
+                logits[SPECIAL.end] = float("-inf")
+            assert int(logits.argmax()) == token
+            prefix.append(token)
+
+
+def test_beam_search_returns_the_best_beams_in_order(setup):
+    decoder, image = setup
+    one = GenerationConfig(beam_size=4, max_new_tokens=8, no_repeat_ngram_size=0)
+    best = generate(decoder, image, SPECIAL, one)
+    assert all(h.alternatives == [] for h in best)
+    several = generate(decoder, image, SPECIAL, dataclasses.replace(one, num_return_sequences=3))
+    for row, (single, hyp) in enumerate(zip(best, several)):
+        ranked = [hyp, *hyp.alternatives]
+        assert len(ranked) == 3
+        assert hyp.ids == single.ids and hyp.score == single.score
+        assert len({tuple(h.ids) for h in ranked}) == 3  # distinct captions
+        assert [h.score for h in ranked] == sorted((h.score for h in ranked), reverse=True)
+        for h in ranked:
+            if len(h.ids) < one.max_new_tokens:  # ended, not cut off: its true score
+                expected = sequence_log_prob(decoder, image[row], h.ids) / (len(h.ids) + 1)
+                assert h.score == pytest.approx(expected, abs=1e-4)
+
+
+def test_several_samples_per_image_are_seeded_draws(setup):
+    """K samples per image are the draws of the batch with each image repeated K times (as
+    self-critical training samples), so a seed reproduces them."""
+    decoder, image = setup
+    config = GenerationConfig(do_sample=True, top_p=0.95, max_new_tokens=6, seed=11)
+    several = generate(decoder, image, SPECIAL, dataclasses.replace(config, num_return_sequences=4))
+    assert len(several) == image.shape[0]
+    drawn = [[h.ids for h in [s, *s.alternatives]] for s in several]
+    repeated = generate(decoder, image.repeat_interleave(4, dim=0), SPECIAL, config)
+    assert drawn == [[h.ids for h in repeated[i : i + 4]] for i in range(0, len(repeated), 4)]
+    again = generate(decoder, image, SPECIAL, dataclasses.replace(config, num_return_sequences=4))
+    assert drawn == [[h.ids for h in [s, *s.alternatives]] for s in again]
+    assert len({tuple(ids) for ids in drawn[0]}) > 1  # samples, not one caption four times
+
+
+def test_the_lowest_temperature_still_gives_finite_scores(setup):
+    decoder, image = setup
+    config = GenerationConfig(do_sample=True, temperature=0.01, top_p=1.0, max_new_tokens=6, seed=0)
+    for hyp in generate(decoder, image, SPECIAL, config):
+        assert math.isfinite(hyp.score) and hyp.ids

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.images import ImageLoadError, load_image
+from captioner.images import ImageLoadError, image_iterator, load_image
 
 
 def test_every_input_kind_gives_the_same_rgb_image(photo, tmp_path):
@@ -52,3 +52,67 @@ def test_truncated_jpeg_and_pixel_limit(photo):
 def test_transparency_goes_onto_white():
     clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert np.asarray(load_image(clear))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_file_objects_and_memoryview_are_read_like_bytes(photo, tmp_path):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    expected = np.asarray(photo)
+    buffer = io.BytesIO(path.read_bytes())
+    buffer.seek(7)  # read from the start whatever the position, as PIL does
+    with open(path, "rb") as binary_file:
+        sources = [buffer, binary_file, memoryview(path.read_bytes())]
+        for source in sources:
+            assert np.array_equal(np.asarray(load_image(source)), expected)
+    with pytest.raises(ImageLoadError, match=f"{path} is closed"):
+        load_image(binary_file)
+    with open(path) as text_file, pytest.raises(ImageLoadError, match="text mode.*'rb'"):
+        load_image(text_file)
+    with pytest.raises(ImageLoadError, match="not an image"):
+        load_image(io.BytesIO(b"not a picture"))
+
+
+def test_a_closed_pil_image_is_an_image_load_error(photo, tmp_path):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    opened = Image.open(path)
+    opened.close()
+    with pytest.raises(ImageLoadError, match="the PIL image cannot be read"):
+        load_image(opened)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((4, 4, 3), 200.0), "from 0 to 1, got 200 to 200 .*divide 0..255 values by 255"),
+        (np.full((4, 4), -0.5, np.float32), "from 0 to 1, got -0.5"),
+        (np.full((4, 4, 3), np.nan), "NaN or infinite"),
+        (np.zeros((0, 4, 3), np.float32), "empty"),
+    ],
+)
+def test_float_arrays_outside_zero_to_one_are_refused_not_misread(array, message):
+    with pytest.raises(ImageLoadError, match=message):
+        load_image(array)
+
+
+def test_float_arrays_in_zero_to_one_keep_their_values():
+    array = np.linspace(0.0, 1.0, 48, dtype=np.float32).reshape(4, 4, 3)
+    pixels = np.asarray(load_image(array)).astype(int)
+    assert pixels.min() == 0 and pixels.max() == 255
+    np.testing.assert_allclose(pixels, array * 255, atol=0.5)
+
+
+def test_image_iterator_takes_one_image_or_an_ordered_iterable(photo):
+    assert list(image_iterator("a.jpg")) == ["a.jpg"]
+    assert list(image_iterator(b"bytes")) == [b"bytes"]
+    assert list(image_iterator(photo)) == [photo]
+    assert list(image_iterator(["a.jpg", "b.jpg"])) == ["a.jpg", "b.jpg"]
+    assert list(image_iterator(name for name in ("a.jpg", "b.jpg"))) == ["a.jpg", "b.jpg"]
+    for source, message in (
+        (42, "cannot read an image from a int; pass a path, bytes"),
+        (None, "cannot read an image from a NoneType"),
+        ({"x": "a.jpg"}, "cannot caption a dict, which has no order"),
+        ({"a.jpg"}, "cannot caption a set"),
+    ):
+        with pytest.raises(ImageLoadError, match=message):
+            image_iterator(source)
