@@ -1,3 +1,4 @@
+import io
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from captioner import Captioner
+from captioner import Captioner, ImageLoadError
 from captioner.attention import colourise, overlay, save_token_heatmaps, select_map
 from captioner.hub import ModelNotFoundError, resolve_model_dir
 
@@ -109,3 +110,72 @@ def test_heatmap_rendering(tmp_path, photo):
     paths = save_token_heatmaps(photo, ["a", "dog!"], attention, tmp_path / "maps")
     assert [p.name for p in paths] == ["00-a.png", "01-dog.png"]
     assert Image.open(paths[1]).size == photo.size
+
+
+def test_caption_takes_file_objects_and_any_ordered_iterable(tiny_model, photo, tmp_path):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    expected = tiny_model.caption(path, beam_size=1)[0].text
+    with open(path, "rb") as binary_file:
+        sources = [io.BytesIO(path.read_bytes()), binary_file, memoryview(path.read_bytes())]
+        assert [c.text for c in tiny_model.caption(sources, beam_size=1)] == [expected] * 3
+    generator = (image for image in [path, photo, str(path)])
+    results = tiny_model.caption(generator, beam_size=1, batch_size=2)  # read 2 at a time
+    assert [c.text for c in results] == [expected] * 3
+    assert tiny_model.caption((path,), beam_size=1)[0].text == expected
+    assert tiny_model.caption([], beam_size=1) == []
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (42, "cannot read an image from a int"),
+        (None, "cannot read an image from a NoneType"),
+        ({"a": "x.jpg"}, "cannot caption a dict"),
+        ([42], "cannot read an image from a int"),
+        (np.full((8, 8, 3), 128.0), "from 0 to 1"),
+    ],
+)
+def test_caption_refuses_what_is_not_an_image(tiny_model, images, message):
+    with pytest.raises(ImageLoadError, match=message):
+        tiny_model.caption(images)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"beam": 3}, "unknown generation option"),
+        ({"beam_size": 0}, "beam_size must be an integer from 1 to 16"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer from 1 to 39"),
+        ({"max_new_tokens": 40}, "max_new_tokens must be an integer from 1 to 39"),
+        ({"do_sample": True, "temperature": 0}, "temperature must be a number >= 0.01"),
+        ({"do_sample": True, "top_p": 0}, "top_p must be a number > 0.0"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ],
+)
+def test_caption_refuses_invalid_options_before_reading_images(tiny_model, options, message):
+    unread = (pytest.fail("an image was read") for _ in range(1))
+    with pytest.raises(ValueError, match=message):
+        tiny_model.caption(unread, **options)
+
+
+def test_several_captions_per_image_hang_off_the_best(tiny_model, photo):
+    images = [photo, np.asarray(photo)[::-1].copy()]
+    best = tiny_model.caption(images, beam_size=4)
+    results = tiny_model.caption(images, beam_size=4, num_return_sequences=3, return_attention=True)
+    assert len(results) == 2
+    for single, result in zip(best, results):
+        assert result.text == single.text and len(result.alternatives) == 2
+        ranked = [result, *result.alternatives]
+        assert len({c.text for c in ranked}) == 3
+        assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+        for candidate in ranked:
+            assert candidate.alternatives == [] or candidate is result
+            assert candidate.attention.shape[0] == len(candidate.tokens) == len(candidate.token_ids)
+    samples = tiny_model.caption(photo, do_sample=True, num_return_sequences=3, seed=5)[0]
+    assert len(samples.alternatives) == 2 and samples.attention is None
+    again = tiny_model.caption(photo, do_sample=True, num_return_sequences=3, seed=5)[0]
+    assert [c.text for c in [samples, *samples.alternatives]] == [
+        c.text for c in [again, *again.alternatives]
+    ]
+
