@@ -1,4 +1,8 @@
-/** The JSON API served by `captioner serve` (see /docs on the server). */
+/** The JSON API served by `captioner serve` (see /docs on the server), and the captioning
+ * backend that uses it. */
+
+import { CaptionError } from "./backend";
+import type { CaptioningBackend, CaptionOptions, GenerationDefaults } from "./backend";
 
 export interface CropBox {
   x: number;
@@ -34,21 +38,10 @@ export interface ModelInfo {
   source: string;
   encoder: { name: string; grid_h: number; grid_w: number; image_size: number };
   decoder: { layers: number; heads: number; d_model: number; parameters: number };
-  generation: { beam_size: number };
+  /** the model's decoding defaults */
+  generation: GenerationDefaults;
   metadata: Record<string, unknown>;
   server: { max_upload_mb: number; max_beam_size: number };
-}
-
-/** `offline`: the server could not be reached; `input`: it refused the file; `server`: it failed. */
-export type ErrorKind = "offline" | "input" | "server";
-
-export class ApiError extends Error {
-  constructor(
-    message: string,
-    readonly kind: ErrorKind,
-  ) {
-    super(message);
-  }
 }
 
 const OFFLINE = "Can't reach the captioning server. Is `captioner serve` running?";
@@ -59,28 +52,37 @@ async function request<T>(path: string, init?: RequestInit): Promise<T> {
     response = await fetch(path, init);
   } catch (error) {
     if (error instanceof DOMException && error.name === "AbortError") throw error;
-    throw new ApiError(OFFLINE, "offline");
+    throw new CaptionError(OFFLINE, "offline");
   }
   const body = await response.json().catch(() => null);
   if (response.ok && body !== null) return body as T;
   const message = typeof body?.error === "string" ? body.error : `HTTP ${response.status}`;
   if (response.status === 502 || response.status === 503 || response.status === 504) {
-    throw new ApiError(OFFLINE, "offline");
+    throw new CaptionError(OFFLINE, "offline");
   }
-  throw new ApiError(message, response.status >= 500 ? "server" : "input");
+  throw new CaptionError(message, response.status >= 500 ? "failed" : "input");
 }
 
 export function captionImage(
   image: Blob,
-  options: { beamSize: number; attention?: boolean },
+  options: CaptionOptions,
   signal?: AbortSignal,
 ): Promise<CaptionResult> {
   const form = new FormData();
   form.append("file", image, image instanceof File ? image.name : "image.png");
   form.append("beam_size", String(options.beamSize));
-  form.append("attention", String(options.attention ?? true));
+  form.append("attention", "true");
   return request<CaptionResult>("/api/caption", { method: "POST", body: form, signal });
 }
 
 export const getHealth = () => request<{ status: string }>("/api/health");
 export const getModel = () => request<ModelInfo>("/api/model");
+
+/** Captioning on the server that described itself as `info`. */
+export function serverBackend(info: ModelInfo): CaptioningBackend {
+  return {
+    kind: "server",
+    model: { ...info, maxBeamSize: info.server.max_beam_size },
+    caption: captionImage,
+  };
+}

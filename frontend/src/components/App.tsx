@@ -1,113 +1,66 @@
-import { useCallback, useEffect, useRef, useState } from "react";
-import { ApiError, captionImage, getHealth, getModel } from "../api";
-import type { CaptionResult, ModelInfo } from "../api";
-import { useImageInput } from "../useImageInput";
-import CaptionWords from "./CaptionWords";
+import { useState } from "react";
+import { decodingChoices } from "../backend";
+import type { BackendKind } from "../backend";
+import { useBackendChoice } from "../hooks/useBackendChoice";
+import { useCaptioning } from "../hooks/useCaptioning";
+import { useDeviceModel } from "../hooks/useDeviceModel";
+import { useImageInput } from "../hooks/useImageInput";
+import { useServerInfo } from "../hooks/useServerInfo";
+import { useWordSelection } from "../hooks/useWordSelection";
+import CaptionPanel from "./CaptionPanel";
 import Controls from "./Controls";
-import ImageView from "./ImageView";
 import ModelFooter from "./ModelFooter";
-import WebcamView from "./WebcamView";
+import OfflineBanner from "./OfflineBanner";
+import PhotoPanel from "./PhotoPanel";
+import type { View } from "./PhotoPanel";
+import ToggleGroup from "./ToggleGroup";
+import { LIVE_INTERVAL_MS } from "./WebcamView";
 
-type View = "image" | "webcam";
+const VIEWS = [
+  { value: "image", label: "Image" },
+  { value: "webcam", label: "Webcam" },
+] as const;
 
-interface Picture {
-  blob: Blob;
-  url: string;
-  name: string;
-}
+const BACKENDS = [
+  { value: "device", label: "On this device" },
+  { value: "server", label: "Server" },
+] as const;
 
-const DEFAULT_BEAM_SIZE = 3;
+const NO_BACKEND =
+  "No captioning server answers here, and no model came with this page " +
+  "(`captioner export MODEL --web DIR` writes a page that captions on this device).";
 
 export default function App() {
+  const { server, retry } = useServerInfo();
+  const device = useDeviceModel();
+  const { backend, kinds, choose } = useBackendChoice(server, device);
   const [view, setView] = useState<View>("image");
-  const [picture, setPicture] = useState<Picture | null>(null);
-  const [result, setResult] = useState<{ for: string; caption: CaptionResult } | null>(null);
-  const [loading, setLoading] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
-  const [model, setModel] = useState<ModelInfo | null>(null);
-  const [beamSize, setBeamSize] = useState(DEFAULT_BEAM_SIZE);
+  const [beamChoice, setBeamChoice] = useState<number | null>(null); // null: the model's default
   const [layer, setLayer] = useState<number | null>(null);
   const [head, setHead] = useState<number | null>(null);
-  const [hovered, setHovered] = useState<number | null>(null);
-  const [pinned, setPinned] = useState<number | null>(null);
-  const inFlight = useRef<AbortController | null>(null);
-  const filePicker = useRef<HTMLInputElement>(null);
 
-  const connect = useCallback(() => {
-    getHealth()
-      .then(() => getModel())
-      .then((info) => {
-        setModel(info);
-        setError((e) => (e?.kind === "offline" ? null : e));
-      })
-      .catch((e) => setError(e instanceof ApiError ? e : new ApiError(String(e), "server")));
-  }, []);
-  useEffect(connect, [connect]);
-
-  const caption = useCallback(async (target: Picture, beam: number) => {
-    inFlight.current?.abort();
-    const controller = new AbortController();
-    inFlight.current = controller;
-    setLoading(true);
-    setError(null);
-    try {
-      const answer = await captionImage(target.blob, { beamSize: beam }, controller.signal);
-      setResult({ for: target.url, caption: answer });
-      setPinned(null);
-      setHovered(null);
-    } catch (e) {
-      if (controller.signal.aborted) return;
-      const failure = e instanceof ApiError ? e : new ApiError(String(e), "server");
-      setError(failure);
-      if (failure.kind === "input") {
-        // Not a picture after all: back to the drop target rather than a broken image.
-        setPicture((shown) => (shown === target ? null : shown));
-        URL.revokeObjectURL(target.url);
-      }
-    } finally {
-      if (inFlight.current === controller) {
-        inFlight.current = null;
-        setLoading(false);
-      }
-    }
-  }, []);
-
-  const show = useCallback(
-    (blob: Blob, name: string) => {
-      const next = { blob, url: URL.createObjectURL(blob), name };
-      setPicture((previous) => {
-        if (previous) URL.revokeObjectURL(previous.url);
-        return next;
-      });
-      void caption(next, beamSize);
-    },
-    [beamSize, caption],
-  );
-
+  const model = backend?.model ?? null;
+  const beamSizes = model ? decodingChoices(model) : [];
+  const beamSize =
+    beamChoice !== null && beamSizes.includes(beamChoice)
+      ? beamChoice
+      : (model?.generation.beam_size ?? 1);
+  const { picture, caption, loading, error, show } = useCaptioning(backend, beamSize);
+  const selection = useWordSelection(caption);
   const { dragging } = useImageInput((file) => {
     setView("image");
     show(file, file.name);
   });
 
-  const onBeamSize = (beam: number) => {
-    setBeamSize(beam);
-    if (picture) void caption(picture, beam);
-  };
-
-  const chooseButton = (
-    <button
-      type="button"
-      onClick={() => filePicker.current?.click()}
-      className="rounded-lg bg-amber-500 px-4 py-2 font-semibold text-slate-950 shadow-sm hover:bg-amber-400 focus-visible:outline-2 focus-visible:outline-offset-2 focus-visible:outline-amber-600"
-    >
-      {picture ? "Choose another photo" : "Choose a photo"}
-    </button>
-  );
-
-  const current = result && picture && result.for === picture.url ? result.caption : null;
-  const attention = current?.attention ?? null;
-  const token = hovered ?? pinned;
-  const offline = error?.kind === "offline";
+  // Nothing to caption with: the server is down and no model came with the page.
+  const unreachable =
+    !backend && server.status === "unavailable" && device.status !== "checking"
+      ? server.error.kind === "offline"
+        ? server.error.message
+        : NO_BACKEND
+      : null;
+  const problem = device.status === "failed" && !backend ? device.error : error;
+  const attention = caption?.attention ?? null;
 
   return (
     <div className="mx-auto flex min-h-screen max-w-6xl flex-col px-4 py-4 sm:px-6">
@@ -118,121 +71,48 @@ export default function App() {
             Caption a photo, then point at a word to see where the model looked.
           </p>
         </div>
-        <div role="group" aria-label="Image source" className="flex rounded-lg bg-slate-200 p-1">
-          {(["image", "webcam"] as const).map((v) => (
-            <button
-              key={v}
-              type="button"
-              aria-pressed={view === v}
-              onClick={() => setView(v)}
-              className="rounded-md px-3 py-1.5 text-sm font-semibold text-slate-600 focus-visible:outline-2 focus-visible:outline-amber-500 aria-pressed:bg-white aria-pressed:text-slate-950 aria-pressed:shadow-sm"
-            >
-              {v === "image" ? "Image" : "Webcam"}
-            </button>
-          ))}
+        <div className="flex flex-wrap gap-2">
+          {kinds.length > 1 && backend && (
+            <ToggleGroup<BackendKind>
+              label="Where to caption"
+              options={BACKENDS}
+              value={backend.kind}
+              onChange={choose}
+            />
+          )}
+          <ToggleGroup<View> label="Image source" options={VIEWS} value={view} onChange={setView} />
         </div>
       </header>
 
-      {offline && (
-        <div
-          role="alert"
-          className="mb-4 flex flex-wrap items-center justify-between gap-2 rounded-xl border border-red-200 bg-red-50 px-4 py-3 text-red-800"
-        >
-          <span>{error.message}</span>
-          <button
-            type="button"
-            onClick={connect}
-            className="rounded-lg border border-red-300 bg-white px-3 py-1 text-sm font-semibold hover:bg-red-100"
-          >
-            Retry
-          </button>
-        </div>
-      )}
+      {unreachable && <OfflineBanner message={unreachable} onRetry={retry} />}
 
       <main className="grid flex-1 gap-6 md:grid-cols-[minmax(0,3fr)_minmax(0,2fr)]">
-        <section aria-label={view === "image" ? "Photo" : "Webcam"} className="min-w-0 space-y-4">
-          {view === "webcam" && (
-            <WebcamView onFrame={(frame) => show(frame, "webcam frame")} busy={loading} />
-          )}
-          {picture ? (
-            <div>
-              {view === "webcam" && (
-                <p className="mb-1 text-sm font-medium text-slate-600">Last captured frame</p>
-              )}
-              <ImageView
-                maxHeight={view === "webcam" ? "30vh" : "65vh"}
-                src={picture.url}
-                alt={current ? `Photo: ${current.caption}` : `Photo being captioned: ${picture.name}`}
-                attention={attention}
-                token={token}
-                layer={layer}
-                head={head}
-              />
-            </div>
-          ) : (
-            view === "image" && (
-              <div className="flex min-h-64 flex-col items-center justify-center gap-3 rounded-xl border-2 border-dashed border-slate-300 bg-white p-8 text-center">
-                <p className="text-lg font-semibold">Drop a photo anywhere on the page</p>
-                <p className="text-sm text-slate-600">or paste one (Ctrl+V), or</p>
-                {chooseButton}
-              </div>
-            )
-          )}
-          {view === "image" && picture && <div className="flex justify-center">{chooseButton}</div>}
-          <input
-            ref={filePicker}
-            type="file"
-            accept="image/*"
-            className="sr-only"
-            tabIndex={-1}
-            aria-label="Photo file"
-            onChange={(e) => {
-              const file = e.target.files?.[0];
-              if (file) show(file, file.name);
-              e.target.value = "";
-            }}
-          />
-        </section>
-
+        <PhotoPanel
+          view={view}
+          picture={picture}
+          caption={caption}
+          token={selection.token}
+          layer={layer}
+          head={head}
+          onPhoto={show}
+          busy={loading || !backend}
+          liveIntervalMs={backend?.kind === "device" ? 0 : LIVE_INTERVAL_MS}
+        />
         <section aria-label="Caption" className="min-w-0 space-y-4">
-          <div className="rounded-xl bg-white p-4 shadow-sm ring-1 ring-slate-200" aria-live="polite">
-            {loading && (
-              <p className="flex items-center gap-2 text-slate-600" role="status">
-                <span className="h-4 w-4 animate-spin rounded-full border-2 border-amber-500 border-t-transparent" />
-                Writing a caption…
-              </p>
-            )}
-            {error && !offline && (
-              <p role="alert" className="rounded-lg bg-red-50 p-3 text-red-800">
-                {error.kind === "input" ? "That file can't be captioned: " : "Something went wrong: "}
-                {error.message}
-              </p>
-            )}
-            {current && (
-              <div className="space-y-2">
-                <CaptionWords
-                  tokens={current.tokens}
-                  pinned={pinned}
-                  onHover={setHovered}
-                  onPin={setPinned}
-                />
-                <p className="text-xs text-slate-500">
-                  {attention
-                    ? "Hover, focus or tap a word to see where the model looked."
-                    : "No attention maps in this answer."}{" "}
-                  {Math.round(current.timings_ms.total)} ms
-                  {current.batch_size > 1 && ` (batched with ${current.batch_size - 1} other)`}
-                </p>
-              </div>
-            )}
-            {!loading && !error && !current && (
-              <p className="text-slate-500">The caption will appear here.</p>
-            )}
-          </div>
+          <CaptionPanel
+            caption={caption}
+            loading={loading}
+            error={problem}
+            kind={backend?.kind ?? null}
+            pinned={selection.pinned}
+            onHover={selection.hover}
+            onPin={selection.pin}
+          />
           <div className="rounded-xl bg-white p-4 shadow-sm ring-1 ring-slate-200">
             <Controls
+              beamSizes={beamSizes}
               beamSize={beamSize}
-              onBeamSize={onBeamSize}
+              onBeamSize={setBeamChoice}
               layers={attention?.layers ?? 0}
               heads={attention?.heads ?? 0}
               layer={layer}

@@ -1,4 +1,6 @@
 interface Props {
+  /** the beam sizes offered (1 is greedy) */
+  beamSizes: number[];
   beamSize: number;
   onBeamSize: (beamSize: number) => void;
   /** layer and head counts of the current attention maps; 0 hides those selectors */
@@ -10,11 +12,7 @@ interface Props {
   onHead: (head: number | null) => void;
 }
 
-export const DECODING = [
-  { beamSize: 1, label: "Greedy" },
-  { beamSize: 3, label: "Beam search (3)" },
-  { beamSize: 5, label: "Beam search (5)" },
-];
+const decodingLabel = (beamSize: number) => (beamSize === 1 ? "Greedy" : `Beam search (${beamSize})`);
 
 const selectClass =
   "mt-1 block w-full rounded-lg border border-slate-300 bg-white px-2 py-1.5 text-sm focus:outline-2 focus:outline-amber-500";
@@ -58,9 +56,9 @@ export default function Controls(props: Props) {
           value={props.beamSize}
           onChange={(e) => props.onBeamSize(Number(e.target.value))}
         >
-          {DECODING.map((option) => (
-            <option key={option.beamSize} value={option.beamSize}>
-              {option.label}
+          {props.beamSizes.map((beamSize) => (
+            <option key={beamSize} value={beamSize}>
+              {decodingLabel(beamSize)}
             </option>
           ))}
         </select>

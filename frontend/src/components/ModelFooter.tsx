@@ -1,4 +1,4 @@
-import type { ModelInfo } from "../api";
+import type { ModelDescription } from "../backend";
 
 /** Numbers recorded with the model (dev-set metrics and the like), at most two levels deep. */
 export function metrics(metadata: Record<string, unknown>): [string, number][] {
@@ -14,7 +14,7 @@ export function metrics(metadata: Record<string, unknown>): [string, number][] {
   return found;
 }
 
-export default function ModelFooter({ model }: { model: ModelInfo }) {
+export default function ModelFooter({ model }: { model: ModelDescription }) {
   const numbers = metrics(model.metadata);
   return (
     <footer className="mt-8 border-t border-slate-200 pt-3 text-xs text-slate-500">

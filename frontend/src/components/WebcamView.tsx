@@ -1,19 +1,22 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 
+/** How often live mode sends a frame to the server; captioning on the device goes frame after
+ * frame (0). */
 export const LIVE_INTERVAL_MS = 2000;
 
 interface Props {
   /** a captured frame (JPEG) to caption */
   onFrame: (frame: Blob) => void;
-  /** true while a caption is being written: live mode skips a beat instead of queueing */
+  /** true while a caption is being written: live mode waits for it instead of queueing */
   busy: boolean;
+  /** live mode's least time from one frame to the next */
+  intervalMs?: number;
 }
 
-/** The camera: capture a frame on click, or caption one every couple of seconds in live mode. */
-export default function WebcamView({ onFrame, busy }: Props) {
+/** The camera: capture a frame on click, or keep captioning frames in live mode. */
+export default function WebcamView({ onFrame, busy, intervalMs = LIVE_INTERVAL_MS }: Props) {
   const video = useRef<HTMLVideoElement>(null);
-  const busyRef = useRef(busy);
-  busyRef.current = busy;
+  const lastFrame = useRef(0);
   const [ready, setReady] = useState(false);
   const [problem, setProblem] = useState<string | null>(null);
   const [live, setLive] = useState(false);
@@ -49,6 +52,7 @@ export default function WebcamView({ onFrame, busy }: Props) {
   const capture = useCallback(() => {
     const v = video.current;
     if (!v || !v.videoWidth) return;
+    lastFrame.current = performance.now();
     const canvas = document.createElement("canvas");
     canvas.width = v.videoWidth;
     canvas.height = v.videoHeight;
@@ -56,11 +60,13 @@ export default function WebcamView({ onFrame, busy }: Props) {
     canvas.toBlob((blob) => blob && onFrame(blob), "image/jpeg", 0.9);
   }, [onFrame]);
 
+  // The next frame once the caption of the last one is written and `intervalMs` have passed.
   useEffect(() => {
-    if (!live || !ready) return;
-    const timer = setInterval(() => busyRef.current || capture(), LIVE_INTERVAL_MS);
-    return () => clearInterval(timer);
-  }, [live, ready, capture]);
+    if (!live || !ready || busy) return;
+    const wait = Math.max(0, lastFrame.current + intervalMs - performance.now());
+    const timer = setTimeout(capture, wait);
+    return () => clearTimeout(timer);
+  }, [live, ready, busy, intervalMs, capture]);
 
   if (problem) {
     return (
@@ -97,7 +103,9 @@ export default function WebcamView({ onFrame, busy }: Props) {
             onChange={(e) => setLive(e.target.checked)}
             className="h-4 w-4 accent-amber-500"
           />
-          Live: caption every {LIVE_INTERVAL_MS / 1000} seconds
+          {intervalMs > 0
+            ? `Live: caption every ${intervalMs / 1000} seconds`
+            : "Live: caption frame after frame"}
         </label>
         {!ready && <span className="text-sm text-slate-500">Starting the camera…</span>}
       </div>
