@@ -1,6 +1,22 @@
-"""The default model that ships inside the package: loads offline and describes real photos."""
+"""The default model that ships inside the package: loads offline, describes real photos, and
+gives exactly the captions and logits recorded here (a golden test, as Hugging Face's
+`test_inference_coco_en`): a change in preprocessing, fp16 loading, the encoder's runtime or
+beam search that moves a caption fails it.
 
+After a deliberate change (a new bundled model), `python tests/test_bundled_model.py` prints the
+current values in the form of `GOLDEN`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import captioner
 from captioner import Captioner
@@ -8,10 +24,84 @@ from captioner.hub import BUNDLED_DIR
 
 DOG_PHOTOS = ["1032122270_ea6f0beedb", "1130369873_d80a1aa59c", "1164131282_b30926f332"]
 
+# Each runtime that decodes with the bundled model must give the golden values.
+RUNTIMES = ["torch"]
+# Flickr8k dev photos (a dog in water, a snowboarder, a girl in the surf) whose greedy and beam-3
+# captions differ, and the image drawn by `generated_image`, which needs no data.
+GOLDEN_PHOTOS = ["1130369873_d80a1aa59c", "2198511848_311d8a8c2f", "2726262796_03bd63a155"]
+GENERATED = "generated"
+# Words whose first-step logits are pinned (with the end token's): how most captions start, and
+# a few that they go on with.
+LOGIT_WORDS = ["a", "the", "two", "man", "dog", "girl", "water", "."]
 
-@pytest.fixture(scope="module")
-def bundled() -> Captioner:
+
+@dataclass(frozen=True)
+class Golden:
+    greedy: str
+    beam3: str
+    logits: tuple[float, ...]  # first decoding step: the end token, then LOGIT_WORDS
+
+
+GOLDEN = {
+    "1130369873_d80a1aa59c": Golden(
+        greedy="a brown dog is swimming in the water.",
+        beam3="a brown dog is splashing in the water.",
+        logits=(-0.7629, 9.8215, 6.8418, 2.6681, 0.6334, 3.6414, -0.2322, 0.0351, 0.1103),
+    ),
+    "2198511848_311d8a8c2f": Golden(
+        greedy="a snowboarder is jumping in the air on a snowy mountain.",
+        beam3="a snowboarder is jumping in the air over a snow covered mountain.",
+        logits=(-0.3872, 9.5951, 6.1491, 4.7111, 4.9417, -0.2253, 0.7520, -2.6273, 0.7725),
+    ),
+    "2726262796_03bd63a155": Golden(
+        greedy="a woman in a black bathing suit is surfing in the ocean.",
+        beam3="a young girl in a bathing suit is surfing in the ocean.",
+        logits=(-0.9037, 8.8446, 5.5115, 7.1856, 2.5428, -1.3244, 4.7822, 0.1732, -0.3560),
+    ),
+    "generated": Golden(
+        greedy="a person is on a bike in the air.",
+        beam3="a person in a blue shirt is on a bike.",
+        logits=(-1.0468, 8.8386, 5.5745, 0.7389, 3.8211, 1.3712, 0.4317, -2.7320, 0.4668),
+    ),
+}
+
+
+def load_bundled(runtime: str) -> Captioner:
+    assert runtime == "torch", runtime
     return Captioner.from_pretrained()
+
+
+def generated_image() -> Image.Image:
+    """A 320x240 picture drawn from a formula: blue sky over green grass, a sun and a red shape
+    on the grass, with fine noise from a seeded PCG64 stream (stable across numpy
+    versions)."""
+    y, x = np.mgrid[0:240, 0:320].astype(np.float32)
+    pixels = np.zeros((240, 320, 3), np.float32)
+    sky = y < 140
+    pixels[sky] = np.stack([90 + 0.4 * y, 150 + 0.5 * y, 235 + 0 * y], axis=-1)[sky]
+    pixels[~sky] = np.stack([40 + 0.2 * x, 140 - 0.2 * (y - 140), 40 + 0 * x], axis=-1)[~sky]
+    pixels[(x - 260) ** 2 + (y - 50) ** 2 < 22**2] = (255, 230, 120)
+    pixels[((x - 120) / 45) ** 2 + ((y - 165) / 18) ** 2 < 1] = (200, 40, 40)
+    pixels += np.random.default_rng(0).normal(0, 4, pixels.shape)
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+
+def first_step_logits(model: Captioner, image: Image.Image | Path) -> list[float]:
+    """The decoder's logits after the start token: the end token's, then LOGIT_WORDS'."""
+    pieces = [model.tokenizer.encode(word) for word in LOGIT_WORDS]
+    assert all(len(ids) == 3 for ids in pieces)  # start, one piece, end
+    ids = [model.tokenizer.end_id, *(ids[1] for ids in pieces)]
+    with torch.inference_mode():
+        features = model.encoder(model.pixels([image])).tokens
+        memory = model.decoder.encode_image(features.to(model.decoder_dtype))
+        start = torch.tensor([[model.tokenizer.start_id]])
+        logits = model.decoder(start, memory).logits[0, -1].float()
+    return logits[ids].tolist()
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def bundled(request) -> Captioner:
+    return load_bundled(request.param)
 
 
 def test_bundled_model_is_small_and_recorded(bundled):
@@ -26,3 +116,33 @@ def test_bundled_model_sees_dogs(bundled, flickr8k):
     paths = [flickr8k / "images" / f"{name}.jpg" for name in DOG_PHOTOS]
     for result in captioner.caption(paths, beam_size=3):
         assert "dog" in result.text, result.text
+
+
+@pytest.mark.parametrize("name", [*GOLDEN_PHOTOS, GENERATED])
+def test_golden_captions_and_logits(bundled, name, request):
+    if name == GENERATED:
+        image = generated_image()
+    else:  # skips without the data
+        image = request.getfixturevalue("flickr8k") / "images" / f"{name}.jpg"
+    golden = GOLDEN[name]
+    assert bundled.caption(image, beam_size=1)[0].text == golden.greedy
+    assert bundled.caption(image, beam_size=3)[0].text == golden.beam3
+    np.testing.assert_allclose(first_step_logits(bundled, image), golden.logits, atol=1e-3)
+
+
+def print_golden(flickr8k: Path) -> None:
+    model = load_bundled(RUNTIMES[0])
+    for name in [*GOLDEN_PHOTOS, GENERATED]:
+        image = generated_image() if name == GENERATED else flickr8k / "images" / f"{name}.jpg"
+        greedy = model.caption(image, beam_size=1)[0].text
+        beam3 = model.caption(image, beam_size=3)[0].text
+        logits = ", ".join(f"{value:.4f}" for value in first_step_logits(model, image))
+        print(f"    {name!r}: Golden(\n        greedy={greedy!r},\n        beam3={beam3!r},")
+        print(f"        logits=({logits}),\n    ),")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import FLICKR8K
+
+    print_golden(FLICKR8K)
