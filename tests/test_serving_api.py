@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import threading
@@ -15,7 +16,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner.model import Captioner
-from captioner.server import ServerSettings, create_app
+from captioner.serving.app import create_app
+from captioner.serving.settings import ServerSettings
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,17 @@ def test_model_info(client: TestClient, tiny_model: Captioner) -> None:
     assert info["decoder"]["parameters"] == sum(p.numel() for p in tiny_model.decoder.parameters())
     assert info["metadata"] == tiny_model.config.metadata
     assert info["server"]["batching"] is True and info["server"]["max_upload_mb"] == 1
+    # The page reads its decoding defaults from here.
+    assert info["generation"] == dataclasses.asdict(tiny_model.config.generation)
+    assert info["server"]["max_new_tokens"] == tiny_model.config.decoder.max_length - 1
+
+
+def test_model_info_is_described_in_the_openapi_schema(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    reply = schema["paths"]["/api/model"]["get"]["responses"]["200"]["content"]
+    assert reply["application/json"]["schema"] == {"$ref": "#/components/schemas/ModelInfo"}
+    generation = schema["components"]["schemas"]["GenerationConfig"]["properties"]
+    assert {"beam_size", "max_new_tokens", "do_sample", "top_p"} <= set(generation)
 
 
 def test_caption_with_attention(client: TestClient, tiny_model: Captioner) -> None:
@@ -96,7 +109,8 @@ def test_caption_with_attention(client: TestClient, tiny_model: Captioner) -> No
     np.testing.assert_allclose(per_head.sum(axis=-1), 1.0, atol=5e-3)
     np.testing.assert_allclose(np.array(maps["mean"]), per_head.mean(axis=(1, 2)), atol=1e-3)
     # The model centre-crops a 48x48 square out of the 64x48 image: that is what the grid covers.
-    assert maps["crop"] == pytest.approx({"x": 0.125, "y": 0.0, "width": 0.75, "height": 1.0})
+    crop = {"x": 0.125, "y": 0.0, "width": 0.75, "height": 1.0}
+    assert maps["crop"] == pytest.approx(crop, abs=0.005)
 
 
 def test_caption_options(client: TestClient, tiny_model: Captioner) -> None:
@@ -110,11 +124,25 @@ def test_caption_options(client: TestClient, tiny_model: Captioner) -> None:
     assert default["tokens"] == tiny_model.caption(image)[0].tokens
 
 
-@pytest.mark.parametrize("beam_size", ["0", "9", "-1", "two"])
+@pytest.mark.parametrize("beam_size", ["0", "17", "-1", "two"])
 def test_bad_beam_size(client: TestClient, beam_size: str) -> None:
     response = post(client, encode(photo(), "PNG"), beam_size=beam_size)
     assert response.status_code == 422
-    assert response.json()["error"].startswith("beam_size:")
+    assert response.json()["error"].startswith("beam_size")
+
+
+@pytest.mark.parametrize("max_new_tokens", ["0", "1000"])
+def test_bad_max_new_tokens(client: TestClient, max_new_tokens: str) -> None:
+    """The model's own validation, with the allowed range, as a 422."""
+    response = post(client, encode(photo(), "PNG"), max_new_tokens=max_new_tokens)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("max_new_tokens must be an integer from 1 to")
+
+
+def test_max_new_tokens(client: TestClient, tiny_model: Captioner) -> None:
+    image = photo()
+    body = post(client, encode(image, "PNG"), max_new_tokens=2, attention="false").json()
+    assert body["tokens"] == tiny_model.caption(image, max_new_tokens=2)[0].tokens
 
 
 def test_missing_file(client: TestClient) -> None:
@@ -324,32 +352,118 @@ def test_model_failure_is_a_json_500(
 
     app = create_app(ServerSettings(), model=tiny_model)
     with TestClient(app, raise_server_exceptions=False) as client:
-        monkeypatch.setattr(tiny_model, "caption", broken)
+        monkeypatch.setattr(tiny_model, "generate_from_features", broken)
         response = post(client, encode(photo(), "PNG"))
     assert response.status_code == 500
     assert response.json() == {"error": "the server failed to caption this image; see its log"}
 
 
-def test_serve_command_passes_flags_to_settings(
-    tiny_model: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import uvicorn
-
-    from captioner.cli import main
-
-    served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: served.update(app=app))
-    tiny_model.save_pretrained(tmp_path)
-    argv = ["serve", "--model", str(tmp_path), "--port", "9001", "--no-batching"]
-    assert main([*argv, "--max-upload-mb", "2.5"]) == 0
-    settings = served["app"].state.settings
-    assert (settings.model, settings.port, settings.host) == (str(tmp_path), 9001, "127.0.0.1")
-    assert settings.batching is False and settings.max_upload_mb == 2.5
-    assert settings.max_batch_size == ServerSettings().max_batch_size  # unset flags: defaults
+# ---- backpressure ----------------------------------------------------------------------------
 
 
-def test_serve_command_reports_a_missing_model(capsys: pytest.CaptureFixture[str]) -> None:
-    from captioner.cli import main
+@pytest.fixture
+def model_on_hold(tiny_model: Captioner, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """The model blocks in each call until `release` is set; `running` is set once it has one."""
+    running, release = threading.Event(), threading.Event()
+    generate = tiny_model.generate_from_features
 
-    assert main(["serve", "--model", "/no/such/model"]) == 2
-    assert "not a model folder" in capsys.readouterr().err
+    def held(*args, **kwargs):
+        running.set()
+        release.wait(30)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate_from_features", held)
+    yield {"running": running, "release": release}
+    release.set()
+
+
+def in_thread(call) -> tuple[threading.Thread, list]:
+    answers: list = []
+    thread = threading.Thread(target=lambda: answers.append(call()))
+    thread.start()
+    return thread, answers
+
+
+def test_a_full_queue_is_a_503_with_retry_after(tiny_model: Captioner, model_on_hold) -> None:
+    settings = ServerSettings(max_queue=1, batch_wait_ms=0)
+    with TestClient(create_app(settings, model=tiny_model)) as client:
+        batcher = client.app.state.serving.batcher
+        data = encode(photo(), "PNG")
+        first, first_answers = in_thread(lambda: post(client, data, attention="false"))
+        assert model_on_hold["running"].wait(30)  # the first is in the model: not waiting
+        second, second_answers = in_thread(lambda: post(client, data, attention="false"))
+        while batcher.waiting < 1:  # the second is waiting: the queue (1) is full
+            threading.Event().wait(0.01)
+        refused = post(client, data, attention="false")
+        model_on_hold["release"].set()
+        first.join(), second.join()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "busy" in refused.json()["error"]
+    assert [first_answers[0].status_code, second_answers[0].status_code] == [200, 200]
+
+
+def test_a_request_past_its_deadline_is_a_504(tiny_model: Captioner, model_on_hold) -> None:
+    settings = ServerSettings(request_timeout_s=0.2)
+    with TestClient(create_app(settings, model=tiny_model)) as client:
+        response = post(client, encode(photo(), "PNG"), attention="false")
+        model_on_hold["release"].set()
+    assert response.status_code == 504
+    assert response.json() == {"error": "the server is overloaded: no answer within 0.2 s"}
+
+
+# ---- HTTP details -----------------------------------------------------------------------------
+
+
+def test_a_wrong_method_keeps_the_allow_header(client: TestClient) -> None:
+    response = client.request("TRACE", "/api/health")
+    assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+    assert response.json() == {"error": "Method Not Allowed"}
+
+
+# A part header without a colon: "Found invalid character 13 in header".
+MALFORMED_MULTIPART = b"--x\r\nNoColonHeader\r\n\r\nabc\r\n--x--\r\n"
+
+
+def test_a_malformed_multipart_body_is_a_declared_400(client: TestClient) -> None:
+    response = client.post(
+        "/api/caption",
+        content=MALFORMED_MULTIPART,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 400 and "error" in response.json()
+    declared = client.get("/openapi.json").json()["paths"]["/api/caption"]["post"]["responses"]
+    assert {"400", "413", "415", "422", "503", "504"} <= set(declared)
+
+
+@pytest.mark.parametrize("origins", [(), ("https://cms.example",)], ids=["off", "on"])
+def test_cors_only_for_the_origins_given(tiny_model: Captioner, origins: tuple[str, ...]) -> None:
+    with TestClient(create_app(ServerSettings(cors_origins=origins), model=tiny_model)) as client:
+        simple = client.get("/api/health", headers={"origin": "https://cms.example"})
+        preflight = client.options(
+            "/api/caption",
+            headers={"origin": "https://cms.example", "access-control-request-method": "POST"},
+        )
+        other = client.get("/api/health", headers={"origin": "https://other.example"})
+    allowed = simple.headers.get("access-control-allow-origin")
+    assert allowed == ("https://cms.example" if origins else None)
+    assert (preflight.status_code == 200) == bool(origins)
+    assert "access-control-allow-origin" not in other.headers
+
+
+# ---- inputs that used to cost seconds or be refused -------------------------------------------
+
+
+def test_a_tiny_strip_is_captioned_cheaply(client: TestClient) -> None:
+    """165 bytes of PNG, 1x20000 pixels: resized to 260x5,200,000 before the crop, once."""
+    data = encode(Image.new("RGB", (1, 20_000), (120, 80, 40)), "PNG", optimize=True)
+    response = post(client, data, "strip.png", beam_size=1, attention="false")
+    assert response.status_code == 200, response.text
+    assert response.json()["image"] == {"width": 1, "height": 20_000}
+
+
+def test_an_iphone_heic_photo_is_captioned(client: TestClient) -> None:
+    data = encode(photo(64, 48), "HEIF", quality=90)
+    assert data[4:12] == b"ftypheic"  # what an iPhone sends
+    response = post(client, data, "IMG_0001.HEIC", beam_size=1, attention="false")
+    assert response.status_code == 200, response.text
+    assert response.json()["image"] == {"width": 64, "height": 48}

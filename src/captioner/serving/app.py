@@ -1,0 +1,116 @@
+"""`create_app`: the API and the page over one loaded `Captioner`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from functools import partial
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from captioner import __version__
+from captioner.config import MAX_BEAM_SIZE
+from captioner.generation import max_new_tokens_limit
+from captioner.model import Captioner
+from captioner.serving.batcher import MicroBatcher
+from captioner.serving.captioning import caption_batch
+from captioner.serving.errors import UploadLimit, add_error_handlers, upload_too_large_message
+from captioner.serving.routes import Serving, router
+from captioner.serving.schemas import DecoderInfo, EncoderInfo, ModelInfo, ServerInfo
+from captioner.serving.settings import ServerSettings
+
+# Room for the multipart framing around the file when judging a request by its size.
+MULTIPART_SLACK_BYTES = 64 * 1024
+
+
+def create_app(settings: ServerSettings | None = None, model: Captioner | None = None) -> FastAPI:
+    """The API and page over `model`, or over the model `settings.model` names (loaded once)."""
+    settings = settings or ServerSettings()
+    if model is None:
+        model = Captioner.from_pretrained(settings.model)
+    batcher = MicroBatcher(
+        partial(caption_batch, model),
+        max_batch_size=settings.max_batch_size if settings.batching else 1,
+        max_wait_s=settings.batch_wait_ms / 1000,
+        max_queue=settings.max_queue,
+        prepare_workers=settings.decode_workers,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="captioner",
+        version=__version__,
+        description="Caption images and see where the model looked for each word.",
+        lifespan=lifespan,
+    )
+    app.state.serving = Serving(settings, model, batcher, model_info(settings, model))
+    add_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(
+        UploadLimit,
+        path="/api/caption",
+        max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES,
+        message=upload_too_large_message(settings.max_upload_mb),
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
+        )
+    mount_page(app, settings)
+    return app
+
+
+def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
+    config, encoder = model.config, model.encoder
+    return ModelInfo(
+        source=settings.model or "bundled",
+        encoder=EncoderInfo(
+            name=config.encoder.name,
+            grid_h=encoder.grid_h,
+            grid_w=encoder.grid_w,
+            image_size=encoder.preprocess.crop_size,
+        ),
+        decoder=DecoderInfo(
+            layers=config.decoder.n_layers,
+            heads=config.decoder.n_heads,
+            d_model=config.decoder.d_model,
+            vocab_size=config.decoder.vocab_size,
+            parameters=sum(p.numel() for p in model.decoder.parameters()),
+        ),
+        generation=config.generation,
+        metadata=config.metadata,
+        server=ServerInfo(
+            batching=settings.batching,
+            max_batch_size=settings.max_batch_size if settings.batching else 1,
+            batch_wait_ms=settings.batch_wait_ms,
+            max_upload_mb=settings.max_upload_mb,
+            max_pixels=settings.max_pixels,
+            max_queue=settings.max_queue,
+            request_timeout_s=settings.request_timeout_s,
+            max_beam_size=MAX_BEAM_SIZE,
+            max_new_tokens=max_new_tokens_limit(model.decoder),
+        ),
+    )
+
+
+def mount_page(app: FastAPI, settings: ServerSettings) -> None:
+    """The built page at `/`, or a page saying how to build it."""
+    if (settings.page_dir / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=settings.page_dir, html=True), name="page")
+        return
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page_missing() -> str:
+        return (
+            "<!doctype html><title>captioner</title><h1>captioner</h1>"
+            f"<p>The page is not built ({settings.page_dir} has no index.html): run "
+            "<code>make frontend</code>. The API is up: see <a href='/docs'>/docs</a>.</p>"
+        )
