@@ -38,8 +38,10 @@ def generate(
     config: GenerationConfig,
 ) -> list[Hypothesis]:
     """One caption per row of `image` (the decoder memory from `encode_image`), with its
-    alternatives when `config.num_return_sequences` > 1. ValueError for invalid settings."""
-    config.validate(max_new_tokens_limit(decoder))
+    alternatives when `config.num_return_sequences` > 1. ValueError for invalid settings; a
+    max_new_tokens beyond the decoder's reach is cut to it here (a training config's validation
+    length fits any decoder), while `Captioner.generation_config` refuses it from users."""
+    config.validate()
     max_new = token_limit(decoder, config)
     if config.do_sample:
         samples = config.num_return_sequences
