@@ -42,7 +42,8 @@ class DecoderConfig:
 # row of every decoder call, so these bound the work one request can cause.
 MAX_BEAM_SIZE = 16
 MAX_RETURN_SEQUENCES = 16
-# Below this the scaled logits overflow float32 (NaN scores); above it sampling is uniform noise.
+# Near 0 the scaled logits overflow float32 (NaN scores; 0.01 already samples almost greedily);
+# above 100 sampling is uniform noise.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 
 
