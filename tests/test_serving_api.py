@@ -47,6 +47,19 @@ def post(client: TestClient, data: bytes, filename: str = "upload.bin", **fields
     return client.post("/api/caption", files={"file": (filename, data)}, data=form)
 
 
+BOUNDARY = "captionerboundary"
+MULTIPART_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def multipart_body(data: bytes, filename: str = "big.jpg") -> bytes:
+    """A form with one file field, as a browser sends it."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims a huge size in its header: what a decompression bomb looks like first."""
 
@@ -288,15 +301,7 @@ def test_upload_over_size_limit(client: TestClient) -> None:
 
 def test_chunked_upload_over_size_limit(client: TestClient) -> None:
     """With no Content-Length to judge by, the size is checked while reading."""
-    boundary = "captionerboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + b"\xff" * (2 * 1024 * 1024)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body = multipart_body(b"\xff" * (2 * 1024 * 1024))
 
     def chunks() -> Iterator[bytes]:
         for start in range(0, len(body), 64 * 1024):
@@ -305,7 +310,7 @@ def test_chunked_upload_over_size_limit(client: TestClient) -> None:
     response = client.post(
         "/api/caption",
         content=chunks(),
-        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        headers={"content-type": MULTIPART_TYPE},
     )
     assert response.status_code == 413 and "limit of 1 MB" in response.json()["error"]
 

@@ -9,6 +9,16 @@ from pathlib import Path
 from captioner.serving.settings import ENV_PREFIX, ServerSettings
 
 DEFAULTS = ServerSettings()
+# The settings that are numbers: flag (the field's name), type, what it sets.
+LIMITS = (
+    ("--max-upload-mb", float, "largest upload"),
+    ("--max-pixels", int, "largest decoded image, in pixels"),
+    ("--max-batch-size", int, "images per model call"),
+    ("--batch-wait-ms", float, "how long a request waits for a batch to fill"),
+    ("--max-queue", int, "requests waiting before more are answered 503"),
+    ("--request-timeout-s", float, "answer 504 after this long"),
+    ("--decode-workers", int, "threads decoding and preprocessing uploads"),
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,41 +37,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--port", type=int, help=f"port to listen on, 0 for any free one (default: {DEFAULTS.port})"
     )
     parser.add_argument(
-        "--max-upload-mb", type=float, help=f"largest upload (default: {DEFAULTS.max_upload_mb:g})"
-    )
-    parser.add_argument(
-        "--max-pixels", type=int, help=f"largest decoded image (default: {DEFAULTS.max_pixels})"
-    )
-    parser.add_argument(
         "--batching",
         action=argparse.BooleanOptionalAction,
         help="gather concurrent requests into micro-batches (default: on)",
     )
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        help=f"images per model call (default: {DEFAULTS.max_batch_size})",
-    )
-    parser.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        help=f"wait for a batch to fill (default: {DEFAULTS.batch_wait_ms:g})",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        help=f"requests waiting before more get 503 (default: {DEFAULTS.max_queue})",
-    )
-    parser.add_argument(
-        "--request-timeout-s",
-        type=float,
-        help=f"answer 504 after this long (default: {DEFAULTS.request_timeout_s:g})",
-    )
-    parser.add_argument(
-        "--decode-workers",
-        type=int,
-        help=f"threads decoding uploads (default: {DEFAULTS.decode_workers})",
-    )
+    for flag, kind, what in LIMITS:
+        default = getattr(DEFAULTS, flag[2:].replace("-", "_"))
+        shown = f"{default:g}" if isinstance(default, float) else default
+        parser.add_argument(flag, type=kind, help=f"{what} (default: {shown})")
     parser.add_argument(
         "--cors-origin",
         dest="cors_origins",
