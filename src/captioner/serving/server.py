@@ -22,6 +22,7 @@ CLIENT_ERROR_LOGS = {
     "python_multipart.multipart": "",  # a malformed multipart body ("Found invalid character")
 }
 CLIENT_ERROR_LOG_INTERVAL_S = 60.0
+BACKLOG = 2048  # uvicorn's default
 
 
 class ServeError(Exception):
@@ -53,7 +54,7 @@ class RateLimitedLog(logging.Filter):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port (uvicorn listens on it); ServeError when that is refused."""
+    """A socket listening on host:port, for uvicorn; ServeError when that is refused."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -62,6 +63,9 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        # Listening now takes the port (another server that has bound it but not yet listened
+        # would otherwise fail later, in uvicorn); connections wait while the model loads.
+        sock.listen(BACKLOG)
     except (OSError, OverflowError) as error:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {_reason(error)}") from None
