@@ -5,6 +5,9 @@ import { defineConfig } from "vite";
 
 export default defineConfig({
   plugins: [react(), tailwindcss()],
+  // Relative asset paths: the exported site (`captioner export --web`) works from any folder
+  // of any static file server.
+  base: "./",
   // `npm run dev` talks to a `captioner serve` running on the default port.
   server: { proxy: { "/api": "http://127.0.0.1:8000" } },
   test: {

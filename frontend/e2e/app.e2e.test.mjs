@@ -2,88 +2,27 @@
 // Skips when /usr/bin/chromium (or, for the photo test, the Flickr8k photos) is missing.
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import {
+  CAPTIONER,
+  CHROMIUM,
+  dropFile,
+  freePort,
+  launchChromium,
+  paintedPixels,
+  PHOTOS,
+  photos,
+  PYTHON,
+  ROOT,
+  screenshot,
+  serverCaption,
+  waitForUrl,
+} from "./helpers.mjs";
 
-const CHROMIUM = "/usr/bin/chromium";
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const PHOTOS = join(ROOT, "../shared/datasets/flickr8k/images");
-const PYTHON = join(ROOT, ".venv/bin/python");
-const SCREENSHOTS = process.env.E2E_SCREENSHOTS; // a folder to save what the page looked like
-const CHROMIUM_FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--use-fake-device-for-media-stream",
-  "--use-fake-ui-for-media-stream",
-];
-
-const photo = existsSync(PHOTOS)
-  ? readdirSync(PHOTOS).filter((f) => f.endsWith(".jpg")).sort()[0]
-  : undefined;
-
-function freePort() {
-  return new Promise((done) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => done(port));
-    });
-  });
-}
-
-async function waitForHealth(url, server, seconds) {
-  for (let i = 0; i < seconds * 4; i++) {
-    if (server.exitCode !== null) throw new Error(`captioner serve exited with ${server.exitCode}`);
-    try {
-      if ((await fetch(`${url}/api/health`)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`captioner serve did not answer within ${seconds} s`);
-}
-
-/** Drop `bytes` as a file onto the page, as a drag from the desktop would. */
-function dropFile(page, bytes, name, type) {
-  return page.evaluate(
-    ({ base64, name, type }) => {
-      const data = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-      const transfer = new DataTransfer();
-      transfer.items.add(new File([data], name, { type }));
-      for (const kind of ["dragenter", "dragover", "drop"]) {
-        const event = new DragEvent(kind, { bubbles: true, cancelable: true, dataTransfer: transfer });
-        document.body.dispatchEvent(event);
-      }
-    },
-    { base64: Buffer.from(bytes).toString("base64"), name, type },
-  );
-}
-
-/** How many pixels of the heatmap canvas are painted (alpha above zero). */
-function paintedPixels(page) {
-  return page.evaluate(() => {
-    const canvas = document.querySelector("[data-testid=heatmap]");
-    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-    let painted = 0;
-    for (let i = 3; i < data.length; i += 4) painted += data[i] > 0 ? 1 : 0;
-    return painted;
-  });
-}
-
-async function screenshot(page, name) {
-  if (SCREENSHOTS) await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
-}
+const [photo] = photos(1);
 
 describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing` }, () => {
   let server, context, page, url, work;
@@ -96,18 +35,12 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
     server = spawn(
-      join(ROOT, ".venv/bin/captioner"),
+      CAPTIONER,
       ["serve", "--model", model, "--port", String(port), "--page-dir", join(ROOT, "frontend/dist")],
       { stdio: ["ignore", "ignore", "inherit"] },
     );
-    await waitForHealth(url, server, 90);
-    context = await chromium.launchPersistentContext(join(work, "profile"), {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_FLAGS,
-      viewport: { width: 1280, height: 800 },
-    });
-    page = context.pages()[0] ?? (await context.newPage());
+    await waitForUrl(`${url}/api/health`, server, 90);
+    ({ context, page } = await launchChromium(join(work, "profile")));
   });
 
   after(async () => {
@@ -145,10 +78,7 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
     assert.notEqual(await heatmap.evaluate((c) => c.toDataURL()), mean);
 
     // Greedy decoding asks the server again: the page then shows the greedy caption.
-    const form = new FormData();
-    form.append("file", new Blob([readFileSync(join(PHOTOS, photo))]), photo);
-    form.append("beam_size", "1");
-    const greedy = await (await fetch(`${url}/api/caption`, { method: "POST", body: form })).json();
+    const greedy = await serverCaption(url, readFileSync(join(PHOTOS, photo)), photo, 1);
     const answered = page.waitForResponse((r) => r.url().endsWith("/api/caption"));
     await page.getByLabel("Decoding").selectOption({ label: "Greedy" });
     await answered;

@@ -13,6 +13,23 @@ interface Props {
   intervalMs?: number;
 }
 
+/** How many captions live mode has written since it was switched on, and how fast. */
+function useLiveRate(live: boolean, busy: boolean): { captions: number; perSecond: number } | null {
+  const [stats, setStats] = useState<{ since: number; captions: number; last: number } | null>(null);
+  const wasBusy = useRef(busy);
+  useEffect(() => {
+    setStats(live ? { since: performance.now(), captions: 0, last: performance.now() } : null);
+  }, [live]);
+  useEffect(() => {
+    if (wasBusy.current && !busy) {
+      setStats((s) => s && { ...s, captions: s.captions + 1, last: performance.now() });
+    }
+    wasBusy.current = busy;
+  }, [busy]);
+  if (!stats || stats.captions === 0) return null;
+  return { captions: stats.captions, perSecond: (stats.captions * 1000) / (stats.last - stats.since) };
+}
+
 /** The camera: capture a frame on click, or keep captioning frames in live mode. */
 export default function WebcamView({ onFrame, busy, intervalMs = LIVE_INTERVAL_MS }: Props) {
   const video = useRef<HTMLVideoElement>(null);
@@ -20,6 +37,7 @@ export default function WebcamView({ onFrame, busy, intervalMs = LIVE_INTERVAL_M
   const [ready, setReady] = useState(false);
   const [problem, setProblem] = useState<string | null>(null);
   const [live, setLive] = useState(false);
+  const rate = useLiveRate(live, busy);
 
   useEffect(() => {
     if (!navigator.mediaDevices?.getUserMedia) {
@@ -108,6 +126,11 @@ export default function WebcamView({ onFrame, busy, intervalMs = LIVE_INTERVAL_M
             : "Live: caption frame after frame"}
         </label>
         {!ready && <span className="text-sm text-slate-500">Starting the camera…</span>}
+        {rate && (
+          <span className="text-sm text-slate-500" data-testid="live-rate">
+            {rate.captions} captions, {rate.perSecond.toFixed(1)} a second
+          </span>
+        )}
       </div>
     </div>
   );

@@ -23,7 +23,7 @@ class ToyDecoder implements StepDecoder {
   rows: number[][] = [[]];
   steps: number[][] = [];
   reorders: number[][] = [];
-  constructor(private probabilities: (prefix: number[]) => Record<number, number>) {}
+  constructor(private probabilities: (prefix: number[]) => Partial<Record<number, number>>) {}
 
   async step(tokens: number[]) {
     this.steps.push(tokens);
@@ -33,7 +33,7 @@ class ToyDecoder implements StepDecoder {
     const attention = new Float32Array(this.rows.length * 2);
     this.rows.forEach((prefix, r) => {
       for (const [token, p] of Object.entries(this.probabilities(prefix))) {
-        logits[r * VOCAB + Number(token)] = Math.log(p);
+        logits[r * VOCAB + Number(token)] = Math.log(p!);
       }
       attention.set([prefix.length, tokens[r]], r * 2);
     });

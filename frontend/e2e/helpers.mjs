@@ -1,0 +1,146 @@
+// Shared by the end-to-end tests: ports, processes, Chromium, and page helpers.
+import { existsSync, readdirSync } from "node:fs";
+import { createServer } from "node:net";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const CHROMIUM = "/usr/bin/chromium";
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const PHOTOS = join(ROOT, "../shared/datasets/flickr8k/images");
+export const PYTHON = join(ROOT, ".venv/bin/python");
+export const CAPTIONER = join(ROOT, ".venv/bin/captioner");
+export const SCREENSHOTS = process.env.E2E_SCREENSHOTS; // a folder to save what the page looked like
+const CHROMIUM_FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+];
+
+/** The first `count` Flickr8k photos by name (none where the data set is missing). */
+export function photos(count) {
+  if (!existsSync(PHOTOS)) return [];
+  return readdirSync(PHOTOS)
+    .filter((f) => f.endsWith(".jpg"))
+    .sort()
+    .slice(0, count);
+}
+
+export function freePort() {
+  return new Promise((done) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => done(port));
+    });
+  });
+}
+
+/** Wait until `url` answers 200, failing early if `process` exits. */
+export async function waitForUrl(url, process, seconds) {
+  for (let i = 0; i < seconds * 4; i++) {
+    if (process.exitCode !== null) throw new Error(`${process.spawnfile} exited with ${process.exitCode}`);
+    try {
+      if ((await fetch(url)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`${url} did not answer within ${seconds} s`);
+}
+
+export async function launchChromium(profile) {
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_FLAGS,
+    viewport: { width: 1280, height: 800 },
+  });
+  return { context, page: context.pages()[0] ?? (await context.newPage()) };
+}
+
+/** Drop `bytes` as a file onto the page, as a drag from the desktop would. */
+export function dropFile(page, bytes, name, type) {
+  return page.evaluate(
+    ({ base64, name, type }) => {
+      const data = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([data], name, { type }));
+      for (const kind of ["dragenter", "dragover", "drop"]) {
+        const event = new DragEvent(kind, { bubbles: true, cancelable: true, dataTransfer: transfer });
+        document.body.dispatchEvent(event);
+      }
+    },
+    { base64: Buffer.from(bytes).toString("base64"), name, type },
+  );
+}
+
+/** Paste `bytes` as a file, as Ctrl+V with an image on the clipboard would. */
+export function pasteFile(page, bytes, name, type) {
+  return page.evaluate(
+    ({ base64, name, type }) => {
+      const data = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([data], name, { type }));
+      window.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true }));
+    },
+    { base64: Buffer.from(bytes).toString("base64"), name, type },
+  );
+}
+
+/** How many pixels of the heatmap canvas are painted (alpha above zero). */
+export function paintedPixels(page) {
+  return page.evaluate(() => {
+    const canvas = document.querySelector("[data-testid=heatmap]");
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    let painted = 0;
+    for (let i = 3; i < data.length; i += 4) painted += data[i] > 0 ? 1 : 0;
+    return painted;
+  });
+}
+
+const photoAlt = (page) => page.locator("figure img").getAttribute("alt");
+
+/** Do `action` (which shows a new photo), and answer the caption the page then shows for it. */
+export async function captionOfNewPhoto(page, action, timeout = 120_000) {
+  const before = await page.evaluate(() => document.querySelector("figure img")?.src ?? null);
+  await action();
+  await page.waitForFunction(
+    (before) => {
+      const image = document.querySelector("figure img");
+      return image && image.src !== before && image.alt.startsWith("Photo: ");
+    },
+    before,
+    { timeout },
+  );
+  return (await photoAlt(page)).slice("Photo: ".length);
+}
+
+/** Do `action` (which captions the same photo again), and answer the new caption. */
+export async function captionAgain(page, action, timeout = 120_000) {
+  await action();
+  await page.getByRole("status").waitFor({ state: "visible", timeout });
+  await page.getByRole("status").waitFor({ state: "detached", timeout });
+  return (await photoAlt(page)).slice("Photo: ".length);
+}
+
+/** The server's caption of a photo file, by the API. */
+export async function serverCaption(url, bytes, name, beamSize) {
+  const form = new FormData();
+  form.append("file", new Blob([bytes]), name);
+  form.append("beam_size", String(beamSize));
+  const response = await fetch(`${url}/api/caption`, { method: "POST", body: form });
+  if (!response.ok) throw new Error(`${url}/api/caption answered ${response.status}`);
+  return response.json();
+}
+
+export async function screenshot(page, name) {
+  if (SCREENSHOTS) await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+}

@@ -1,0 +1,163 @@
+// End to end: the static site `captioner export --web` writes, captioning in headless Chromium
+// with ONNX Runtime Web, served by `python -m http.server` with no API behind it; and the same
+// site under `captioner serve`, which offers both. The bundled model, so the speed and size
+// printed are the real ones. Skips without Chromium or the Flickr8k photos.
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import {
+  CAPTIONER,
+  CHROMIUM,
+  dropFile,
+  freePort,
+  launchChromium,
+  paintedPixels,
+  pasteFile,
+  PHOTOS,
+  photos,
+  PYTHON,
+  ROOT,
+  screenshot,
+  captionAgain,
+  captionOfNewPhoto,
+  serverCaption,
+  waitForUrl,
+} from "./helpers.mjs";
+
+const BUNDLED = join(ROOT, "src/captioner/pretrained/flickr8k-effnet");
+const PICTURES = photos(3);
+const skip =
+  (!existsSync(CHROMIUM) && `${CHROMIUM} is missing`) ||
+  (PICTURES.length === 0 && `no Flickr8k photos at ${PHOTOS}`);
+
+function sizeOf(directory) {
+  return readdirSync(directory, { recursive: true })
+    .map((name) => statSync(join(directory, name)))
+    .reduce((sum, stat) => sum + (stat.isFile() ? stat.size : 0), 0);
+}
+
+describe("the exported static site", { skip }, () => {
+  let work, site, staticServer, apiServer, context, page, staticUrl, apiUrl;
+  const read = (name) => readFileSync(join(PHOTOS, name));
+
+  before(async () => {
+    work = mkdtempSync(join(tmpdir(), "captioner-site-e2e-"));
+    site = join(work, "site");
+    const exported = spawnSync(CAPTIONER, ["export", BUNDLED, "--web", site], { encoding: "utf8" });
+    assert.equal(exported.status, 0, exported.stderr);
+    const [staticPort, apiPort] = [await freePort(), await freePort()];
+    staticUrl = `http://127.0.0.1:${staticPort}`;
+    apiUrl = `http://127.0.0.1:${apiPort}`;
+    staticServer = spawn(
+      PYTHON,
+      ["-m", "http.server", String(staticPort), "--bind", "127.0.0.1", "--directory", site],
+      { stdio: ["ignore", "ignore", "ignore"] },
+    );
+    apiServer = spawn(
+      CAPTIONER,
+      ["serve", "--model", BUNDLED, "--port", String(apiPort), "--page-dir", site],
+      { stdio: ["ignore", "ignore", "inherit"] },
+    );
+    await waitForUrl(`${staticUrl}/index.html`, staticServer, 30);
+    await waitForUrl(`${apiUrl}/api/health`, apiServer, 120);
+    ({ context, page } = await launchChromium(join(work, "profile")));
+  });
+
+  after(async () => {
+    await context?.close();
+    staticServer?.kill();
+    apiServer?.kill();
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  test("its size", () => {
+    const megabytes = sizeOf(site) / 1e6;
+    console.log(`# site size: ${megabytes.toFixed(1)} MB (target <= 40 MB)`);
+    assert.ok(existsSync(join(site, "model/captioner.json")));
+  });
+
+  test("a dropped photo is captioned in the browser, as the server captions it", { timeout: 240_000 }, async () => {
+    const sent = [];
+    page.on("request", (r) => r.method() !== "GET" && sent.push(r.url()));
+    await page.goto(staticUrl);
+    await page.getByText(/efficientnet-lite2 encoder, 3-layer decoder/).waitFor();
+    // No server here: no switch and no complaint.
+    assert.equal(await page.getByRole("group", { name: "Where to caption" }).count(), 0);
+    assert.equal(await page.getByRole("alert").count(), 0);
+
+    for (const name of PICTURES) {
+      const server = await serverCaption(apiUrl, read(name), name, 3); // the model's default beam
+      const shown = await captionOfNewPhoto(page, () => dropFile(page, read(name), name, "image/jpeg"));
+      console.log(`# ${name}, beam 3: browser "${shown}", server "${server.caption}"`);
+      assert.equal(shown, server.caption, `beam 3 on ${name}`);
+    }
+    const last = PICTURES.at(-1);
+    const greedy = await serverCaption(apiUrl, read(last), last, 1);
+    const shown = await captionAgain(page, () =>
+      page.getByLabel("Decoding").selectOption({ label: "Greedy" }),
+    );
+    assert.equal(shown, greedy.caption, `greedy on ${last}`);
+    const words = page.getByRole("group", { name: "Caption words" }).getByRole("button");
+    assert.deepEqual(await words.allTextContents(), greedy.tokens);
+
+    assert.equal(await paintedPixels(page), 0, "no heatmap before hovering");
+    await words.nth(1).hover();
+    assert.equal(await page.getByTestId("heatmap").getAttribute("data-token"), "1");
+    assert.ok((await paintedPixels(page)) > 256 * 256 * 0.9, "the heatmap covers the crop");
+    await screenshot(page, "site-hover");
+    assert.deepEqual(sent, [], "the photo never left the browser");
+  });
+
+  test("a pasted photo and a picked one are captioned too", { timeout: 120_000 }, async () => {
+    await page.goto(staticUrl);
+    const [first, second] = PICTURES;
+    const pasted = await captionOfNewPhoto(page, () => pasteFile(page, read(first), first, "image/jpeg"));
+    const picked = await captionOfNewPhoto(page, () =>
+      page.getByLabel("Photo file").setInputFiles({ name: second, mimeType: "image/jpeg", buffer: read(second) }),
+    );
+    assert.ok(pasted.length > 0 && picked.length > 0);
+  });
+
+  test("a file that is not an image gets a clear error", { timeout: 60_000 }, async () => {
+    await page.goto(staticUrl);
+    await dropFile(page, Buffer.from("just some text"), "notes.jpg", "image/jpeg");
+    await page.getByText(/That file can't be captioned: .*not an image/).waitFor();
+  });
+
+  test("live mode captions webcam frames one after another", { timeout: 120_000 }, async () => {
+    await page.goto(staticUrl);
+    await page.getByRole("button", { name: "Webcam" }).click();
+    await page.getByLabel("Decoding").selectOption({ label: "Greedy" });
+    const capture = page.getByRole("button", { name: "Capture frame" });
+    await captionOfNewPhoto(page, () => capture.click()); // and the model is loaded
+    await page.getByRole("switch").check();
+    await new Promise((r) => setTimeout(r, 15_000));
+    const rate = await page.getByTestId("live-rate").textContent();
+    await page.getByRole("switch").uncheck();
+    console.log(`# live mode, greedy, in the browser: ${rate} (target >= 3 a second on 2 cores)`);
+    const captions = Number(rate.split(" ")[0]);
+    assert.ok(captions >= 3, `live mode wrote ${captions} captions in 15 s`);
+    await screenshot(page, "site-webcam");
+  });
+
+  test("under captioner serve the page offers the device and the server", { timeout: 180_000 }, async () => {
+    const [name] = PICTURES;
+    await page.goto(apiUrl);
+    const where = page.getByRole("group", { name: "Where to caption" });
+    await where.waitFor();
+    assert.equal(await where.getByRole("button", { name: "Server" }).getAttribute("aria-pressed"), "true");
+    let posted = 0;
+    page.on("request", (r) => r.url().endsWith("/api/caption") && posted++);
+    const onServer = await captionOfNewPhoto(page, () => dropFile(page, read(name), name, "image/jpeg"));
+    assert.equal(posted, 1);
+    const onDevice = await captionAgain(page, () =>
+      where.getByRole("button", { name: "On this device" }).click(),
+    );
+    assert.equal(onDevice, onServer);
+    assert.equal(posted, 1, "captioned on the device, not sent");
+    assert.match(await page.getByText(/ms on this device/).textContent(), /on this device/);
+  });
+});
