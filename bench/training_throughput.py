@@ -23,11 +23,12 @@ import torch
 from _common import FLICKR8K_IMAGES, header, random_clip_encoder, sample_images
 
 from captioner import Captioner, CaptionerConfig, CaptionTokenizer, EncoderConfig
+from captioner.batch import CaptionCollator
 from captioner.data import CaptionRecord, load_records
-from captioner.features import build_cache
+from captioner.features import build_cache, image_source
 from captioner.objective import token_loss_and_accuracy
 from captioner.training.config import preset
-from captioner.training.data import CaptionCollator, TrainCaptions, image_source
+from captioner.training.data import TrainCaptions
 
 
 def records(count: int) -> list[CaptionRecord]:

@@ -12,85 +12,33 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from safetensors.torch import load_file
+from training_data import make_colour_dataset, tiny_config
 
+from captioner.batch import CaptionCollator
 from captioner.cli import main
 from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig
 from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
 from captioner.evaluation.metrics import caption_metrics
-from captioner.features import build_cache, cache_dir
+from captioner.features import build_cache, cache_dir, image_source
 from captioner.generation import Hypothesis
 from captioner.model import Captioner
-from captioner.objective import token_loss_and_accuracy
+from captioner.objective import teacher_forced
 from captioner.tokenizer import CaptionTokenizer
 from captioner.training.config import TrainConfig, preset
 from captioner.training.data import (
-    CaptionCollator,
     CaptionSampler,
     LengthBucketBatches,
     TrainCaptions,
-    image_source,
     mirror_caption,
 )
-from captioner.training.run import extract_features, train
+from captioner.training.run import TrainingSetupError, extract_features, train
 from captioner.training.scst import CiderD, SelfCriticalModule, sampled_log_probs
-
-WORDS = ["red", "green", "blue", "yellow"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """16 flat-colour images (4 colours) with captions naming the colour; one corrupt file."""
-    root = tmp_path_factory.mktemp("colours")
-    (root / "images").mkdir()
-    colours = {
-        "red": (220, 30, 30),
-        "green": (30, 200, 40),
-        "blue": (30, 40, 220),
-        "yellow": (230, 220, 30),
-    }
-    lines = []
-    for i in range(16):
-        word = WORDS[i % 4]
-        noise = np.random.default_rng(i).integers(0, 30, (40, 40, 3))
-        pixels = np.clip(np.array(colours[word]) + noise, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
-        captions = [f"a {word} square", f"a picture that is {word}", f"{word} all over"]
-        split = "dev" if i >= 12 else "train"
-        lines.append(
-            {"image": f"images/{i}.png", "image_id": str(i), "split": split, "captions": captions}
-        )
-    (root / "images" / "broken.png").write_bytes(b"not a png")
-    lines.append(
-        {
-            "image": "images/broken.png",
-            "image_id": "broken",
-            "split": "train",
-            "captions": ["a red square"],
-        }
-    )
-    (root / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
-    return root
-
-
-def tiny_config(dataset, tmp_path, **overrides) -> TrainConfig:
-    values = {
-        "data": str(dataset),
-        "output_dir": str(tmp_path / "run"),
-        "cache_dir": str(tmp_path.parent / "shared-cache"),
-        "encoder": {"name": "efficientnet-lite0"},
-        "decoder": {"d_model": 32, "n_heads": 2, "n_layers": 1, "dropout": 0.0, "max_length": 12},
-        "epochs": 2,
-        "batch_size": 4,
-        "warmup_steps": 2,
-        "learning_rate": 3e-3,
-        "min_token_count": 1,
-        "average_decay": None,  # the preset's spans far more steps than these runs take
-        "accelerator": "cpu",
-        "devices": 1,
-        **overrides,
-    }
-    return preset("flickr8k-effnet", **values)
+    return make_colour_dataset(tmp_path_factory.mktemp("colours"))
 
 
 def test_training_exports_a_loadable_best_model(dataset, tmp_path):
@@ -112,23 +60,32 @@ def test_training_exports_a_loadable_best_model(dataset, tmp_path):
 
 
 class StopAfterFirstEpoch(Callback):
-    """Stands in for a run killed after its first epoch's checkpoint."""
+    """Stands in for a run stopped after its first epoch's checkpoint."""
 
     def on_train_epoch_end(self, trainer, module):
         trainer.should_stop = True
 
 
-def test_resume_continues_exactly(dataset, tmp_path):
-    straight = train(
-        tiny_config(dataset, tmp_path / "a", early_stopping_patience=9, average_decay=0.9),
-        progress=False,
-    )
-    # With the weight average on: it must resume exactly too.
-    config = tiny_config(dataset, tmp_path / "b", early_stopping_patience=9, average_decay=0.9)
-    train(config, progress=False, callbacks=[StopAfterFirstEpoch()])
-    resumed = train(config, resume=True, progress=False)
-    last_a = torch.load(straight.parent / "checkpoints" / "last.ckpt", weights_only=True)
-    last_b = torch.load(resumed.parent / "checkpoints" / "last.ckpt", weights_only=True)
+class Killed(Exception):
+    pass
+
+
+class KillAtStep(Callback):
+    """Stands in for a run killed at a step: everything after its last checkpoint is lost."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *_):
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+def _assert_same_weights(run_a, run_b):
+    """The raw weights and the weight average of two runs' last checkpoints, bit for bit."""
+    last_a = torch.load(run_a / "checkpoints" / "last.ckpt", weights_only=True)
+    last_b = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last_a["global_step"] == last_b["global_step"]
     average_a = last_a["callbacks"]["DecoderAverage"]["average"]
     average_b = last_b["callbacks"]["DecoderAverage"]["average"]
     for weights_a, weights_b in (
@@ -137,7 +94,57 @@ def test_resume_continues_exactly(dataset, tmp_path):
     ):
         assert weights_a.keys() == weights_b.keys()
         for key in weights_a:
-            torch.testing.assert_close(weights_a[key], weights_b[key], msg=key)
+            assert torch.equal(weights_a[key], weights_b[key]), key
+
+
+def test_resume_continues_exactly_with_dropout(dataset, tmp_path):
+    """With the preset's dropout and the weight average on, a run stopped after an epoch, or
+    killed mid-epoch (checkpoints every 2 steps, 3 steps an epoch), and resumed ends with the
+    very weights of the uninterrupted run."""
+
+    def config(name):
+        return tiny_config(
+            dataset,
+            tmp_path / name,
+            early_stopping_patience=9,
+            average_decay=0.9,
+            decoder={"dropout": 0.25},
+            checkpoint_every_steps=2,
+        )
+
+    straight = train(config("straight"), progress=False).parent
+    stopped = config("stopped")
+    train(stopped, progress=False, callbacks=[StopAfterFirstEpoch()])
+    train(stopped, resume=True, progress=False)
+    _assert_same_weights(straight, tmp_path / "stopped" / "run")
+
+    killed = config("killed")
+    with pytest.raises(Killed):  # at step 3; the last checkpoint is step 2's, mid epoch 0
+        train(killed, progress=False, callbacks=[KillAtStep(3)])
+    last = torch.load(tmp_path / "killed" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 and last["epoch"] == 0
+    train(killed, resume=True, progress=False)
+    _assert_same_weights(straight, tmp_path / "killed" / "run")
+
+
+def test_a_checkpoint_every_few_minutes_within_an_epoch(dataset, tmp_path):
+    config = tiny_config(dataset, tmp_path, epochs=1, checkpoint_every_minutes=1e-9)
+    with pytest.raises(Killed):
+        train(config, progress=False, callbacks=[KillAtStep(2)])
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 1  # written after step 1, before the kill at step 2
+
+
+def test_the_same_seed_gives_the_same_model_whether_or_not_the_cache_was_built(dataset, tmp_path):
+    """Feature extraction must not move the random state the model is initialised from."""
+    cold = tiny_config(dataset, tmp_path / "cold", epochs=1, cache_dir=str(tmp_path / "cache"))
+    warm = tiny_config(dataset, tmp_path / "warm", epochs=1, cache_dir=str(tmp_path / "cache"))
+    train(cold, progress=False)  # encodes every image
+    train(warm, progress=False)  # finds them all cached
+    first = torch.load(tmp_path / "cold" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    second = torch.load(tmp_path / "warm" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key]), key
 
 
 def test_the_exported_model_is_the_weight_average(dataset, tmp_path):
@@ -161,6 +168,8 @@ def test_progress_reaches_a_log_file(dataset, tmp_path, capsys):
     printed = capsys.readouterr()
     text = printed.out + printed.err
     assert "Epoch 0" in text and "Epoch 1" in text and "train/loss" in text
+    # Lightning's advice that does not apply: the frozen encoder is in eval mode on purpose.
+    assert "in eval mode" not in text and "Tip:" not in text and "LeafSpec" not in text
 
 
 def test_a_nested_override_keeps_the_other_fields():
@@ -176,8 +185,27 @@ def test_a_nested_override_keeps_the_other_fields():
 
 
 def test_resume_without_a_checkpoint_is_refused(dataset, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(TrainingSetupError, match="nothing to resume"):
         train(tiny_config(dataset, tmp_path), resume=True, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dataset_without_readable_images_is_refused_and_exports_nothing(tmp_path):
+    (tmp_path / "data").mkdir()
+    lines = [
+        {"image": f"images/{i}.png", "image_id": str(i), "split": split, "captions": ["a cat"]}
+        for i, split in enumerate(["train", "train", "dev"])
+    ]
+    (tmp_path / "data" / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    config = tiny_config(tmp_path / "data", tmp_path, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(TrainingSetupError, match="none of the 3 image files exist"):
+        train(config, progress=False)
+    (tmp_path / "data" / "images").mkdir()
+    for i in range(3):  # there, but not images
+        (tmp_path / "data" / "images" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(TrainingSetupError, match="none of the 2 images of split 'train'"):
+        train(config, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_feature_cache_reuse_and_invalidation(dataset, tmp_path):
@@ -326,6 +354,7 @@ def test_ddp_on_two_cpu_processes(dataset, tmp_path):
         "decoder.n_heads": 2,
         "decoder.n_layers": 1,
         "decoder.max_length": 12,
+        "validation_generation.max_new_tokens": 11,
         "epochs": 1,
         "batch_size": 2,
         "accelerator": "cpu",
@@ -440,7 +469,7 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
     after = tuned.decoder.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it did learn something
     with pytest.raises(ValueError, match="needs init_from"):
-        train(tiny_config(dataset, tmp_path / "bad", objective="scst"), progress=False)
+        tiny_config(dataset, tmp_path / "bad", objective="scst")
 
 
 SCST_CAPTIONS = [["a dog runs on the grass", "a brown dog"], ["two kids swim", "a pool"]]
@@ -498,7 +527,6 @@ def test_self_critical_loss_mixes_in_the_references_cross_entropy():
         weight: _self_critical_loss(model, batch, label_smoothing=0.1, scst_xe_weight=weight)
         for weight in (0.0, 0.5)
     }
-    logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
-    cross_entropy, _, _ = token_loss_and_accuracy(logits, batch.ids, batch.lengths)
+    cross_entropy, _, _ = teacher_forced(model, batch)
     assert cross_entropy > 0.1
     torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * cross_entropy)

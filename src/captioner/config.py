@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import numbers
+import re
+import types
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,3 +174,85 @@ def _build(kind: type, values: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
     return kind(**values)
+
+
+# ---- typed KEY=VALUE settings (`captioner train --set`) -------------------------------------
+
+_TRUE, _FALSE, _NONE = {"true", "yes", "1"}, {"false", "no", "0"}, {"none", "null"}
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+_TYPE_NAMES = {
+    bool: "true or false (yes/no, 1/0)",
+    int: "an integer",
+    float: "a number",
+    str: "text",
+    type(None): "none",
+}
+
+
+def setting_keys(kind: type, prefix: str = "") -> dict[str, Any]:
+    """Every field of a config dataclass by dotted key (`decoder.n_layers` for a nested
+    dataclass's field), with its type."""
+    keys: dict[str, Any] = {}
+    for name, annotation in typing.get_type_hints(kind).items():
+        if dataclasses.is_dataclass(annotation):
+            keys.update(setting_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys[prefix + name] = annotation
+    return keys
+
+
+def parse_settings(kind: type, assignments: Iterable[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings as the nested dict of typed values that config dataclass `kind`
+    takes. An unknown key (with the close matches), or a value that is not of its field's type,
+    is a ValueError naming them."""
+    keys = setting_keys(kind)
+    settings: dict[str, Any] = {}
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ValueError(f"{assignment!r} is not KEY=VALUE")
+        if key not in keys:
+            fields = [k.removeprefix(f"{key}.") for k in keys if k.startswith(f"{key}.")]
+            if fields:
+                raise ValueError(
+                    f"{key} is a group of settings: set them as {key}.NAME=VALUE, NAME one of "
+                    + ", ".join(fields)
+                )
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.7)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ValueError(f"unknown setting {key!r}{hint}")
+        *groups, name = key.split(".")
+        target = settings
+        for group in groups:
+            target = target.setdefault(group, {})
+        target[name] = parse_value(key, text, keys[key])
+    return settings
+
+
+def parse_value(key: str, text: str, annotation: Any) -> Any:
+    """`text` as a value of type `annotation`: bool (true/false, yes/no, 1/0, any case), int,
+    float (finite), str, or a union of them, None ("none" or "null") included."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
+    word = text.strip().lower()
+    if type(None) in options and word in _NONE:
+        return None
+    for option in options:
+        if option is bool and word in _TRUE | _FALSE:
+            return word in _TRUE
+        if option is int and _INTEGER.fullmatch(text):
+            return int(text)
+        if option is float:
+            try:
+                number = float(text)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                return number
+        if option is str:
+            return text
+    if not all(option in _TYPE_NAMES for option in options):
+        raise ValueError(f"{key} cannot be set as KEY=VALUE")
+    expected = " or ".join(_TYPE_NAMES[option] for option in options)
+    raise ValueError(f"{key} must be {expected}, got {text!r}")

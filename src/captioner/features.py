@@ -22,11 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from captioner.data import CaptionRecord
 from captioner.encoders import ImageEncoder
 from captioner.images import ImageInput, ImageLoadError
 
 log = logging.getLogger(__name__)
 
+CACHE_ROOT = "cache"  # where `captioner features`, `train` and `eval` keep the grids by default
+ENCODE_WORKERS = 1  # processes decoding images while the encoder runs
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.json"
 
@@ -56,6 +59,15 @@ def fingerprint(source: ImageSource) -> str:
     if isinstance(image, (bytes, bytearray)):
         return f"{name}|{_digest(image)}"
     return name
+
+
+def image_source(record: CaptionRecord, mirrored: bool = False) -> ImageSource:
+    return ImageSource(record.image_id, record.image, mirrored)
+
+
+def record_key(record: CaptionRecord, mirrored: bool = False) -> str:
+    """The cache key of a record's image (or of its mirror image)."""
+    return fingerprint(image_source(record, mirrored))
 
 
 def _digest(data: bytes) -> str:
@@ -93,6 +105,18 @@ class FeatureCache:
         return len(self.rows)
 
 
+def cached_records(records: Sequence[CaptionRecord], cache: FeatureCache) -> list[CaptionRecord]:
+    """The records whose image made it into the cache (unreadable images were skipped)."""
+    kept = [r for r in records if record_key(r) in cache]
+    if len(kept) < len(records):
+        log.warning(
+            "%d of %d images have no features and are skipped",
+            len(records) - len(kept),
+            len(records),
+        )
+    return kept
+
+
 def cache_dir(cache_root: str | Path, encoder: ImageEncoder) -> Path:
     digest = hashlib.sha1(encoder.cache_key.encode()).hexdigest()[:16]
     return Path(cache_root) / digest
@@ -126,12 +150,13 @@ def _collate(items):
 def build_cache(
     encoder: ImageEncoder,
     sources: Iterable[ImageSource],
-    cache_root: str | Path,
+    cache_root: str | Path = CACHE_ROOT,
     batch_size: int = 32,
-    num_workers: int = 1,
+    num_workers: int = ENCODE_WORKERS,
     progress: bool = True,
 ) -> FeatureCache:
-    """Encode every image not already cached under this encoder; reuse the rest."""
+    """Encode every image not already cached under this encoder; reuse the rest. The global
+    random state is left alone, so a seeded run is the same whether or not it filled the cache."""
     directory = cache_dir(cache_root, encoder)
     sources = list(sources)
     wanted = {fingerprint(s): s for s in sources}
@@ -156,6 +181,7 @@ def build_cache(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
+        generator=torch.Generator(),  # its worker seed is drawn from here, not the global state
     )
     bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress)
     for items in loader:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+from captioner.batch import Batch
+
+if TYPE_CHECKING:
+    from captioner.model import Captioner
 
 
 def token_loss_and_accuracy(
@@ -21,3 +28,11 @@ def token_loss_and_accuracy(
     loss = F.cross_entropy(logits[valid], targets[valid], label_smoothing=label_smoothing)
     correct = (logits.argmax(-1) == targets)[valid].sum()
     return loss, correct, valid.sum()
+
+
+def teacher_forced(
+    model: Captioner, batch: Batch, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model fed each reference caption: its loss, and its correct and counted next tokens."""
+    logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
+    return token_loss_and_accuracy(logits, batch.ids, batch.lengths, label_smoothing)

@@ -7,34 +7,60 @@ import json
 import sys
 from pathlib import Path
 
+from captioner.evaluation.evaluate import DEFAULT_SPLIT
+from captioner.features import CACHE_ROOT
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("eval", help="score a model on a dataset split")
+    parser = commands.add_parser(
+        "eval",
+        help="score a model on a dataset split",
+        description="Caption a split and score it the coco-caption way: BLEU-1..4, METEOR "
+        "(needs Java), ROUGE-L, CIDEr-D, and teacher-forced token accuracy.",
+    )
     parser.add_argument(
-        "--model", help="model folder, hub id or wandb: artifact (default: bundled)"
+        "--model", help="model folder, hub id or wandb: artifact (default: the bundled model)"
     )
     parser.add_argument("--data", required=True, help="dataset folder or file")
-    parser.add_argument("--split", default="dev")
-    parser.add_argument("--beam", type=int, default=3)
-    parser.add_argument("--limit", type=int, help="only the first N images")
-    parser.add_argument("--cache-dir", default="cache")
-    parser.add_argument("--predictions", type=Path, help="file for per-image predictions (JSONL)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--split", help=f"split to score (default: {DEFAULT_SPLIT})")
+    parser.add_argument(
+        "--beam", type=int, help="beam size (default: the model's own, from its config.json)"
+    )
+    parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
+    parser.add_argument("--cache-dir", help=f"feature cache folder (default: {CACHE_ROOT})")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        help="file for per-image predictions, JSONL (default: predictions-SPLIT.jsonl)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from captioner.cli import UsageError
     from captioner.data import load_records
     from captioner.evaluation.evaluate import evaluate, save_predictions
     from captioner.model import Captioner
 
-    model = Captioner.from_pretrained(args.model)
-    records = load_records(args.data, args.split)[: args.limit]
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be 1 or more, got {args.limit}")
+    split = args.split or DEFAULT_SPLIT
+    try:
+        records = load_records(args.data, split)[: args.limit]
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
     if not records:
-        print(f"captioner: no images in split {args.split!r} of {args.data}", file=sys.stderr)
-        return 2
-    scores, predictions = evaluate(model, records, beam_size=args.beam, cache_dir=args.cache_dir)
-    predictions_path = args.predictions or Path(f"predictions-{args.split}.jsonl")
+        raise UsageError(f"no images in split {split!r} of {args.data}")
+    model = Captioner.from_pretrained(args.model)
+    options = {"beam_size": args.beam, "cache_dir": args.cache_dir}
+    try:
+        scores, predictions = evaluate(
+            model, records, **{key: value for key, value in options.items() if value is not None}
+        )
+    except ValueError as error:  # an out-of-range --beam, or no readable image
+        raise UsageError(str(error)) from None
+    predictions_path = args.predictions or Path(f"predictions-{split}.jsonl")
     save_predictions(predictions_path, predictions, records)
     if args.json:
         print(json.dumps(scores))

@@ -4,33 +4,67 @@ from __future__ import annotations
 
 import argparse
 
+from captioner.config import EncoderConfig
+from captioner.features import CACHE_ROOT, ENCODE_WORKERS
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("features", help="cache encoder grids for a dataset")
+    parser = commands.add_parser(
+        "features",
+        help="cache encoder grids for a dataset",
+        description="Run the frozen encoder once over a dataset's images and keep the grids "
+        "(fp16, memory-mapped) for train and eval; images already cached are skipped.",
+    )
     parser.add_argument("--data", required=True, help="dataset folder or file")
-    parser.add_argument("--encoder", default="efficientnet-lite2", help="encoder name")
-    parser.add_argument("--encoder-source", help="hub id or folder (CLIP)")
-    parser.add_argument("--split", action="append", help="splits to encode (default: all)")
-    parser.add_argument("--cache-dir", default="cache")
-    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument(
+        "--encoder", help=f"encoder name (default: {EncoderConfig.name}, as `train` uses)"
+    )
+    parser.add_argument("--encoder-source", help="hub id or folder of the weights (CLIP)")
+    parser.add_argument(
+        "--split", action="append", help="a split to encode, repeatable (default: every split)"
+    )
+    parser.add_argument("--cache-dir", help=f"cache folder (default: {CACHE_ROOT})")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        help=f"processes decoding images while the encoder runs (default: {ENCODE_WORKERS})",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.config import EncoderConfig
+    from captioner.cli import UsageError
     from captioner.data import load_records
     from captioner.encoders import build_encoder
-    from captioner.features import build_cache
-    from captioner.training.data import image_source
+    from captioner.features import build_cache, image_source
 
-    records = (
-        load_records(args.data)
-        if not args.split
-        else [r for split in args.split for r in load_records(args.data, split)]
-    )
-    encoder = build_encoder(EncoderConfig(args.encoder, args.encoder_source))
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UsageError(f"--num-workers must be 0 or more, got {args.num_workers}")
+    try:
+        records = (
+            load_records(args.data)
+            if not args.split
+            else [r for split in args.split for r in load_records(args.data, split)]
+        )
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    if not records:
+        raise UsageError(f"no records in {args.data} (splits: {', '.join(args.split or [])})")
+    try:
+        encoder = build_encoder(
+            EncoderConfig(**_given(name=args.encoder, source=args.encoder_source))
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     cache = build_cache(
-        encoder, [image_source(r) for r in records], args.cache_dir, num_workers=args.num_workers
+        encoder,
+        [image_source(r) for r in records],
+        **_given(cache_root=args.cache_dir, num_workers=args.num_workers),
     )
     print(f"{len(cache)} images cached in {cache.directory} ({len(cache.failed)} unreadable)")
     return 0
+
+
+def _given(**options):
+    """The options whose flag was given: the others keep the library's default."""
+    return {key: value for key, value in options.items() if value is not None}

@@ -3,54 +3,79 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from captioner.training.config import DEFAULT_PRESET, PRESETS, TrainConfig
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("train", help="train a captioner (Lightning)")
-    parser.add_argument("--preset", default="flickr8k-effnet", help="named settings to start from")
-    parser.add_argument("--data", help="dataset folder or file")
-    parser.add_argument("--output-dir", help="where checkpoints, logs and best/ go")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from output-dir's last.ckpt"
+    presets = ", ".join(PRESETS)
+    parser = commands.add_parser(
+        "train",
+        help="train a captioner (Lightning)",
+        description="Train a captioner: cache the encoder's grids, train the decoder, validate "
+        "on the dev split after every epoch, and export the best model to OUTPUT_DIR/best/.",
+        epilog=f"presets: {presets}. Every TrainConfig field can be set with --set; "
+        "see src/captioner/training/config.py.",
     )
-    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help=f"named settings to start from: {presets} (default: {DEFAULT_PRESET}; with "
+        "--resume, the run's own)",
+    )
+    parser.add_argument("--data", help="dataset folder or file (any format captioner.data reads)")
+    parser.add_argument(
+        "--output-dir",
+        help=f"where checkpoints, logs and best/ go (default: {TrainConfig.output_dir})",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue the run in --output-dir exactly where it stopped, with its saved "
+        "settings (other flags may only repeat them)",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        default=None,
+        help="log to Weights & Biases (WANDB_MODE=offline works without a network)",
+    )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any TrainConfig field, e.g. epochs=5 or decoder.n_layers=4 (JSON values)",
+        help="set any TrainConfig field, typed as the field is, e.g. epochs=5, "
+        "decoder.n_layers=4, mirror_images=false, average_decay=none (repeatable)",
     )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.training.config import preset
-    from captioner.training.run import train
+    from captioner.cli import UsageError
+    from captioner.config import parse_settings
+    from captioner.training.config import preset, resumed_config
+    from captioner.training.run import TrainingSetupError, train
 
-    overrides: dict = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value  # bare strings need no quotes
-        *parents, leaf = key.split(".")
-        target = overrides
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = parsed
-    for key in ("data", "output_dir"):
-        if getattr(args, key):
-            overrides[key] = getattr(args, key)
-    if args.wandb:
-        overrides["wandb"] = True
-    config = preset(args.preset, **overrides)
+    try:
+        overrides = parse_settings(TrainConfig, args.set)
+    except ValueError as error:
+        raise UsageError(f"--set {error}") from None
+    flags = {"data": args.data, "output_dir": args.output_dir, "wandb": args.wandb}
+    overrides.update({key: value for key, value in flags.items() if value is not None})
     if args.resume and not args.output_dir:
-        print("captioner: --resume needs --output-dir", file=sys.stderr)
-        return 2
-    best = train(config, resume=args.resume)
+        raise UsageError("--resume needs --output-dir: the folder of the run to continue")
+    try:
+        if args.resume:
+            config = resumed_config(args.output_dir, args.preset, **overrides)
+        else:
+            config = preset(args.preset or DEFAULT_PRESET, **overrides)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        best = train(config, resume=bool(args.resume))
+    except TrainingSetupError as error:
+        raise UsageError(str(error)) from None
     print(f"best model: {best}")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,45 +9,55 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioner.batch import CaptionCollator
 from captioner.data import CaptionRecord
 from captioner.evaluation.metrics import caption_metrics
-from captioner.features import build_cache, fingerprint
+from captioner.features import CACHE_ROOT, build_cache, cached_records, image_source, record_key
 from captioner.model import Captioner
-from captioner.objective import token_loss_and_accuracy
-from captioner.training.data import CaptionCollator, image_source
+from captioner.objective import teacher_forced
+
+DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
 
 
 @torch.inference_mode()
 def evaluate(
     model: Captioner,
     records: list[CaptionRecord],
-    beam_size: int = 3,
-    cache_dir: str | Path = "cache",
+    beam_size: int | None = None,
+    cache_dir: str | Path = CACHE_ROOT,
     batch_size: int = 50,
     meteor: bool = True,
     progress: bool = True,
 ) -> tuple[dict, dict[str, str]]:
     """Metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, teacher-forced token accuracy) and the
-    prediction per image id. Encoder grids come from (and go into) the feature cache."""
+    prediction per image id, decoding with the model's own settings (`beam_size` overrides its
+    beam). Encoder grids come from (and go into) the feature cache. Records whose image cannot
+    be read are left out; a ValueError if none is left."""
     started = time.perf_counter()
+    generation = model.config.generation
+    if beam_size is not None:
+        generation = generation.replace(beam_size=beam_size)
+    generation.validate()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
     cache = build_cache(
         model.encoder, [image_source(r) for r in records], cache_dir, progress=progress
     )
-    records = [r for r in records if fingerprint(image_source(r)) in cache]
-    generation = dataclasses.replace(model.config.generation, beam_size=beam_size)
+    records = cached_records(records, cache)
+    if not records:
+        raise ValueError("nothing to evaluate: none of the images could be read")
     collator = CaptionCollator(model.tokenizer, model.config.decoder.max_length)
     predictions: dict[str, str] = {}
     correct = counted = 0
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        grids = [cache[fingerprint(image_source(r))] for r in chunk]
+        grids = [cache[record_key(r)] for r in chunk]
         features = torch.from_numpy(np.stack(grids)).float().to(model.device)
         for record, caption in zip(chunk, model.generate_from_features(features, generation)):
             predictions[record.image_id] = caption.text
         # Teacher-forced accuracy over every reference caption.
         batch = collator.tokenize(features, [r.captions for r in chunk]).to(model.device)
-        logits = model(batch.features, batch.ids[:, :-1], batch.image_index)
-        _, right, count = token_loss_and_accuracy(logits, batch.ids, batch.lengths)
+        _, right, count = teacher_forced(model, batch)
         correct += int(right)
         counted += int(count)
     references = {r.image_id: r.captions for r in records}

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from captioner.config import DecoderConfig, EncoderConfig, GenerationConfig, _build
+from captioner.features import CACHE_ROOT
+
+CONFIG_FILE = "train_config.json"  # in the output folder: the settings a run was started with
+DEFAULT_PRESET = "flickr8k-effnet"
+OBJECTIVES = ("xe", "scst")
+CAPTION_CHOICES = ("random", "all")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+# What a resumed run may set differently: when it stops or saves, not what it computes.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir",
+        "max_minutes",
+        "num_workers",
+        "checkpoint_every_steps",
+        "checkpoint_every_minutes",
+    }
+)
 
 
 @dataclass
 class TrainConfig:
     data: str | None = None  # anything `captioner.data.load_records` reads
     output_dir: str = "runs/captioner"
-    cache_dir: str = "cache"
+    cache_dir: str = CACHE_ROOT
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # Decoding used to score the dev split after each epoch (greedy is fast and tracks beam).
@@ -49,6 +69,10 @@ class TrainConfig:
     average_decay: float | None = None
     early_stopping_patience: int = 5
     max_minutes: float | None = None  # stop (and keep the best) after this long
+    # `last.ckpt` (what --resume continues from) is written after every epoch, and within one
+    # after this many steps and this many minutes since the last write (None: never).
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = 30.0
     seed: int = 0
     num_workers: int = 0
     accelerator: str = "auto"
@@ -61,6 +85,64 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError, naming the setting and its allowed values, for a value out of range;
+        returns self."""
+        _require("objective", self.objective, self.objective in OBJECTIVES, " or ".join(OBJECTIVES))
+        if self.objective == "scst" and not self.init_from:
+            raise ValueError(
+                "self-critical training (objective=scst) needs init_from: a trained model"
+            )
+        choices = " or ".join(CAPTION_CHOICES)
+        _require(
+            "captions_per_image",
+            self.captions_per_image,
+            self.captions_per_image in CAPTION_CHOICES,
+            choices,
+        )
+        precisions = "none (automatic) or one of " + ", ".join(PRECISIONS)
+        _require("precision", self.precision, self.precision in (None, *PRECISIONS), precisions)
+        for key in ("epochs", "batch_size", "min_token_count", "num_nodes"):
+            _integer(key, getattr(self, key), 1)
+        for key in ("steps_per_epoch", "checkpoint_every_steps"):
+            _integer(key, getattr(self, key), 1, optional=True)
+        for key in ("warmup_steps", "early_stopping_patience", "num_workers", "seed"):
+            _integer(key, getattr(self, key), 0)
+        _integer("scst_samples", self.scst_samples, 2)  # each sample's baseline is the others
+        for key in ("weight_decay", "grad_clip", "scst_xe_weight"):
+            _number(key, getattr(self, key), 0.0)
+        _number("label_smoothing", self.label_smoothing, 0.0, 1.0, open_high=True)
+        _number("learning_rate", self.learning_rate, 0.0, open_low=True)
+        for key in ("max_minutes", "checkpoint_every_minutes"):
+            _number(key, getattr(self, key), 0.0, open_low=True, optional=True)
+        _number(
+            "average_decay",
+            self.average_decay,
+            0.0,
+            1.0,
+            open_low=True,
+            open_high=True,
+            optional=True,
+        )
+        _number("scst_top_p", self.scst_top_p, 0.0, 1.0, open_low=True)
+        devices_ok = isinstance(self.devices, str) or (_is_int(self.devices) and self.devices >= 1)
+        _require("devices", self.devices, devices_ok, "an integer >= 1, or text such as auto")
+        for key in ("train_split", "dev_split"):
+            _require(key, getattr(self, key), bool(str(getattr(self, key)).strip()), "a split name")
+        decoder = self.decoder
+        for key in ("d_model", "n_heads", "n_layers", "mlp_ratio"):
+            _integer(f"decoder.{key}", getattr(decoder, key), 1)
+        _integer("decoder.image_layers", decoder.image_layers, 0)
+        _integer("decoder.max_length", decoder.max_length, 2)
+        heads = f"a multiple of decoder.n_heads ({decoder.n_heads})"
+        _require("decoder.d_model", decoder.d_model, decoder.d_model % decoder.n_heads == 0, heads)
+        _number("decoder.dropout", decoder.dropout, 0.0, 1.0, open_high=True)
+        try:  # the decoder writes up to max_length - 1 tokens after the start token
+            self.validation_generation.validate(decoder.max_length - 1)
+        except ValueError as error:
+            raise ValueError(f"validation_generation.{error}") from None
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -135,17 +217,107 @@ PRESETS["coco-clip"] = {
 }
 
 
-def preset(name: str, **overrides: Any) -> TrainConfig:
-    """A preset's config with `overrides` (flat keys; nested ones as dicts) applied on top.
-    A nested override changes only the fields it names: the others keep the preset's value,
-    or else `TrainConfig`'s default (which may differ from the nested dataclass's own)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = TrainConfig().to_dict()
-    for layer in (PRESETS[name], overrides):
+def _require(key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(key: str, value: Any, low: int, optional: bool = False) -> None:
+    if not (optional and value is None):
+        allowed = f"an integer >= {low}" + (" or none" if optional else "")
+        _require(key, value, _is_int(value) and value >= low, allowed)
+
+
+def _number(
+    key: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    optional: bool = False,
+) -> None:
+    """A finite number in the interval from `low` to `high` (None: no upper bound)."""
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low)
+    ok = ok and (high is None or (value < high if open_high else value <= high))
+    allowed = f"a number {'>' if open_low else '>='} {low:g}"
+    if high is not None:
+        allowed += f" and {'<' if open_high else '<='} {high:g}"
+    _require(key, value, ok, allowed + (" or none" if optional else ""))
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"decoder": {"n_layers": 4}}` as `{"decoder.n_layers": 4}`."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _layered(base: dict[str, Any], *layers: dict[str, Any]) -> TrainConfig:
+    values = dict(base)
+    for layer in layers:
         for key, value in layer.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):
                 values[key] = {**values[key], **value}
             else:
                 values[key] = value
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(values).validate()
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A preset's config with `overrides` (flat keys; nested ones as dicts) applied on top,
+    validated. A nested override changes only the fields it names: the others keep the preset's
+    value, or else `TrainConfig`'s default (which may differ from the nested dataclass's own)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return _layered(TrainConfig().to_dict(), PRESETS[name], overrides)
+
+
+def contradictions(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """The dotted keys whose value in `asked` a run saved as `saved` cannot be resumed with."""
+    saved_flat = _flat(saved)
+    return [
+        key
+        for key, value in _flat(asked).items()
+        if key not in RESUMABLE_CHANGES and saved_flat.get(key, value) != value
+    ]
+
+
+def resumed_config(
+    output_dir: str | Path, preset_name: str | None = None, **overrides: Any
+) -> TrainConfig:
+    """The config of the run in `output_dir` (its train_config.json), for `--resume`. A preset
+    and overrides may repeat it, and change only `RESUMABLE_CHANGES`; a value that contradicts
+    it is a ValueError naming it, raised before anything is written."""
+    path = Path(output_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()
+    except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a training config: {error}") from None
+    if preset_name is not None and preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    layers = ([PRESETS[preset_name]] if preset_name else []) + [overrides]
+    for source, layer in zip(
+        ("the preset", "the flags") if preset_name else ("the flags",), layers
+    ):
+        if clash := contradictions(saved, layer):
+            key = clash[0]
+            raise ValueError(
+                f"{key}={_flat(layer)[key]!r} from {source} contradicts the run in {output_dir} "
+                f"({key}={_flat(saved)[key]!r}); leave it out to continue that run"
+            )
+    return _layered(saved, *layers, {"output_dir": str(output_dir)})

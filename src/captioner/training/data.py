@@ -1,25 +1,16 @@
-"""Datasets over cached encoder grids, and the collate function that runs the tokenizer."""
+"""Datasets over cached encoder grids, and the samplers that order an epoch reproducibly."""
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captioner.data import CaptionRecord
-from captioner.features import FeatureCache, ImageSource, fingerprint
-from captioner.tokenizer import CaptionTokenizer
-
-log = logging.getLogger(__name__)
-
-
-def image_source(record: CaptionRecord, mirrored: bool = False) -> ImageSource:
-    return ImageSource(record.image_id, record.image, mirrored)
-
+from captioner.features import FeatureCache, record_key
 
 # "left" <-> "right" in the three casings captions use.
 _OTHER_SIDE = {
@@ -33,18 +24,6 @@ _SIDES = re.compile(r"\b(" + "|".join(_OTHER_SIDE) + r")\b")
 def mirror_caption(text: str) -> str:
     """The caption of the mirrored image: "left" and "right" trade places."""
     return _SIDES.sub(lambda match: _OTHER_SIDE[match.group(0)], text)
-
-
-def cached_records(records: Sequence[CaptionRecord], cache: FeatureCache) -> list[CaptionRecord]:
-    """The records whose image made it into the cache (unreadable images were skipped)."""
-    kept = [r for r in records if fingerprint(image_source(r)) in cache]
-    if len(kept) < len(records):
-        log.warning(
-            "%d of %d images have no features and are skipped",
-            len(records) - len(kept),
-            len(records),
-        )
-    return kept
 
 
 # A training item: an image (by position), which of its captions to train on, and whether the
@@ -61,8 +40,7 @@ class TrainCaptions(Dataset):
         self.records = list(records)
         self.cache = cache
         self.keys = [
-            {mirrored: fingerprint(image_source(r, mirrored)) for mirrored in (False, True)}
-            for r in self.records
+            {mirrored: record_key(r, mirrored) for mirrored in (False, True)} for r in self.records
         ]
 
     def __len__(self) -> int:
@@ -124,7 +102,8 @@ class LengthBucketBatches(Sampler[list[ItemKey]]):
 
     The sampler's shuffled order is cut into windows of `window` batches; each window is sorted
     by caption length (in words) and batched, and the batches are shuffled again, all as a pure
-    function of the sampler's (seed, epoch). Lightning sets the epoch through `.sampler`."""
+    function of the sampler's (seed, epoch). Lightning sets the epoch through `.sampler`.
+    The first `skip` batches of the order are left out (a run resumed mid-epoch)."""
 
     def __init__(
         self, sampler: CaptionSampler, dataset: TrainCaptions, batch_size: int, window: int = 50
@@ -133,6 +112,7 @@ class LengthBucketBatches(Sampler[list[ItemKey]]):
         self.batch_size = batch_size
         self.window = window
         self.words = [[len(c.split()) for c in r.captions] for r in dataset.records]
+        self.skip = 0
 
     def _length(self, key: ItemKey) -> int:
         image, captions, _ = key
@@ -153,8 +133,41 @@ class LengthBucketBatches(Sampler[list[ItemKey]]):
         generator = torch.Generator().manual_seed(
             self.sampler.seed * 100_003 + self.sampler.epoch + 1
         )
-        for index in torch.randperm(len(batches), generator=generator).tolist():
+        for index in torch.randperm(len(batches), generator=generator).tolist()[self.skip :]:
             yield batches[index]
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch: its state (saved in every checkpoint) is
+    how many batches of which epoch it has handed out, and a run resumed from it skips those
+    batches of that epoch (`ExactResume` restores the state before the first batch).
+
+    The loader draws its worker seeds from its own generator, not the global random state,
+    which thus holds the model's randomness (dropout) alone."""
+
+    def __init__(self, dataset: TrainCaptions, batch_sampler: LengthBucketBatches, **options: Any):
+        super().__init__(
+            dataset, batch_sampler=batch_sampler, generator=torch.Generator(), **options
+        )
+        self.epoch = self.handed_out = 0
+        self._resume_at: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator:
+        # A generator: this runs at the first batch, after Lightning has set the epoch.
+        sampler: LengthBucketBatches = self.batch_sampler
+        self.epoch = sampler.sampler.epoch
+        resume, self._resume_at = self._resume_at, None
+        sampler.skip = resume["batches"] if resume and resume["epoch"] == self.epoch else 0
+        self.handed_out = sampler.skip
+        for batch in super().__iter__():
+            self.handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = dict(state)
 
 
 class DevImages(Dataset):
@@ -163,7 +176,7 @@ class DevImages(Dataset):
     def __init__(self, records: Sequence[CaptionRecord], cache: FeatureCache):
         self.records = list(records)
         self.cache = cache
-        self.keys = [fingerprint(image_source(r)) for r in self.records]
+        self.keys = [record_key(r) for r in self.records]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -172,42 +185,3 @@ class DevImages(Dataset):
         record = self.records[index]
         grid = torch.from_numpy(self.cache[self.keys[index]].copy())
         return grid, record.image_id, record.captions
-
-
-@dataclass
-class Batch:
-    features: torch.Tensor  # (images, image_tokens, dim) float32
-    ids: torch.Tensor  # (captions, length): start, caption, end, then end-token padding
-    lengths: torch.Tensor  # tokens in each caption, start and end included
-    image_index: torch.Tensor  # (captions,): which image each caption describes
-    captions: list[list[str]]  # the texts, per image (rewards in self-critical training)
-
-    def to(self, device: torch.device) -> Batch:
-        tensors = (self.features, self.ids, self.lengths, self.image_index)
-        return Batch(*(t.to(device) for t in tensors), self.captions)
-
-
-class CaptionCollator:
-    """Tokenizes in the DataLoader's collate step, so it runs in the loader workers."""
-
-    def __init__(self, tokenizer: CaptionTokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def tokenize(self, features: torch.Tensor, captions: Sequence[Sequence[str]]) -> Batch:
-        """`captions[i]` are the captions of image i."""
-        texts = [text for group in captions for text in group]
-        image_index = torch.tensor([i for i, group in enumerate(captions) for _ in group])
-        ids = self.tokenizer.batch(texts, self.max_length)
-        lengths = (ids != self.tokenizer.pad_id).sum(dim=1) + 1  # + the first end token
-        return Batch(features.float(), ids, lengths, image_index, [list(g) for g in captions])
-
-    def __call__(self, items: list[tuple[torch.Tensor, list[str]]]) -> Batch:
-        return self.tokenize(
-            torch.stack([grid for grid, _ in items]), [texts for _, texts in items]
-        )
-
-    def dev(self, items: list[tuple[torch.Tensor, str, list[str]]]):
-        """Dev batches: the grids, image ids and reference lists."""
-        features = torch.stack([grid for grid, _, _ in items]).float()
-        return features, [image_id for _, image_id, _ in items], [refs for _, _, refs in items]

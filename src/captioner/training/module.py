@@ -7,10 +7,10 @@ import math
 import lightning as L
 import torch
 
+from captioner.batch import Batch
 from captioner.model import Captioner
-from captioner.objective import token_loss_and_accuracy
+from captioner.objective import teacher_forced
 from captioner.training.config import TrainConfig
-from captioner.training.data import Batch
 
 
 class CaptionerModule(L.LightningModule):
@@ -32,10 +32,7 @@ class CaptionerModule(L.LightningModule):
         self._dev_correct = self._dev_count = 0
 
     def training_step(self, batch: Batch, _) -> torch.Tensor:
-        logits = self.model(batch.features, batch.ids[:, :-1], batch.image_index)
-        loss, correct, count = token_loss_and_accuracy(
-            logits, batch.ids, batch.lengths, self.config.label_smoothing
-        )
+        loss, correct, count = teacher_forced(self.model, batch, self.config.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.ids))
         self.log("train/token_acc", correct / count, prog_bar=True, batch_size=len(batch.ids))
         return loss
@@ -45,8 +42,7 @@ class CaptionerModule(L.LightningModule):
         collator = self.trainer.datamodule.collator
         # Teacher forcing on every reference caption of each image.
         flat = collator.tokenize(features, references).to(self.device)
-        logits = self.model(flat.features, flat.ids[:, :-1], flat.image_index)
-        loss, correct, count = token_loss_and_accuracy(logits, flat.ids, flat.lengths)
+        loss, correct, count = teacher_forced(self.model, flat)
         self.log("val/loss", loss, sync_dist=True, batch_size=len(flat.ids))
         self._dev_correct += int(correct)
         self._dev_count += int(count)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -19,24 +21,29 @@ from lightning.pytorch.callbacks import (
 )
 from torch.utils.data import DataLoader
 
+from captioner.batch import CaptionCollator
 from captioner.config import CaptionerConfig
 from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
-from captioner.features import FeatureCache, build_cache
+from captioner.features import FeatureCache, build_cache, cached_records, image_source
 from captioner.model import Captioner
 from captioner.tokenizer import CaptionTokenizer
 from captioner.training.averaging import DecoderAverage
-from captioner.training.config import TrainConfig
+from captioner.training.config import CONFIG_FILE, TrainConfig, contradictions
 from captioner.training.data import (
-    CaptionCollator,
     CaptionSampler,
     DevImages,
     LengthBucketBatches,
+    ResumableLoader,
     TrainCaptions,
-    cached_records,
-    image_source,
 )
 from captioner.training.module import CaptionerModule
+from captioner.training.resume import (
+    CHECKPOINT_DIR,
+    ExactResume,
+    ResumeCheckpoint,
+    last_checkpoint,
+)
 from captioner.training.scst import SelfCriticalModule
 
 log = logging.getLogger(__name__)
@@ -46,14 +53,26 @@ TOKENIZER_FILE = "tokenizer.json"
 NON_TTY_REFRESH_STEPS = 50
 
 
+class TrainingSetupError(ValueError):
+    """The run cannot start: no usable data, or nothing to resume. Raised before the output
+    folder is written to."""
+
+
 def extract_features(
     config: TrainConfig, splits: list[str], progress: bool = True
 ) -> tuple[FeatureCache, dict[str, list[CaptionRecord]]]:
-    """Encode the images of `splits` once (reusing whatever is cached) and return the records.
-    With `mirror_images`, the training split's mirrored images are encoded too."""
+    """Encode the images of `splits` once (reusing whatever is cached) and return the records
+    whose image could be read. With `mirror_images`, the training split's mirrored images are
+    encoded too. A split left with no usable records is a `TrainingSetupError`."""
     if not config.data:
-        raise ValueError("no data given: pass --data (a dataset folder or file)")
-    records = {split: load_records(config.data, split) for split in splits}
+        raise TrainingSetupError("no data given: pass --data (a dataset folder or file)")
+    try:
+        records = {split: load_records(config.data, split) for split in splits}
+    except (OSError, ValueError) as error:
+        raise TrainingSetupError(str(error)) from None
+    for split, found in records.items():
+        if not found:
+            raise TrainingSetupError(f"{config.data} has no records in split {split!r}")
     encoder = build_encoder(config.encoder)
     sources = [image_source(r) for split in splits for r in records[split]]
     if config.mirror_images and config.train_split in records:
@@ -61,7 +80,14 @@ def extract_features(
     cache = build_cache(
         encoder, sources, config.cache_dir, num_workers=config.num_workers, progress=progress
     )
-    return cache, {split: cached_records(rs, cache) for split, rs in records.items()}
+    usable = {split: cached_records(rs, cache) for split, rs in records.items()}
+    for split, kept in usable.items():
+        if not kept:
+            raise TrainingSetupError(
+                f"none of the {len(records[split])} images of split {split!r} in {config.data} "
+                "could be read (missing or not images)"
+            )
+    return cache, usable
 
 
 class CaptionData(L.LightningDataModule):
@@ -83,9 +109,9 @@ class CaptionData(L.LightningDataModule):
         sampler = CaptionSampler(
             dataset, self.config.captions_per_image, self.config.seed, self.config.mirror_images
         )
-        return DataLoader(
+        return ResumableLoader(
             dataset,
-            batch_sampler=LengthBucketBatches(sampler, dataset, self.config.batch_size),
+            LengthBucketBatches(sampler, dataset, self.config.batch_size),
             num_workers=self.config.num_workers,
             collate_fn=self.collator,
             persistent_workers=self.config.num_workers > 0,
@@ -97,6 +123,7 @@ class CaptionData(L.LightningDataModule):
             batch_size=max(self.config.batch_size, 100),
             num_workers=self.config.num_workers,
             collate_fn=self.collator.dev,
+            generator=torch.Generator(),  # leaves the global random state to the model
         )
 
 
@@ -132,16 +159,15 @@ class ExportBest(Callback):
 
 
 def _tokenizer(
-    config: TrainConfig, records: list[CaptionRecord], output_dir: Path
+    config: TrainConfig, records: list[CaptionRecord], output_dir: Path, resume: bool
 ) -> CaptionTokenizer:
     """The compact vocabulary of the training captions; reused as saved when resuming."""
     path = output_dir / TOKENIZER_FILE
-    if path.is_file():
+    if resume and path.is_file():
         return CaptionTokenizer.load(path)
     tokenizer = CaptionTokenizer.build_compact(
         (c for r in records for c in r.captions), min_count=config.min_token_count
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(path)
     return tokenizer
 
@@ -153,22 +179,36 @@ def train(
     callbacks: list[Callback] | None = None,
 ) -> Path:
     """Train, keep the best model by dev CIDEr, and return the folder it was exported to.
-    `callbacks` are added to the built-in ones (checkpoints, early stopping, export)."""
-    L.seed_everything(config.seed, workers=True)
+    `callbacks` are added to the built-in ones (checkpoints, early stopping, export).
+
+    With `resume`, continue the run in `config.output_dir` exactly from its `last.ckpt`: the
+    config must be the one it was started with (`resumed_config` reads it back)."""
+    config.validate()
     output_dir = Path(config.output_dir)
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(output_dir)
     if resume and not last.is_file():
-        raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if config.init_from:  # continue from a trained model: its encoder, decoder and vocabulary
-        model = Captioner.from_pretrained(config.init_from)
+        raise TrainingSetupError(f"nothing to resume: {last} does not exist")
+    initial = Captioner.from_pretrained(config.init_from) if config.init_from else None
+    if initial is not None:  # continue from a trained model: its encoder, decoder, vocabulary
         config = dataclasses.replace(
-            config, encoder=model.config.encoder, decoder=model.config.decoder
-        )
-        model.tokenizer.save(output_dir / TOKENIZER_FILE)
+            config, encoder=initial.config.encoder, decoder=initial.config.decoder
+        ).validate()
+    if resume and (saved_path := output_dir / CONFIG_FILE).is_file():
+        saved = json.loads(saved_path.read_text())
+        if clash := contradictions(saved, config.to_dict()):
+            raise TrainingSetupError(
+                f"cannot resume {output_dir} with other settings ({', '.join(clash)} differ)"
+            )
     cache, records = extract_features(config, [config.train_split, config.dev_split], progress)
-    if not config.init_from:
-        tokenizer = _tokenizer(config, records[config.train_split], output_dir)
+    # Seeded after feature extraction, which may or may not have run the encoder's data loader:
+    # the same seed gives the same model whether or not this run filled the cache.
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if initial is not None:
+        model = initial
+        model.tokenizer.save(output_dir / TOKENIZER_FILE)
+    else:
+        tokenizer = _tokenizer(config, records[config.train_split], output_dir, resume)
         model = Captioner(
             CaptionerConfig(encoder=config.encoder, decoder=config.decoder), tokenizer
         )
@@ -178,31 +218,23 @@ def train(
     collator = CaptionCollator(model.tokenizer, config.decoder.max_length)
     data = CaptionData(config, cache, records, collator)
     if config.objective == "scst":
-        if not config.init_from:
-            raise ValueError(
-                "self-critical training (objective=scst) needs init_from: a trained model"
-            )
         corpus = [r.captions for r in records[config.train_split]]
         module = SelfCriticalModule(model, config, corpus)
-    elif config.objective == "xe":
-        module = CaptionerModule(model, config)
     else:
-        raise ValueError(f"unknown objective {config.objective!r}: use 'xe' or 'scst'")
-    (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        module = CaptionerModule(model, config)
+    (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
 
     callbacks = [
         *(callbacks or []),
         ModelCheckpoint(
-            dirpath=output_dir / "checkpoints",
+            dirpath=output_dir / CHECKPOINT_DIR,
             filename="best-{epoch}",
             monitor="val/cider",
             mode="max",
             save_top_k=1,
         ),
-        # Rewritten after every epoch, improved or not: what --resume continues from.
-        ModelCheckpoint(
-            dirpath=output_dir / "checkpoints", filename="last", enable_version_counter=False
-        ),
+        ResumeCheckpoint(last, config.checkpoint_every_steps, config.checkpoint_every_minutes),
+        ExactResume(),
         EarlyStopping(monitor="val/cider", mode="max", patience=config.early_stopping_patience),
         ExportBest(output_dir / BEST_DIR),
     ]
@@ -213,29 +245,69 @@ def train(
         # Lightning's Rich bar draws nothing into a log file (nohup, SLURM): tqdm writes a line
         # every `refresh_rate` steps, with the loss and the speed.
         callbacks.append(TQDMProgressBar(refresh_rate=NON_TTY_REFRESH_STEPS))
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        limit_train_batches=config.steps_per_epoch,
-        max_time={"minutes": config.max_minutes} if config.max_minutes else None,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision or default_precision(),
-        gradient_clip_val=config.grad_clip,
-        logger=_logger(config, output_dir),
-        callbacks=callbacks,
-        default_root_dir=output_dir,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # CaptionSampler shards itself, deterministically
-        log_every_n_steps=20,
-    )
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=config.epochs,
+            limit_train_batches=config.steps_per_epoch,
+            max_time={"minutes": config.max_minutes} if config.max_minutes else None,
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=config.precision or default_precision(),
+            gradient_clip_val=config.grad_clip,
+            logger=_logger(config, output_dir),
+            callbacks=callbacks,
+            default_root_dir=output_dir,
+            enable_progress_bar=progress,
+            enable_model_summary=progress,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # CaptionSampler shards itself, deterministically
+            log_every_n_steps=20,
+        )
+        trainer.fit(
+            module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True
+        )
     best = output_dir / BEST_DIR
     if config.wandb and trainer.is_global_zero:
         _log_wandb_artifact(trainer, best)
     return best
+
+
+# Lightning's advice that does not apply here: the frozen encoder is in eval mode on purpose,
+# the model summary cannot size bf16 weights, and a deprecation inside Lightning itself.
+_LIGHTNING_NOISE = (
+    r"Found \d+ module\(s\) in eval mode",
+    r"Precision .* is not supported by the model summary",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+_RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's "Tip:" lines, which advertise its cloud products."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()[:10]
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    loggers = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
+    tips = _NoTips()
+    with warnings.catch_warnings():
+        for pattern in _LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.addFilter(tips)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(tips)
 
 
 def default_precision() -> str:

@@ -17,13 +17,13 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from captioner.batch import Batch
 from captioner.config import GenerationConfig
 from captioner.evaluation.metrics import ptb_tokenize
-from captioner.generation import Hypothesis, generate, token_limit
+from captioner.generation import Hypothesis, generate, max_new_tokens_limit, token_limit
 from captioner.model import Captioner
-from captioner.objective import token_loss_and_accuracy
+from captioner.objective import teacher_forced
 from captioner.training.config import TrainConfig
-from captioner.training.data import Batch
 from captioner.training.module import CaptionerModule
 
 
@@ -116,7 +116,9 @@ class SelfCriticalModule(CaptionerModule):
         self.cider = CiderD(corpus)
         self.sampling = GenerationConfig(
             do_sample=True, top_p=config.scst_top_p, temperature=1.0, no_repeat_ngram_size=0,
-            max_new_tokens=config.validation_generation.max_new_tokens,
+            max_new_tokens=min(
+                config.validation_generation.max_new_tokens, max_new_tokens_limit(model.decoder)
+            ),
         )  # fmt: skip
 
     def _sampling_at(self, step: int) -> GenerationConfig:
@@ -154,11 +156,8 @@ class SelfCriticalModule(CaptionerModule):
         log_prob = sampled_log_probs(self.model, batch.features, image_index, hypotheses, limit)
         loss = -(advantage * log_prob).mean()
         if self.config.scst_xe_weight:
-            reference_logits = self.model(batch.features, batch.ids[:, :-1], batch.image_index)
             # No label smoothing here: its pull towards uniform is the drift this term holds back.
-            cross_entropy, _, _ = token_loss_and_accuracy(
-                reference_logits, batch.ids, batch.lengths
-            )
+            cross_entropy, _, _ = teacher_forced(self.model, batch)
             loss = loss + self.config.scst_xe_weight * cross_entropy
         self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=len(texts))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(texts))
