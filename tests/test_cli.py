@@ -1,9 +1,14 @@
 import json
+import subprocess
+import sys
 
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 
-from captioner.cli import main
+from captioner.cli import COMMANDS, build_parser, main
+from captioner.collection import CollectionConfig
+from captioner.config import GenerationConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +28,8 @@ def test_caption_json_reports_each_file_and_fails_on_bad_ones(model_dir, photo, 
     code = main(["caption", *paths, "--model", str(model_dir), "--json", "--beam", "2"])
     assert code == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    by_image = {}
-    for line in lines:
-        by_image.setdefault(line["image"], line)
-    assert len(lines) == 5
+    by_image = {line["image"]: line for line in lines}
+    assert len(lines) == len(by_image) == 4  # good.png, given twice, is captioned once
     assert by_image[str(good)]["caption"] and by_image[str(good)]["tokens"]
     assert "no such file" in by_image[str(tmp_path / "missing.jpg")]["error"]
     assert "not an image" in by_image[str(not_image)]["error"]
@@ -65,3 +68,138 @@ def test_export_half_precision(model_dir, tmp_path, capsys):
     assert "MB" in capsys.readouterr().out
     weights = load_file(tmp_path / "half" / "model.safetensors")
     assert {str(t.dtype) for t in weights.values()} == {"torch.float16"}
+
+
+def test_attention_dir_mirrors_folders_so_same_names_do_not_collide(model_dir, photo, tmp_path):
+    photo.save(tmp_path / "x.png")  # tmp/x.png beside tmp/a/x.png: three images named x
+    for folder, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (64, 48), colour).save(tmp_path / folder / "x.png")
+    images = [str(tmp_path / f) for f in ("a/x.png", "b/x.png", "x.png")]
+    maps = tmp_path / "maps"
+    code = main(["caption", *images, "--model", str(model_dir), "--attention-dir", str(maps)])
+    assert code == 0
+    folders = sorted(str(p.relative_to(maps)) for p in maps.rglob("*") if p.is_dir())
+    assert folders == ["a", "a/x", "b", "b/x", "x"]
+    first = sorted((maps / "a" / "x").glob("*.png"))
+    second = sorted((maps / "b" / "x").glob("*.png"))
+    assert first and second
+    assert first[0].read_bytes() != second[0].read_bytes()  # neither overwrote the other
+
+
+def test_folder_to_csv_then_resume_and_sidecars(model_dir, photo, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    photo.save(photos / "a.jpg")
+    photo.rotate(90).save(photos / "sub" / "b.png")
+    (photos / "readme.md").write_text("# my photos")
+    output = tmp_path / "captions.csv"
+    args = ["caption", str(photos), "-r", "--model", str(model_dir), "-o", str(output)]
+    assert main([*args, "--beam", "1", "--sentence-case"]) == 0
+    err = capsys.readouterr().err
+    assert "captioned 2 of 3" in err and "skipped 1 file that is not an image" in err
+    text = output.read_text().splitlines()
+    assert text[0].startswith("image,caption,") and len(text) == 3
+    assert [line.split(",")[0] for line in text[1:]] == ["a.jpg", "sub/b.png"]
+    assert main(args) == 0  # nothing left to do
+    assert "2 already done" in capsys.readouterr().err
+    assert len(output.read_text().splitlines()) == 3
+
+    assert main(["caption", str(photos), "-r", "--model", str(model_dir), "--sidecar", ".txt"]) == 0
+    assert (photos / "a.txt").read_text().strip() and (photos / "sub" / "b.txt").is_file()
+
+
+def test_from_list_and_plain_output(model_dir, photo, tmp_path, capsys, monkeypatch):
+    photo.save(tmp_path / "a.png")
+    photo.rotate(180).save(tmp_path / "b.png")
+    (tmp_path / "list.txt").write_text("# to caption\na.png\n\nb.png\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(["caption", "--from-list", "list.txt", "--model", str(model_dir), "-q"])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["a.png", "b.png"]
+    assert all(line.split("\t")[1] for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "batch_size must be an integer from 1 to 512, got 0"),
+        (["--batch-size", "-1"], "batch_size must be an integer from 1 to 512, got -1"),
+        (["--batch-size", "x"], "argument --batch-size: invalid int value: 'x'"),
+        (["--beam", "0"], "beam_size must be an integer from 1 to 16, got 0"),
+        (["--beam", "-1"], "beam_size must be an integer from 1 to 16, got -1"),
+        (["--beam", "99"], "beam_size must be an integer from 1 to 16, got 99"),
+        (["--max-tokens", "0"], "max_new_tokens must be an integer from 1"),
+        (["--max-tokens", "-5"], "max_new_tokens must be an integer from 1"),
+        (["--max-tokens", "500"], "max_new_tokens must be an integer from 1 to 39"),
+        (
+            ["--min-tokens", "9", "--max-tokens", "5"],
+            "min_new_tokens must be an integer from 1 to 5",
+        ),
+        (
+            ["--num-captions", "4", "--beam", "3"],
+            "num_return_sequences must be an integer from 1 to 3",
+        ),
+        (["--sample", "--temperature", "0"], "temperature must be a number >= 0.01"),
+        (["--sample", "--top-p", "0"], "top_p must be a number > 0.0"),
+        (["--workers", "-1"], "num_workers must be an integer from 0 to 64, got -1"),
+        (["--sidecar", "txt"], "sidecar must be a file suffix such as .txt"),
+        (["--sidecar", "../x"], "sidecar must be a file suffix such as .txt"),
+        (["-o", "out.txt"], "an output file must end in .jsonl or .csv"),
+        (["--prefix", "a\nb"], "prefix must be one line of text"),
+        (["--split", "dev"], "--split needs --data"),
+        (["-o", "x.jsonl", "--json"], "--json is for standard output"),
+        (["--devices", "2"], "need --output or --sidecar"),
+        (["-o", "x.jsonl", "--devices", "0"], "devices must be an integer >= 1, got 0"),
+        (["-o", "x.jsonl", "--num-nodes", "0"], "num_nodes must be an integer >= 1, got 0"),
+        (["-o", "x.jsonl", "--strategy", "nonsense"], "nonsense"),
+    ],
+)
+def test_caption_options_are_checked_in_one_line(
+    model_dir, photo, tmp_path, capsys, flags, message
+):
+    photo.save(tmp_path / "a.png")
+    args = ["caption", str(tmp_path / "a.png"), "--model", str(model_dir), *flags]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        try:
+            code = main(args)
+        except SystemExit as exit:  # argparse's own type errors
+            code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and not (tmp_path / "x.jsonl").exists()
+
+
+def test_nothing_to_caption_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["caption", str(tmp_path / "empty")]) == 2
+    assert "nothing to caption" in capsys.readouterr().err
+
+
+def test_help_lists_every_command_and_caption_flags_with_library_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    top = capsys.readouterr().out
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    assert len(commands.choices) == len(COMMANDS)
+    listed = {choice.dest: choice.help for choice in commands._choices_actions}
+    assert set(listed) == set(commands.choices) and all(listed.values())
+    for name, summary in listed.items():
+        assert f"{name}  " in top and summary in " ".join(top.split())
+    caption = commands.choices["caption"]
+    for action in caption._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        assert action.default is None or action.dest in ("help", "json", "quiet")
+    text = " ".join(caption.format_help().split())
+    assert f"(default: {CollectionConfig.batch_size})" in text
+    assert f"{GenerationConfig.beam_size} unless its config says" in text
+
+
+def test_python_dash_m_captioner_runs_the_command_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "captioner", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "caption" in done.stdout and "export" in done.stdout

@@ -1,4 +1,5 @@
-"""`captioner caption`: caption image files."""
+"""`captioner caption`: caption images, folders, lists and datasets (resumable; one process or
+many). The work is `captioner.collection`'s; this module only turns flags into its arguments."""
 
 from __future__ import annotations
 
@@ -7,70 +8,259 @@ import json
 import sys
 from pathlib import Path
 
+from captioner.collection.job import CollectionConfig, default_workers
+from captioner.config import GenerationConfig
+
+# flag -> GenerationConfig field
+_GENERATION_FLAGS = {
+    "beam": "beam_size",
+    "max_tokens": "max_new_tokens",
+    "min_tokens": "min_new_tokens",
+    "num_captions": "num_return_sequences",
+    "top_p": "top_p",
+    "temperature": "temperature",
+    "seed": "seed",
+}
+# flag -> CollectionConfig field
+_COLLECTION_FLAGS = {
+    "output": "output",
+    "sidecar": "sidecar",
+    "attention_dir": "attention_dir",
+    "overwrite": "overwrite",
+    "recursive": "recursive",
+    "batch_size": "batch_size",
+    "workers": "num_workers",
+    "prefix": "prefix",
+    "suffix": "suffix",
+    "sentence_case": "sentence_case",
+}
+_DISTRIBUTED_FLAGS = ("devices", "num_nodes", "strategy")
+
+
+def _model_default(name: str) -> str:
+    return f"default: the model's own; {getattr(GenerationConfig, name)} unless its config says"
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("caption", help="caption image files")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument(
+    parser = commands.add_parser(
+        "caption",
+        help="caption images, folders, lists or a dataset split",
+        description="Caption images. Folders are read for images (recognised by content); "
+        "rows go to --output FILE.jsonl|.csv, --sidecar files or standard output. Run again "
+        "to resume: images already captioned are skipped, failed ones retried.",
+    )
+    inputs = parser.add_argument_group("what to caption")
+    inputs.add_argument("images", nargs="*", help="image files, folders or glob patterns")
+    inputs.add_argument(
+        "-r", "--recursive", action="store_true", default=None, help="descend into sub-folders"
+    )
+    inputs.add_argument("--from-list", type=Path, metavar="FILE", help="one path a line")
+    inputs.add_argument("--data", metavar="SOURCE", help="a dataset load_records reads")
+    inputs.add_argument("--split", help="only this split of --data (default: all of it)")
+
+    outputs = parser.add_argument_group("where captions go")
+    outputs.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="FILE.jsonl or FILE.csv, one row an image"
+    )
+    outputs.add_argument(
+        "--sidecar", metavar="EXT", help="write the caption beside each image, e.g. .txt"
+    )
+    outputs.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="caption everything again (default: skip images already captioned)",
+    )
+    outputs.add_argument(
+        "--json", action="store_true", help="standard output: one JSON object an image and line"
+    )
+    outputs.add_argument(
+        "--attention-dir", type=Path, metavar="DIR", help="save per-word heatmaps (PNG) here"
+    )
+    outputs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    captions = parser.add_argument_group("captions")
+    captions.add_argument(
         "--model", help="model folder, hub id or wandb: artifact (default: bundled)"
     )
-    parser.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="longest caption in tokens")
-    parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
-    parser.add_argument("--attention-dir", type=Path, help="save per-word heatmaps (PNG) here")
-    parser.add_argument("--batch-size", type=int, default=16)
+    captions.add_argument(
+        "--beam",
+        metavar="N",
+        type=int,
+        help=f"beam size, 1 = greedy ({_model_default('beam_size')})",
+    )
+    captions.add_argument(
+        "--max-tokens",
+        metavar="N",
+        type=int,
+        help=f"longest caption ({_model_default('max_new_tokens')})",
+    )
+    captions.add_argument(
+        "--min-tokens",
+        metavar="N",
+        type=int,
+        help=f"shortest caption ({_model_default('min_new_tokens')})",
+    )
+    captions.add_argument(
+        "--num-captions",
+        type=int,
+        metavar="K",
+        help="K captions an image: the best K beams, or K samples with --sample (default: "
+        f"{GenerationConfig.num_return_sequences})",
+    )
+    captions.add_argument(
+        "--sample", action="store_true", default=None, help="sample instead of beam search"
+    )
+    captions.add_argument(
+        "--top-p", metavar="P", type=float, help=f"sampling nucleus ({_model_default('top_p')})"
+    )
+    captions.add_argument(
+        "--temperature",
+        metavar="T",
+        type=float,
+        help=f"sampling temperature ({_model_default('temperature')})",
+    )
+    captions.add_argument(
+        "--seed", metavar="N", type=int, help="seed for --sample (default: random)"
+    )
+    captions.add_argument(
+        "--prefix",
+        metavar="TEXT",
+        help=f"text put before each caption, e.g. a trigger word (default: "
+        f"{CollectionConfig.prefix!r})",
+    )
+    captions.add_argument(
+        "--suffix",
+        metavar="TEXT",
+        help=f"text put after each caption (default: {CollectionConfig.suffix!r})",
+    )
+    captions.add_argument(
+        "--sentence-case",
+        action="store_true",
+        default=None,
+        help="capital first letter and a full stop, as alt text is written",
+    )
+
+    speed = parser.add_argument_group("speed and scale")
+    speed.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=int,
+        help=f"images a batch (default: {CollectionConfig.batch_size})",
+    )
+    speed.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        help=f"image loading processes (default: one a core less one, at most 4: "
+        f"{default_workers()} here)",
+    )
+    speed.add_argument(
+        "--devices", metavar="N", help="processes or GPUs a node: runs as a Lightning predict job"
+    )
+    speed.add_argument(
+        "--num-nodes", metavar="M", type=int, help="machines (Lightning; default: 1)"
+    )
+    speed.add_argument(
+        "--strategy",
+        metavar="NAME",
+        help="Lightning strategy, e.g. ddp (default: Lightning's choice)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from captioner.attention import save_token_heatmaps
-    from captioner.images import ImageLoadError
+    from captioner.cli import UsageError
+    from captioner.collection import CollectionJob, dataset_images, find_images, read_list
     from captioner.model import Captioner
 
+    config = _collection_config(args)
+    distributed = any(getattr(args, flag) is not None for flag in _DISTRIBUTED_FLAGS)
+    if distributed and config.output is None and config.sidecar is None:
+        raise UsageError("--devices, --num-nodes and --strategy need --output or --sidecar")
+    if args.json and config.output is not None:
+        raise UsageError("--json is for standard output; --output FILE.jsonl writes JSON lines")
+    if args.split is not None and args.data is None:
+        raise UsageError("--split needs --data")
+    try:
+        sources = list(args.images) + (read_list(args.from_list) if args.from_list else [])
+        items = find_images(sources, bool(config.recursive))
+        if args.data is not None:
+            items += dataset_images(args.data, args.split)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    if not items:
+        raise UsageError("nothing to caption: give images, folders, --from-list or --data")
+
     model = Captioner.from_pretrained(args.model)
-    options = {}
-    if args.beam is not None:
-        options["beam_size"] = args.beam
-    if args.max_tokens is not None:
-        options["max_new_tokens"] = args.max_tokens
-    want_attention = args.attention_dir is not None
-    failures = 0
-    progress = tqdm(
-        total=len(args.images), unit="img", disable=len(args.images) < 2, file=sys.stderr
-    )
-    for start in range(0, len(args.images), args.batch_size):
-        loaded, paths = [], []
-        for path in args.images[start : start + args.batch_size]:
-            try:
-                loaded.append(model.encoder.preprocess.load(path))
-                paths.append(path)
-            except ImageLoadError as error:
-                failures += 1
-                _report(args, {"image": path, "error": str(error)})
-                progress.update(1)
-        if not loaded:
-            continue
-        captions = model.caption(loaded, return_attention=want_attention, **options)
-        for path, image, result in zip(paths, loaded, captions):
-            record = {"image": path, "caption": result.text, "tokens": result.tokens}
-            if want_attention:
-                folder = args.attention_dir / Path(path).stem
-                save_token_heatmaps(image, result.tokens, result.attention, folder)
-                record["attention_dir"] = str(folder)
-            _report(args, record)
-            progress.update(1)
-    progress.close()
-    return 1 if failures else 0
+    options = {
+        field: getattr(args, flag)
+        for flag, field in _GENERATION_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.sample:
+        options["do_sample"] = True
+    printer = _Printer(args.json, to_stdout=config.output is None and config.sidecar is None)
+    printer.single = len(items) == 1
+    try:
+        job = CollectionJob(model, items, config, printer, **options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    summary = _predict(job, args) if distributed else job.run()
+    writes_files = config.output is not None or config.sidecar is not None
+    if not args.quiet and writes_files and job.rank == 0:
+        print(f"captioner: {summary}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
-def _report(args: argparse.Namespace, record: dict) -> None:
-    if args.json:
-        print(json.dumps(record), flush=True)
-    elif "error" in record:
-        print(f"{record['image']}: error: {record['error']}", file=sys.stderr, flush=True)
-    elif len(args.images) == 1:
-        print(record["caption"], flush=True)
-    else:
-        print(f"{record['image']}\t{record['caption']}", flush=True)
+def _collection_config(args: argparse.Namespace) -> CollectionConfig:
+    from captioner.cli import UsageError
+
+    values = {
+        field: getattr(args, flag)
+        for flag, field in _COLLECTION_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.quiet:
+        values["progress"] = False
+    try:
+        return CollectionConfig(**values).validate()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _predict(job, args: argparse.Namespace):
+    from captioner.cli import UsageError
+
+    try:
+        from captioner.collection.distributed import predict_collection
+    except ImportError:
+        raise UsageError(
+            "--devices, --num-nodes and --strategy run on Lightning: pip install 'captioner[train]'"
+        ) from None
+    devices = args.devices
+    if devices is not None and devices.lstrip("-").isdigit():
+        devices = int(devices)
+    options = {"devices": devices, "num_nodes": args.num_nodes, "strategy": args.strategy}
+    try:
+        return predict_collection(job, **{k: v for k, v in options.items() if v is not None})
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+class _Printer:
+    """Rows to standard output (without --output or --sidecar), errors to stderr."""
+
+    def __init__(self, json_lines: bool, to_stdout: bool):
+        self.json_lines = json_lines
+        self.to_stdout = to_stdout
+        self.single = False
+
+    def __call__(self, row: dict) -> None:
+        if self.to_stdout and self.json_lines:
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        elif "error" in row:
+            print(f"{row['image']}: error: {row['error']}", file=sys.stderr, flush=True)
+        elif self.to_stdout:
+            for text in row.get("captions", [row["caption"]]):
+                print(text if self.single else f"{row['image']}\t{text}", flush=True)

@@ -1,0 +1,434 @@
+"""Captioning a collection: what is left to do, images decoded in worker processes while the model
+works on the previous batch, and each batch's rows written as soon as it is captioned."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from captioner.collection.inputs import ImageItem, find_images, unique
+from captioner.collection.rows import Row, RowFile, Sidecars, interleave, is_caption, merge_rows
+from captioner.config import _check_int
+from captioner.images import ImageLoadError, UnsupportedImageError
+from captioner.model import Caption, Captioner
+from captioner.transforms import Preprocess
+
+# The most images one batch may hold (memory: each is 3 x crop x crop floats plus its beams).
+MAX_BATCH_SIZE = 512
+MAX_WORKERS = 64
+# Longest --prefix / --suffix: a trigger word or a short phrase, not a document.
+MAX_AFFIX_LENGTH = 200
+# Heatmaps are drawn over the image shrunk to at most this many pixels a side (a 12 MP photo
+# would otherwise be shipped from the worker and drawn at full size once per word).
+ATTENTION_IMAGE_SIDE = 1024
+
+
+def default_workers() -> int:
+    """One loader process per core beyond the one the model runs on, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class CollectionConfig:
+    """What a collection job writes and how; generation settings are the model's
+    GenerationConfig fields, passed beside it."""
+
+    # A .jsonl or .csv file of one row per image (none: rows only go to `on_row`).
+    output: Path | None = None
+    # Write each caption into a file beside its image with this suffix (".txt": photo.txt).
+    sidecar: str | None = None
+    # One heatmap PNG per word, in a folder per image mirroring the images' folders.
+    attention_dir: Path | None = None
+    # Caption everything again instead of skipping the images that already have a caption.
+    overwrite: bool = False
+    # Descend into sub-folders of folders given as sources.
+    recursive: bool = False
+    batch_size: int = 16
+    # Processes that decode and preprocess images ahead of the model (None: default_workers()).
+    num_workers: int | None = None
+    # Added around each caption as it is (e.g. a trigger word: prefix="sks, ").
+    prefix: str = ""
+    suffix: str = ""
+    # Capitalise the first letter and end with a full stop, as alt text is written.
+    sentence_case: bool = False
+    # A progress bar on stderr: images/s and time left.
+    progress: bool = True
+
+    def validate(self) -> CollectionConfig:
+        """Raise ValueError saying the allowed values; returns self."""
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if self.num_workers is not None:
+            _check_int("num_workers", self.num_workers, 0, MAX_WORKERS)
+        for name in ("prefix", "suffix"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_AFFIX_LENGTH:
+                raise ValueError(f"{name} must be text of at most {MAX_AFFIX_LENGTH} characters")
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"{name} must be one line of text, got {value!r}")
+        if self.output is not None:
+            RowFile(self.output)  # refuses a suffix other than .jsonl / .csv
+        if self.sidecar is not None:
+            suffix = self.sidecar
+            if not (
+                isinstance(suffix, str)
+                and 2 <= len(suffix) <= 16
+                and suffix.startswith(".")
+                and suffix[1:].replace("_", "").replace("-", "").replace(".", "").isalnum()
+            ):
+                raise ValueError(
+                    f"sidecar must be a file suffix such as .txt (a dot, then letters, digits, "
+                    f"'-', '_' or '.'; at most 16 characters), got {suffix!r}"
+                )
+        return self
+
+    def finish_text(self, text: str) -> str:
+        """The caption as written out: sentence case if asked, then prefix and suffix."""
+        if self.sentence_case and text:
+            text = text[0].upper() + text[1:]
+            if text[-1] not in ".!?":
+                text += "."
+        return f"{self.prefix}{text}{self.suffix}"
+
+
+@dataclass
+class CollectionSummary:
+    total: int  # images asked for (files in folders that are not images included)
+    already_done: int  # skipped: captioned by an earlier run
+    captioned: int
+    failed: int
+    not_images: int  # files found in folders that are not images, skipped
+
+    def __str__(self) -> str:
+        parts = [f"captioned {self.captioned} of {self.total}"]
+        if self.already_done:
+            parts.append(f"{self.already_done} already done")
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.not_images == 1:
+            parts.append("skipped 1 file that is not an image")
+        elif self.not_images:
+            parts.append(f"skipped {self.not_images} files that are not images")
+        return ", ".join(parts)
+
+
+@dataclass
+class LoadedBatch:
+    """Decoded, preprocessed images of one batch, with what happened to those that failed."""
+
+    indices: list[int]  # positions in the job's share, in order
+    pixels: torch.Tensor | None  # (loaded, 3, H, W) of those that loaded
+    loaded: list[int]
+    images: list[Image.Image | None]  # for heatmaps, when asked for
+    errors: dict[int, str]
+    not_images: list[int]
+
+
+class _LoadImages(Dataset):
+    """Runs in the loader processes: file -> upright RGB -> normalised pixels."""
+
+    def __init__(self, items: list[ImageItem], preprocess: Preprocess, keep_images: bool):
+        self.items = items
+        self.preprocess = preprocess
+        self.keep_images = keep_images
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple:
+        item = self.items[index]
+        try:
+            image = self.preprocess.load(item.source)
+            pixels = self.preprocess(image)
+        except UnsupportedImageError as error:
+            return (index, None, None, None if item.in_folder else str(error))
+        except (ImageLoadError, OSError) as error:
+            return (index, None, None, " ".join(str(error).split()))
+        if self.keep_images:
+            image.thumbnail((ATTENTION_IMAGE_SIDE, ATTENTION_IMAGE_SIDE))
+        return (index, pixels, image if self.keep_images else None, None)
+
+
+def _collate(loaded: list[tuple]) -> LoadedBatch:
+    batch = LoadedBatch([], None, [], [], {}, [])
+    pixels = []
+    for index, item_pixels, image, error in loaded:
+        batch.indices.append(index)
+        if item_pixels is not None:
+            batch.loaded.append(index)
+            pixels.append(item_pixels)
+            batch.images.append(image)
+        elif error is not None:
+            batch.errors[index] = error
+        else:
+            batch.not_images.append(index)
+    batch.pixels = torch.stack(pixels) if pixels else None
+    return batch
+
+
+def _alone() -> None:
+    """The barrier of a job that runs in one process."""
+
+
+def _sum_alone(counts: list[int]) -> list[int]:
+    return counts
+
+
+class CollectionJob:
+    """One pass over a collection, in one process or as one rank of several.
+
+    `start` -> this rank's share; `loader(share)` -> batches; `process(batch)` for each;
+    `finish` -> the summary. Ranks take every world-th image of the same list of images left to
+    do, and each appends to its own row file, merged into the output by rank 0 at the end."""
+
+    def __init__(
+        self,
+        model: Captioner,
+        sources: Iterable[ImageItem | str | Path],
+        config: CollectionConfig | None = None,
+        on_row: Callable[[Row], None] | None = None,
+        **generation_options,
+    ):
+        self.model = model
+        self.config = (config or CollectionConfig()).validate()
+        self.generation = model.generation_config(**generation_options)
+        self.on_row = on_row
+        self.output = RowFile(self.config.output) if self.config.output is not None else None
+        self.sidecars = Sidecars(self.config.sidecar) if self.config.sidecar else None
+        self.items = self._leave_out_outputs(_items(sources, self.config.recursive))
+        self.attention_folders = (
+            attention_folders(self.items) if self.config.attention_dir is not None else {}
+        )
+        # Read now, before any rank of a job over several processes can start writing; a file
+        # that is not a captioner output is refused here, before any work.
+        reading = self.output is not None and not self.config.overwrite
+        self._existing, self._torn = self._existing_rows() if reading else ([[]], False)
+        self.share: list[ImageItem] = []
+        self.rank = 0
+        self.counts = {"captioned": 0, "failed": 0, "not_images": 0}
+        self.already_done = 0
+
+    def _leave_out_outputs(self, items: list[ImageItem]) -> list[ImageItem]:
+        """Leave out this job's own output files found in the input folders (the row file, and
+        with sidecars every file with their suffix), and refuse sidecars that would overwrite an
+        image or each other."""
+        outputs = set()
+        if self.output is not None:
+            outputs = {f.path.resolve() for f in [self.output, *self.output.parts()]}
+        if self.sidecars is not None:
+            if any(item.path is None for item in items):
+                raise ValueError("sidecar files need image files; this dataset holds image bytes")
+            suffix = self.sidecars.suffix.lower()
+            items = [i for i in items if not (i.in_folder and i.path.suffix.lower() == suffix)]
+            images = {item.path.resolve() for item in items}
+            owners: dict[Path, ImageItem] = {}
+            for item in items:
+                sidecar = self.sidecars.path(item).resolve()
+                if sidecar in images:
+                    raise ValueError(f"the {suffix} file of {item.path} would overwrite {sidecar}")
+                if sidecar in owners:
+                    raise ValueError(
+                        f"{owners[sidecar].path} and {item.path} would share one {suffix} file"
+                    )
+                owners[sidecar] = item
+        return [i for i in items if i.path is None or i.path.resolve() not in outputs]
+
+    # ---- the three steps -------------------------------------------------------------------
+    def start(
+        self, rank: int = 0, world: int = 1, barrier: Callable[[], None] = _alone
+    ) -> list[ImageItem]:
+        """Find what is left to do, clean up the output, open this rank's file: its share."""
+        done = set() if self.config.overwrite else self._done(self._existing)
+        todo = [item for item in self.items if item.name not in done]
+        self.already_done = len(self.items) - len(todo)
+        barrier()  # every rank has read the files before any is changed
+        if self.output is not None:
+            own = self.output if world == 1 else self.output.part(rank)
+            if rank == 0 and self.config.overwrite:
+                for stale in [self.output, *self.output.parts()]:
+                    stale.delete()
+            barrier()
+            own_rows, own_torn = own.read() if world > 1 else (self._existing[0], self._torn)
+            kept = [row for row in own_rows if is_caption(row)]
+            if not self.config.overwrite and (own_torn or len(kept) < len(own_rows)):
+                own.rewrite(kept)  # the cut-off line goes; failed images are tried again
+            own.open()
+            self.own = own
+        self.share = todo[rank::world]
+        self.rank = rank
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=len(self.share),
+            unit="img",
+            file=sys.stderr,
+            disable=not self.config.progress or rank != 0 or len(self.share) < 2,
+            smoothing=0.1,
+        )
+        return self.share
+
+    def loader(self, share: list[ImageItem]) -> DataLoader:
+        workers = self.config.num_workers
+        workers = default_workers() if workers is None else workers
+        return DataLoader(
+            _LoadImages(share, self.model.encoder.preprocess, bool(self.attention_folders)),
+            batch_size=self.config.batch_size,
+            num_workers=workers,
+            collate_fn=_collate,
+            prefetch_factor=2 if workers else None,
+        )
+
+    @torch.inference_mode()
+    def process(self, batch: LoadedBatch) -> list[Row]:
+        """Caption one batch and write its rows (flushed) and sidecars."""
+        rows: dict[int, Row] = {
+            index: {"image": self.share[index].name, "error": error}
+            for index, error in batch.errors.items()
+        }
+        if batch.pixels is not None:
+            model = self.model
+            features = model.encoder(batch.pixels.to(model.device)).tokens
+            want_attention = bool(self.attention_folders)
+            captions = model.generate_from_features(features, self.generation, want_attention)
+            for index, caption, image in zip(batch.loaded, captions, batch.images):
+                rows[index] = self._caption_row(self.share[index], caption, image)
+        ordered = [rows[index] for index in batch.indices if index in rows]
+        if self.output is not None:
+            self.own.append(ordered)
+        if self.on_row is not None:
+            for row in ordered:
+                self.on_row(row)
+        self.counts["captioned"] += len(batch.loaded)
+        self.counts["failed"] += len(batch.errors)
+        self.counts["not_images"] += len(batch.not_images)
+        self.bar.update(len(batch.indices))
+        return ordered
+
+    def finish(
+        self,
+        barrier: Callable[[], None] = _alone,
+        sum_over_ranks: Callable[[list[int]], list[int]] = _sum_alone,
+    ) -> CollectionSummary:
+        """Close this rank's file; rank 0 merges the per-rank files into the output."""
+        self.bar.close()
+        if self.output is not None:
+            self.own.close()
+            barrier()
+            parts = self.output.parts()
+            if self.rank == 0 and parts:
+                main, _ = self.output.read()
+                merged = merge_rows(main, interleave([part.read()[0] for part in parts]))
+                self.output.rewrite(merged)
+                for part in parts:
+                    part.delete()
+        captioned, failed, not_images = sum_over_ranks(
+            [self.counts["captioned"], self.counts["failed"], self.counts["not_images"]]
+        )
+        return CollectionSummary(len(self.items), self.already_done, captioned, failed, not_images)
+
+    def run(self) -> CollectionSummary:
+        """The whole job in this process (the loader's workers aside)."""
+        share = self.start()
+        try:
+            for batch in self.loader(share):
+                self.process(batch)
+        finally:
+            summary = self.finish()
+        return summary
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _existing_rows(self) -> tuple[list[list[Row]], bool]:
+        """The rows of the output and of every per-rank file, and whether the output's last
+        line was cut off."""
+        main, torn = self.output.read()
+        return [main, *(part.read()[0] for part in self.output.parts())], torn
+
+    def _done(self, existing: list[list[Row]]) -> set[str]:
+        """Images every output already has: a caption row and/or a sidecar."""
+        done: set[str] | None = None
+        if self.output is not None:
+            done = {row["image"] for rows in existing for row in rows if is_caption(row)}
+        if self.sidecars is not None:
+            with_sidecar = {item.name for item in self.items if self.sidecars.exists(item)}
+            done = with_sidecar if done is None else done & with_sidecar
+        return done or set()
+
+    def _caption_row(self, item: ImageItem, caption: Caption, image: Image.Image | None) -> Row:
+        ranked = [caption, *caption.alternatives]
+        texts = [self.config.finish_text(c.text) for c in ranked]
+        row: Row = {
+            "image": item.name,
+            "caption": texts[0],
+            "tokens": caption.tokens,
+            "score": round(caption.score, 4),
+        }
+        if len(ranked) > 1:
+            row["captions"] = texts
+            row["scores"] = [round(c.score, 4) for c in ranked]
+        if self.sidecars is not None:
+            self.sidecars.write(item, texts)
+        if image is not None:
+            from captioner.attention import save_token_heatmaps
+
+            folder = self.config.attention_dir / self.attention_folders[item.name]
+            save_token_heatmaps(image, caption.tokens, caption.attention, folder)
+            row["attention_dir"] = str(folder)
+        return row
+
+
+def caption_collection(
+    model: Captioner,
+    sources: Iterable[ImageItem | str | Path],
+    config: CollectionConfig | None = None,
+    on_row: Callable[[Row], None] | None = None,
+    **generation_options,
+) -> CollectionSummary:
+    """Caption every image of `sources` (ImageItems, or files, folders and glob patterns) in this
+    process, writing as `config` says; `on_row` also gets each row (captions and errors) in
+    order. `generation_options` are GenerationConfig fields (beam_size, num_return_sequences,
+    ...), validated like `Captioner.caption`'s. Resumes unless `config.overwrite`."""
+    return CollectionJob(model, sources, config, on_row, **generation_options).run()
+
+
+def attention_folders(items: list[ImageItem]) -> dict[str, PurePosixPath]:
+    """Each image's heatmap folder, relative to the attention folder: its path relative to the
+    folder that holds all the images, less the suffix (`a/x.jpg`, `b/x.jpg` -> `a/x`, `b/x`;
+    `x.jpg` beside `x.png` keeps the suffix)."""
+    files = [item.path.resolve() for item in items if item.path is not None]
+    common = Path(os.path.commonpath([f.parent for f in files])) if files else Path("/")
+    folders: dict[str, PurePosixPath] = {}
+    taken: set[PurePosixPath] = set()
+    for item in items:
+        if item.path is not None:
+            relative = PurePosixPath(item.path.resolve().relative_to(common).as_posix())
+        else:
+            relative = PurePosixPath(*[p for p in PurePosixPath(item.name).parts if p not in "/.."])
+        folder = relative.with_suffix("") if relative.suffix else relative
+        if folder in taken:
+            folder = relative
+        taken.add(folder)
+        folders[item.name] = folder
+    return folders
+
+
+def _items(sources: Iterable[ImageItem | str | Path], recursive: bool) -> list[ImageItem]:
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    items = []
+    for source in sources:
+        items += [source] if isinstance(source, ImageItem) else find_images([source], recursive)
+    return unique(items)
+
+
+__all__ = [
+    "CollectionConfig",
+    "CollectionJob",
+    "CollectionSummary",
+    "attention_folders",
+    "caption_collection",
+]
