@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -19,11 +20,22 @@ from captioner.encoders import ImageEncoder, build_encoder
 from captioner.generation import SpecialTokens, generate, max_new_tokens_limit
 from captioner.hub import resolve_model_dir
 from captioner.images import ImageInput, image_iterator
+from captioner.model_card import write_model_card
+from captioner.onnx.runtime import (
+    DEFAULT_RUNTIME,
+    OnnxDecoder,
+    check_runtime,
+    decoder_variant,
+    exported_decoder,
+    weights_version,
+)
 from captioner.tokenizer import CaptionTokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,10 +62,18 @@ class Captioner(nn.Module):
         config: CaptionerConfig,
         tokenizer: CaptionTokenizer | None = None,
         encoder: ImageEncoder | None = None,
+        runtime: str = DEFAULT_RUNTIME,
     ):
+        """`runtime` ("auto", "onnx", "onnx-fp32", "torch"; see `captioner.onnx.runtime`)
+        chooses what runs the built encoder and the decoder's inference on CPU."""
         super().__init__()
+        self.runtime = check_runtime(runtime)
+        # (weights_version, session) of the exported decoder, made at first use
+        self._onnx: tuple[tuple, OnnxDecoder] | None = None
+        # weights_version as from_pretrained loaded them: "auto" uses ONNX only while unchanged
+        self._loaded_weights: tuple | None = None
         self.tokenizer = tokenizer or CaptionTokenizer()
-        self.encoder = encoder or build_encoder(config.encoder)
+        self.encoder = encoder or build_encoder(config.encoder, runtime)
         # The decoder's input sizes follow from the encoder and tokenizer: one source of truth.
         config.decoder = dataclasses.replace(
             config.decoder,
@@ -97,14 +117,13 @@ class Captioner(nn.Module):
         """One Caption per row of `features` (the encoder's tokens), with its alternatives when
         `generation.num_return_sequences` > 1; ValueError for invalid generation settings."""
         generation = generation or self.config.generation
-        memory = self.decoder.encode_image(features.to(self.device, self.decoder_dtype))
-        ranked = [
-            [h, *h.alternatives] for h in generate(self.decoder, memory, self.special, generation)
-        ]
+        decoder = self.inference_decoder()
+        memory = decoder.encode_image(features.to(self.device, self.decoder_dtype))
+        ranked = [[h, *h.alternatives] for h in generate(decoder, memory, self.special, generation)]
         flat = [hypothesis for group in ranked for hypothesis in group]
         if return_attention:
             rows = [i for i, group in enumerate(ranked) for _ in group]
-            attention = self._attention(memory[rows], flat)
+            attention = self._attention(decoder, memory[rows], flat)
         else:
             attention = [None] * len(flat)
         captions = iter(
@@ -124,7 +143,33 @@ class Captioner(nn.Module):
             results.append(best)
         return results
 
-    def _attention(self, memory: torch.Tensor, hypotheses) -> list[np.ndarray]:
+    def inference_decoder(self) -> CaptionDecoder | OnnxDecoder:
+        """What decodes: the exported graphs in ONNX Runtime where `runtime` asks for them (on
+        CPU, in float32, not training), else the PyTorch decoder."""
+        decoder = self.decoder
+        if (
+            self.runtime == "torch"
+            or decoder.training
+            or self.device.type != "cpu"
+            or self.decoder_dtype != torch.float32
+        ):
+            return decoder
+        weights = weights_version(decoder)
+        if self.runtime == "auto" and weights != self._loaded_weights:
+            return decoder  # built here or changed since loading (training): PyTorch
+        if self._onnx is None or self._onnx[0] != weights:
+            try:
+                self._onnx = (weights, exported_decoder(decoder, decoder_variant(self.runtime)))
+            except Exception as error:  # "auto" falls back to PyTorch; "onnx" was asked for
+                if self.runtime != "auto":
+                    raise
+                if not isinstance(error, ImportError):  # installed, yet failed: worth a line
+                    log.warning("decoding in PyTorch: the ONNX export failed: %s", error)
+                self.runtime = "torch"
+                return decoder
+        return self._onnx[1]
+
+    def _attention(self, decoder, memory: torch.Tensor, hypotheses) -> list[np.ndarray]:
         """Cross-attention behind each generated token, recomputed in one teacher-forced pass
         (the decoder is causal, so this equals what generation saw step by step)."""
         longest = max(len(h.ids) for h in hypotheses)
@@ -132,7 +177,7 @@ class Captioner(nn.Module):
         ids[:, 0] = self.tokenizer.start_id
         for i, hypothesis in enumerate(hypotheses):
             ids[i, 1 : len(hypothesis.ids) + 1] = torch.tensor(hypothesis.ids)
-        weights = self.decoder(ids, memory, need_weights=True).cross_attention
+        weights = decoder(ids, memory, need_weights=True).cross_attention
         # Row t of the input predicted generated token t; keep one row per generated token.
         weights = weights.float().permute(0, 3, 1, 2, 4).cpu().numpy()
         grid = (self.encoder.grid_h, self.encoder.grid_w)
@@ -192,18 +237,24 @@ class Captioner(nn.Module):
         # Tied weights are stored once; the embedding is the output layer.
         save_file(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
         self.tokenizer.save(directory / TOKENIZER_FILE)
+        write_model_card(directory, self.config)  # README.md with the hub's metadata block
         return directory
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path | None = None, encoder: ImageEncoder | None = None
+        cls,
+        source: str | Path | None = None,
+        encoder: ImageEncoder | None = None,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> Captioner:
         """A saved folder, a Hugging Face hub id, `wandb:entity/project/name:version`, or (no
-        argument) the model bundled with the package."""
+        argument) the model bundled with the package. `runtime="torch"` keeps ONNX Runtime out
+        (see `captioner.onnx.runtime`)."""
         directory = resolve_model_dir(source)
         config = CaptionerConfig.load(directory / CONFIG_FILE)
         tokenizer = CaptionTokenizer.load(directory / TOKENIZER_FILE)
-        model = cls(config, tokenizer, encoder)
+        model = cls(config, tokenizer, encoder, runtime)
         state = load_file(directory / WEIGHTS_FILE)
         model.decoder.load_state_dict({k: v.float() for k, v in state.items()})
+        model._loaded_weights = weights_version(model.decoder)
         return model.eval()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from captioner.config import EncoderConfig
 from captioner.encoders.base import EncoderOutput, ImageEncoder
+from captioner.onnx.runtime import DEFAULT_RUNTIME
 
 ENCODER_NAMES = ("efficientnet-lite0", "efficientnet-lite2", "clip")
 
 
-def build_encoder(config: EncoderConfig) -> ImageEncoder:
+def build_encoder(config: EncoderConfig, runtime: str = DEFAULT_RUNTIME) -> ImageEncoder:
+    """`runtime` chooses ONNX Runtime or PyTorch for the encoders that have both (EfficientNet);
+    CLIP runs in PyTorch."""
     if config.name == "clip":
         from captioner.encoders.clip import CLIPEncoder
 
@@ -16,7 +19,7 @@ def build_encoder(config: EncoderConfig) -> ImageEncoder:
     if config.name.startswith("efficientnet-lite"):
         from captioner.encoders.efficientnet import EfficientNetLiteEncoder
 
-        return EfficientNetLiteEncoder(config.name)
+        return EfficientNetLiteEncoder(config.name, runtime=runtime)
     raise ValueError(f"unknown encoder {config.name!r}; choose one of {', '.join(ENCODER_NAMES)}")
 
 

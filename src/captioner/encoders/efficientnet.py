@@ -11,8 +11,8 @@ import importlib
 import io
 import logging
 import math
-import warnings
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from captioner.encoders.base import ImageEncoder
+from captioner.onnx.runtime import DEFAULT_RUNTIME, check_runtime
 from captioner.transforms import Preprocess
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ _LITE_STD = (128.0 / 255.0,) * 3
 # costs more (bench/encoder_paths.py --batches 1 2 8).
 ONNX_CHUNK = 2
 
-# "auto": ONNX Runtime for CPU inference when it is installed, else PyTorch.
-RUNTIMES = ("auto", "onnx", "torch")
 
 # (convolution, the batch norm right after it) as the package names them in `EfficientNet` and
 # `MBConvBlock`; a module has at most one pair per batch norm name.
@@ -69,53 +68,57 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
 
 
 class FeatureMap(nn.Module):
-    """`extract_features` as a module's forward, for the ONNX exporter."""
+    """The last feature map as patch tokens (batch, grid_h * grid_w, dim), row-major: the
+    forward that PyTorch runs and that is exported to ONNX."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(pixels)
+        return self.net.extract_features(pixels).flatten(2).transpose(1, 2)
+
+
+def export_feature_map(net: nn.Module, size: int, file: str | Path | IO[bytes]) -> None:
+    """`pixels` (batch, 3, size, size) -> `features` (batch, tokens, dim), any batch."""
+    from captioner.onnx.export import trace_to_onnx
+
+    trace_to_onnx(
+        FeatureMap(net),
+        (torch.zeros(1, 3, size, size),),
+        file,
+        ["pixels"],
+        ["features"],
+        {"pixels": {0: "batch"}, "features": {0: "batch"}},
+    )
 
 
 def onnx_session(net: nn.Module, size: int, threads: int) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime CPU session over `net`'s feature map, exported in memory (any batch)."""
-    import onnxruntime
+    """An ONNX Runtime CPU session over `net`'s feature map, exported in memory."""
+    from captioner.onnx.runtime import cpu_session
 
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and folding notes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            FeatureMap(net).eval(),
-            (torch.zeros(1, 3, size, size),),
-            buffer,
-            dynamo=False,
-            input_names=["pixels"],
-            output_names=["grid"],
-            dynamic_axes={"pixels": {0: "batch"}, "grid": {0: "batch"}},
-        )
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Idle ONNX Runtime threads would otherwise spin and slow the PyTorch decoder that runs next.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(buffer.getvalue(), options, ["CPUExecutionProvider"])
+    export_feature_map(net, size, buffer)
+    return cpu_session(buffer.getvalue(), threads)
 
 
 class EfficientNetLiteEncoder(ImageEncoder):
     """The last feature map (before pooling) as the grid: 7x7 for Lite0, 9x9 for Lite2."""
 
     def __init__(
-        self, name: str, pretrained: bool = True, fold_norms: bool = True, runtime: str = "auto"
+        self,
+        name: str,
+        pretrained: bool = True,
+        fold_norms: bool = True,
+        runtime: str = DEFAULT_RUNTIME,
     ):
+        """`runtime`: see `captioner.onnx.runtime` (the encoder is float32 in every ONNX one)."""
         super().__init__()
         if name not in _VARIANTS:
             raise ValueError(
                 f"unknown EfficientNet-Lite variant {name!r}; have {sorted(_VARIANTS)}"
             )
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        check_runtime(runtime)
         from efficientnet_lite_pytorch import EfficientNet
 
         size, weights_module, weights_class = _VARIANTS[name]
@@ -149,7 +152,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
                 size = self.preprocess.crop_size
                 self._session = onnx_session(self.net, size, torch.get_num_threads())
             except Exception as error:  # "auto" falls back to PyTorch; "onnx" was asked for
-                if self.runtime == "onnx":
+                if self.runtime != "auto":  # ONNX Runtime was asked for
                     raise
                 if not isinstance(error, ImportError):  # installed, yet failed: worth a line
                     log.warning("running the encoder in PyTorch: ONNX Runtime failed: %s", error)
@@ -166,7 +169,9 @@ class EfficientNetLiteEncoder(ImageEncoder):
                 session.run(None, {"pixels": chunks[i : i + ONNX_CHUNK]})[0]
                 for i in range(0, len(chunks), ONNX_CHUNK)
             ]
-            grid = torch.from_numpy(np.concatenate(grids))
-        else:
-            grid = self.net.extract_features(pixels)  # (batch, dim, h, w)
-        return grid.flatten(2).transpose(1, 2)
+            return torch.from_numpy(np.concatenate(grids))
+        return FeatureMap(self.net)(pixels)
+
+    def export_onnx(self, file: str | Path | IO[bytes]) -> None:
+        """This encoder as `encoder.onnx` of the exported model (see `captioner.onnx`)."""
+        export_feature_map(self.net, self.preprocess.crop_size, file)

@@ -1,0 +1,182 @@
+"""Which runtime runs a model on CPU, and the exported decoder behind `CaptionDecoder`'s interface.
+
+`runtime` (of `Captioner` and the EfficientNet encoders):
+- "auto" (the default): ONNX Runtime on CPU when onnxruntime is installed: the encoder in
+  float32, the decoder's int8 graphs, for a model whose decoder weights are those
+  `from_pretrained` loaded (a model being trained, or built in memory, decodes in PyTorch);
+  PyTorch otherwise.
+- "onnx": the same, required (an error without onnxruntime), for any weights.
+- "onnx-fp32": as "onnx" with the decoder's float32 graphs (the same captions as PyTorch).
+- "torch": PyTorch only.
+
+The decoder's graphs are exported at first use into a cache folder keyed by a hash of the
+weights (`cache_root()`), so the package ships no ONNX files and the bundled model stays offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from captioner.config import DecoderConfig
+from captioner.decoder import CaptionDecoder, DecoderOutput
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "onnx", "onnx-fp32", "torch")
+DEFAULT_RUNTIME = "auto"
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def decoder_variant(runtime: str) -> str:
+    """The exported variant a runtime decodes with."""
+    return "fp32" if runtime == "onnx-fp32" else "int8"
+
+
+def cpu_session(model: bytes | str | Path, threads: int) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session whose idle threads sleep: spinning ones would slow the
+    PyTorch and Python work between calls on a small machine."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = str(model) if isinstance(model, Path) else model
+    return onnxruntime.InferenceSession(model, options, ["CPUExecutionProvider"])
+
+
+class OnnxCache:
+    """The self-attention keys and values between steps, (batch, L, 2, H, P, E). The image's
+    cross-attention keys and values are the `image` argument of every call, never cached."""
+
+    def __init__(self) -> None:
+        self.past: np.ndarray | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.past is None else self.past.shape[4]
+
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keep rows `index` (beam search); `cross` is accepted for KVCache's interface."""
+        if self.past is not None:
+            self.past = self.past[index.cpu().numpy()]
+
+
+class OnnxDecoder:
+    """The exported decoder with `CaptionDecoder`'s inference interface (`config`,
+    `encode_image`, `new_cache`, calls with a cache), so `generation` drives either. Its
+    "memory" is the image's cross-attention keys and values, (batch, L, 2, H, T, E)."""
+
+    def __init__(self, config: DecoderConfig, directory: Path, variant: str, threads: int):
+        from captioner.onnx.export import FILES
+
+        self.config = config
+        self.variant = variant
+        self._image = cpu_session(directory / FILES[variant]["image"], threads)
+        self._step = cpu_session(directory / FILES[variant]["step"], threads)
+
+    def new_cache(self) -> OnnxCache:
+        return OnnxCache()
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        if features.shape[1] != self.config.image_tokens:
+            raise ValueError(
+                f"the decoder was built for {self.config.image_tokens} image tokens, "
+                f"got {features.shape[1]}: wrong encoder for this model?"
+            )
+        inputs = {"features": features.float().contiguous().numpy()}
+        return torch.from_numpy(self._image.run(None, inputs)[0])
+
+    def __call__(
+        self,
+        ids: torch.Tensor,
+        image: torch.Tensor,
+        cache: OnnxCache | None = None,
+        need_weights: bool = False,
+    ) -> DecoderOutput:
+        """As `CaptionDecoder.forward`: `ids` (batch, length) follow what `cache` holds; a
+        longer `ids` runs one step per position (the teacher-forced pass for attention maps)."""
+        from captioner.onnx.export import kv_shape
+
+        cache = cache if cache is not None else self.new_cache()
+        if cache.length + ids.shape[1] > self.config.max_length:
+            raise ValueError(
+                f"sequence of {cache.length + ids.shape[1]} exceeds max_length "
+                f"{self.config.max_length}"
+            )
+        if cache.past is None:
+            cache.past = np.zeros(kv_shape(self.config, ids.shape[0], 0), np.float32)
+        cross = image.contiguous().numpy()
+        tokens = ids.cpu().numpy()
+        logits, weights = [], []
+        for position in range(tokens.shape[1]):
+            inputs = {"ids": tokens[:, position : position + 1], "past_kv": cache.past}
+            step_logits, cache.past, attention = self._step.run(None, {**inputs, "cross_kv": cross})
+            logits.append(step_logits)
+            weights.append(attention)
+        cross_attention = torch.from_numpy(np.stack(weights, 3)) if need_weights else None
+        return DecoderOutput(torch.from_numpy(np.stack(logits, 1)), cross_attention)
+
+
+def cache_root() -> Path:
+    """$CAPTIONER_CACHE_DIR, else $XDG_CACHE_HOME/captioner, else ~/.cache/captioner."""
+    if os.environ.get("CAPTIONER_CACHE_DIR"):
+        return Path(os.environ["CAPTIONER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "captioner"
+
+
+def weights_key(decoder: CaptionDecoder) -> str:
+    """Names the decoder's shape and weights exactly, and the export format and tools."""
+    import onnxruntime
+
+    from captioner.onnx.export import FORMAT_VERSION
+
+    digest = hashlib.sha256()
+    facts = [vars(decoder.config), FORMAT_VERSION, torch.__version__, onnxruntime.__version__]
+    digest.update(json.dumps(facts, sort_keys=True).encode())
+    for name, tensor in decoder.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def exported_decoder(decoder: CaptionDecoder, variant: str) -> OnnxDecoder:
+    """The decoder's `variant` graphs in ONNX Runtime, exported into the cache on first use."""
+    from captioner.onnx.export import FILES, export_decoder, replace_directory
+
+    root = cache_root() / "onnx"
+    directory = root / f"{weights_key(decoder)}-{variant}"
+    if not (directory / FILES[variant]["step"]).is_file():
+        log.info("exporting the decoder to ONNX (%s), once for these weights: %s", variant, root)
+        root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="export-", dir=root))
+        export_decoder(decoder, scratch, [variant])
+        replace_directory(scratch, directory)
+    return OnnxDecoder(decoder.config, directory, variant, torch.get_num_threads())
+
+
+def weights_version(decoder: CaptionDecoder) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a weight is replaced or changed in place (an optimiser step, loading a
+    state dict): cheap enough to check before every batch. Weights made under
+    `torch.inference_mode()` keep no version, and nothing can train them."""
+    return tuple(
+        (p.data_ptr(), 0 if p.is_inference() else p._version) for p in decoder.parameters()
+    )

@@ -1,0 +1,211 @@
+"""The exported model: its graphs compute what PyTorch computes (fp32 ONNX Runtime gives the same
+captions, greedy and beam 3, on generated images and Flickr8k dev photos), the int8 decoder stays
+within 0.005 CIDEr-D of fp32, `captioner.json` decodes captions as the tokenizer does, and the
+runtime choice ("auto", "onnx", "onnx-fp32", "torch") behaves as documented."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captioner import Captioner
+from captioner.cli import main
+from captioner.onnx import runtime as onnx_runtime
+from captioner.onnx.export import DESCRIPTION_FILE, ImageMemory, kv_shape
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(autouse=True)
+def onnx_cache(tmp_path_factory, monkeypatch):
+    """Exports go to one folder per test session, not the user's cache."""
+    monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "onnx-cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_model, tmp_path_factory):
+    return tiny_model.save_pretrained(tmp_path_factory.mktemp("tiny"))
+
+
+def generated_images(count: int) -> list[Image.Image]:
+    """Gradients, blocks and noise of different sizes and aspect ratios."""
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(count):
+        height, width = int(rng.integers(120, 400)), int(rng.integers(120, 400))
+        y, x = np.mgrid[0:height, 0:width]
+        pixels = np.stack([x * (i + 1) % 255, y * 2 % 255, (x + y * i) % 255], -1).astype(float)
+        top, left = int(rng.integers(0, height // 2)), int(rng.integers(0, width // 2))
+        pixels[top : top + height // 3, left : left + width // 3] = rng.integers(0, 255, 3)
+        pixels += rng.normal(0, 12, pixels.shape)
+        images.append(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)))
+    return images
+
+
+def token_ids(model: Captioner, images, **options) -> list[list[int]]:
+    return [c.token_ids for c in model.caption(images, **options)]
+
+
+def test_decoder_graphs_compute_what_pytorch_computes(tiny_model, tmp_path):
+    """Cross keys/values, logits, the new cache and the attention weights, at several positions
+    (the first step has an empty past), to float rounding."""
+    from captioner.onnx.export import FILES, export_decoder
+    from captioner.onnx.runtime import cpu_session
+
+    decoder = tiny_model.decoder
+    export_decoder(decoder, tmp_path, ["fp32"])
+    image = cpu_session(tmp_path / FILES["fp32"]["image"], 1)
+    step = cpu_session(tmp_path / FILES["fp32"]["step"], 1)
+    torch.manual_seed(0)
+    features = torch.randn(3, decoder.config.image_tokens, decoder.config.image_dim)
+    ids = torch.randint(3, decoder.config.vocab_size, (3, 5))
+    with torch.inference_mode():
+        expected_cross = ImageMemory(decoder)(features)
+        expected = decoder(ids, decoder.encode_image(features), need_weights=True)
+    cross = image.run(None, {"features": features.numpy()})[0]
+    np.testing.assert_allclose(cross, expected_cross.numpy(), atol=1e-5)
+    past = np.zeros(kv_shape(decoder.config, 3, 0), np.float32)
+    for position in range(ids.shape[1]):
+        inputs = {
+            "ids": ids[:, position : position + 1].numpy(),
+            "past_kv": past,
+            "cross_kv": cross,
+        }
+        logits, past, attention = step.run(None, inputs)
+        np.testing.assert_allclose(logits, expected.logits[:, position].numpy(), atol=1e-4)
+        want = expected.cross_attention[:, :, :, position].numpy()
+        np.testing.assert_allclose(attention, want, atol=1e-5)
+        assert past.shape == kv_shape(decoder.config, 3, position + 1)
+    with torch.inference_mode():  # the cache the graph hands back is PyTorch's own
+        cache = decoder.new_cache()
+        decoder(ids, decoder.encode_image(features), cache)
+    torch_past = torch.stack([torch.stack(kv, 1) for kv in cache.self_kv], 1)
+    np.testing.assert_allclose(past, torch_past.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_fp32_onnx_gives_pytorchs_captions_on_generated_images(tiny_dir, beam_size):
+    images = generated_images(6)
+    torch_model = Captioner.from_pretrained(tiny_dir, runtime="torch")
+    onnx_model = Captioner.from_pretrained(tiny_dir, runtime="onnx-fp32")
+    expected = torch_model.caption(images, beam_size=beam_size, return_attention=True)
+    got = onnx_model.caption(images, beam_size=beam_size, return_attention=True)
+    assert onnx_model._onnx is not None and onnx_model._onnx[1].variant == "fp32"
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    for mine, theirs in zip(got, expected):
+        assert mine.score == pytest.approx(theirs.score, abs=1e-4)
+        assert mine.attention.shape == theirs.attention.shape
+        np.testing.assert_allclose(mine.attention, theirs.attention, atol=1e-5)
+
+
+def test_fp32_onnx_gives_pytorchs_captions_on_flickr8k_dev(flickr8k):
+    from captioner.data import load_records
+
+    paths = [r.image for r in load_records(flickr8k, "dev")[:40]]
+    torch_model = Captioner.from_pretrained(runtime="torch")
+    onnx_model = Captioner.from_pretrained(runtime="onnx-fp32")
+    for beam_size in (1, 3):
+        expected = token_ids(torch_model, paths, beam_size=beam_size)
+        assert token_ids(onnx_model, paths, beam_size=beam_size) == expected
+
+
+def test_export_command_writes_graphs_and_a_description_that_decodes_captions(
+    tiny_dir, tmp_path, capsys
+):
+    out = tmp_path / "onnx"
+    assert main(["export", str(tiny_dir), "--onnx", str(out)]) == 0
+    assert "MB" in capsys.readouterr().out
+    description = json.loads((out / DESCRIPTION_FILE).read_text())
+    for files in description["variants"].values():
+        assert all((out / name).is_file() for name in files.values())
+    model = Captioner.from_pretrained(tiny_dir, runtime="torch")
+    tokens = description["tokens"]
+    assert (tokens["start_id"], tokens["end_id"]) == (model.special.start, model.special.end)
+    assert tokens["banned_ids"] == list(model.special.banned)
+    assert len(tokens["pieces"]) == description["decoder"]["vocab_size"]
+    assert description["generation"]["no_repeat_ngram_size"] == 3
+    assert description["preprocess"]["crop_size"] == model.encoder.preprocess.crop_size
+    # A caption from the pieces and the rules, as a JavaScript port would do it.
+    for text in ["A dog runs across the grass .", "it 's a girl , on a bike !"]:
+        ids = [i for i in model.tokenizer.encode(text) if i not in (1, 0)]
+        joined = re.sub(r"\s+", " ", "".join(tokens["pieces"][i] for i in ids)).strip()
+        for pattern, replacement in tokens["detokenize"]:
+            joined = re.sub(pattern, re.sub(r"\$(\d)", r"\\\1", replacement), joined)
+        assert joined == model.tokenizer.decode(ids)
+    # The encoder graph gives the encoder's tokens.
+    from captioner.onnx.runtime import cpu_session
+
+    pixels = model.pixels(generated_images(2))
+    encoder = cpu_session(out / description["variants"]["int8"]["encoder"], 1)
+    grid = encoder.run(None, {"pixels": pixels.numpy()})[0]
+    np.testing.assert_allclose(grid, model.encoder(pixels).tokens.numpy(), atol=1e-4)
+    assert grid.shape[1:] == (description["decoder"]["image_tokens"], description["encoder"]["dim"])
+
+
+def test_export_command_usage_errors_are_one_line(tiny_dir, tmp_path, capsys):
+    assert main(["export", str(tiny_dir)]) == 2
+    assert "--onnx DIR" in capsys.readouterr().err
+    assert main(["export", str(tiny_dir), "--onnx", str(tmp_path / "x"), "--half"]) == 2
+    assert "--half" in capsys.readouterr().err
+
+
+def test_auto_runtime_decodes_loaded_weights_with_int8_and_changed_ones_with_pytorch(tiny_dir):
+    images = generated_images(3)
+    model = Captioner.from_pretrained(tiny_dir)
+    assert model.runtime == "auto"
+    model.caption(images, beam_size=1)
+    assert model.inference_decoder().variant == "int8"
+    with torch.no_grad():  # as an optimiser step would
+        model.decoder.final_norm.weight.mul_(1.5)
+    assert model.inference_decoder() is model.decoder
+    reference = Captioner.from_pretrained(tiny_dir, runtime="torch")
+    with torch.no_grad():
+        reference.decoder.final_norm.weight.mul_(1.5)
+    assert token_ids(model, images, beam_size=2) == token_ids(reference, images, beam_size=2)
+
+
+def test_onnx_runtime_reexports_changed_weights_and_reuses_the_cache(tiny_dir, monkeypatch):
+    model = Captioner.from_pretrained(tiny_dir, runtime="onnx-fp32")
+    first = model.inference_decoder()
+    again = Captioner.from_pretrained(tiny_dir, runtime="onnx-fp32")
+    monkeypatch.setattr("captioner.onnx.export.export_decoder", pytest.fail)  # cached: no export
+    again.inference_decoder()
+    monkeypatch.undo()
+    with torch.no_grad():
+        model.decoder.final_norm.bias.add_(0.5)
+    assert model.inference_decoder() is not first
+    images = generated_images(2)
+    reference = Captioner.from_pretrained(tiny_dir, runtime="torch")
+    with torch.no_grad():
+        reference.decoder.final_norm.bias.add_(0.5)
+    assert token_ids(model, images, beam_size=1) == token_ids(reference, images, beam_size=1)
+
+
+def test_auto_runtime_falls_back_to_pytorch_without_onnxruntime(tiny_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    model = Captioner.from_pretrained(tiny_dir)
+    images = generated_images(2)
+    expected = token_ids(Captioner.from_pretrained(tiny_dir, runtime="torch"), images)
+    assert token_ids(model, images) == expected
+    assert model.runtime == "torch"
+    with pytest.raises(ImportError):
+        Captioner.from_pretrained(tiny_dir, runtime="onnx").caption(images)
+
+
+def test_unknown_runtime_is_a_clear_error(tiny_dir):
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'; choose one of auto"):
+        Captioner.from_pretrained(tiny_dir, runtime="tensorrt")
+
+
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path / "c"))
+    assert onnx_runtime.cache_root() == tmp_path / "c"
+    monkeypatch.delenv("CAPTIONER_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert onnx_runtime.cache_root() == tmp_path / "x" / "captioner"
