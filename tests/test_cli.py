@@ -8,7 +8,9 @@ from safetensors.torch import load_file
 
 from captioner.cli import COMMANDS, build_parser, main
 from captioner.collection import CollectionConfig
-from captioner.config import GenerationConfig
+from captioner.config import CaptionerConfig, GenerationConfig
+from captioner.hub import BUNDLED_DIR
+from captioner.model_card import MARKER, model_card
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +205,28 @@ def test_python_dash_m_captioner_runs_the_command_line():
         [sys.executable, "-m", "captioner", "--help"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and "caption" in done.stdout and "export" in done.stdout
+
+
+def test_saved_models_carry_a_hub_model_card_and_keep_the_users_own(model_dir, tmp_path):
+    assert main(["export", str(model_dir), str(tmp_path / "mine")]) == 0
+    card = (tmp_path / "mine" / "README.md").read_text()
+    header = card.split("---\n")[1]
+    for line in (
+        'library_name: "captioner"',
+        'pipeline_tag: "image-to-text"',
+        'license: "apache-2.0"',
+        'datasets:\n- "none (test model)"',  # from the model's metadata
+        'metrics:\n- "cider"',
+    ):
+        assert line in header
+    assert 'Captioner.from_pretrained("mine")' in card and "--model mine" in card
+    (tmp_path / "mine" / "README.md").write_text("# my own card\n")
+    assert main(["export", str(model_dir), str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "mine" / "README.md").read_text() == "# my own card\n"
+
+
+def test_the_bundled_model_card_is_the_one_save_pretrained_writes():
+    card = (BUNDLED_DIR / "README.md").read_text()
+    config = CaptionerConfig.load(BUNDLED_DIR / "config.json")
+    assert card == model_card(config, "flickr8k-effnet", None)
+    assert "Captioner.from_pretrained()" in card and card.rstrip().endswith(MARKER)

@@ -1,0 +1,150 @@
+"""The model card `save_pretrained` writes: README.md with the Hugging Face metadata block, so a
+saved folder pushed to the hub is found as an image-to-text model and says how to use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from captioner.config import CaptionerConfig
+from captioner.hub import BUNDLED_DIR
+
+CARD_FILE = "README.md"
+# The last line of every card this module writes: a card without it is the user's, kept as is.
+MARKER = "<!-- written by captioner's save_pretrained; edit freely, then delete this line -->"
+# The code's licence, the default for the weights unless metadata["license"] says otherwise.
+DEFAULT_LICENSE = "apache-2.0"
+# Metric names in the training metadata -> the hub's metric ids.
+_HUB_METRICS = {
+    "bleu1": "bleu",
+    "bleu4": "bleu",
+    "meteor": "meteor",
+    "rouge_l": "rouge",
+    "cider": "cider",
+}
+_METRIC_LABELS = {
+    "bleu1": "BLEU-1",
+    "bleu4": "BLEU-4",
+    "meteor": "METEOR",
+    "rouge_l": "ROUGE-L",
+    "cider": "CIDEr-D",
+    "loss": "loss",
+    "token_acc": "token accuracy",
+}
+
+
+def write_model_card(directory: str | Path, config: CaptionerConfig) -> Path | None:
+    """Write README.md into `directory` unless the user has replaced the card written before."""
+    path = Path(directory) / CARD_FILE
+    if path.is_file() and MARKER not in path.read_text(encoding="utf-8", errors="replace"):
+        return None
+    bundled = path.parent.resolve() == BUNDLED_DIR.resolve()
+    name = path.parent.resolve().name
+    path.write_text(model_card(config, name, None if bundled else name), encoding="utf-8")
+    return path
+
+
+def model_card(config: CaptionerConfig, name: str, load_as: str | None) -> str:
+    """The card's text: metadata block, what the model is, how to use it, how it scored.
+    `load_as`: what `from_pretrained` is given (None: the model bundled with captioner)."""
+    metadata = config.metadata
+    dataset = dataset_name(metadata)
+    metrics = _dev_metrics(metadata)
+    header: dict[str, Any] = {
+        "library_name": "captioner",
+        "pipeline_tag": "image-to-text",
+        "license": metadata.get("license", DEFAULT_LICENSE),
+        "tags": ["image-captioning", "captioner"],
+    }
+    if dataset:
+        header["datasets"] = [dataset]
+    hub_metrics = sorted({_HUB_METRICS[k] for k in metrics if k in _HUB_METRICS})
+    if hub_metrics:
+        header["metrics"] = hub_metrics
+    if config.encoder.source and config.encoder.source.count("/") == 1:
+        header["base_model"] = config.encoder.source
+    decoder, generation = config.decoder, config.generation
+    lines = ["---", *_yaml(header), "---", "", f"# {name}", ""]
+    lines += [
+        f"An image captioning model for the `captioner` library: the "
+        f"frozen `{config.encoder.name}` image encoder"
+        + (f" (`{config.encoder.source}`)" if config.encoder.source else "")
+        + f" and a {decoder.n_layers}-layer, {decoder.d_model}-wide transformer decoder that "
+        f"writes the caption while attending to the encoder's {decoder.image_tokens} patch "
+        f"embeddings ({decoder.vocab_size:,}-token vocabulary).",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from captioner import Captioner",
+        "",
+        f"model = Captioner.from_pretrained({json.dumps(load_as)})  # this folder, or its hub id"
+        if load_as
+        else "model = Captioner.from_pretrained()  # the model bundled with captioner",
+        'print(model.caption("photo.jpg")[0].text)',
+        "```",
+        "",
+        "```bash",
+        "captioner caption photos/ "
+        + (f"--model {load_as} " if load_as else "")
+        + "--output captions.jsonl",
+        "```",
+        "",
+        f"Decoding defaults: beam size {generation.beam_size}, at most "
+        f"{generation.max_new_tokens} tokens, no repeated {generation.no_repeat_ngram_size}-grams.",
+    ]
+    if dataset:
+        lines += ["", "## Training data", "", f"`{dataset}`" + _splits(metadata) + "."]
+    if metrics:
+        split = metadata.get("dev_split", "dev")
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            f"On the `{split}` split, as measured at validation when this checkpoint was kept:",
+            "",
+            "| " + " | ".join(_METRIC_LABELS.get(k, k) for k in metrics) + " |",
+            "| " + " | ".join("---:" for _ in metrics) + " |",
+            "| " + " | ".join(f"{v:.4g}" for v in metrics.values()) + " |",
+        ]
+    lines += ["", MARKER, ""]
+    return "\n".join(lines)
+
+
+def dataset_name(metadata: dict[str, Any]) -> str | None:
+    """`hf:owner/name` -> owner/name; a local dataset folder -> its name (e.g. flickr8k)."""
+    source = metadata.get("data") or metadata.get("dataset")
+    if not isinstance(source, str) or not source:
+        return None
+    if source.startswith("hf:"):
+        return source[3:].split(":")[0]
+    return Path(source).name or source
+
+
+def _dev_metrics(metadata: dict[str, Any]) -> dict[str, float]:
+    metrics = metadata.get("dev_metrics") or {}
+    return {
+        str(k).lower(): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _splits(metadata: dict[str, Any]) -> str:
+    train, dev = metadata.get("train_split"), metadata.get("dev_split")
+    if train and dev:
+        return f": trained on its `{train}` split, selected on `{dev}`"
+    return ""
+
+
+def _yaml(values: dict[str, Any]) -> list[str]:
+    """Flat YAML: JSON scalars are valid YAML, so strings are quoted the JSON way."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            lines.append(f"{key}:")
+            lines += [f"- {json.dumps(item)}" for item in value]
+        else:
+            lines.append(f"{key}: {json.dumps(value)}")
+    return lines
