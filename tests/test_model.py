@@ -178,4 +178,3 @@ def test_several_captions_per_image_hang_off_the_best(tiny_model, photo):
     assert [c.text for c in [samples, *samples.alternatives]] == [
         c.text for c in [again, *again.alternatives]
     ]
-
