@@ -1,7 +1,33 @@
-import { act, fireEvent, render, screen, waitFor } from "@testing-library/react";
+import { act, fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
+import type { CaptioningBackend } from "../backend";
 import { captionResult, modelInfo } from "../test-data";
 import App from "./App";
+
+// The model beside the page, when a test puts one there (ONNX Runtime itself is not run here:
+// e2e/site.e2e.test.mjs runs it in Chromium).
+const device = vi.hoisted(() => ({ backend: null as CaptioningBackend | null }));
+vi.mock("../device/deviceBackend", () => ({
+  MODEL_DIR: "model/",
+  findDeviceModel: async () => device.backend,
+}));
+
+function deviceBackend(tokens = ["a", "cat", "sits"]) {
+  const caption = vi.fn(async () => captionResult(tokens));
+  device.backend = {
+    kind: "device",
+    model: { ...modelInfo, generation: { ...modelInfo.generation, beam_size: 1 }, maxBeamSize: 8 },
+    caption,
+  };
+  return caption;
+}
+
+/** A static file server: no API behind the page. */
+function noServer() {
+  const fetchMock = vi.fn(async () => json({ error: "not found" }, 404));
+  vi.stubGlobal("fetch", fetchMock);
+  return fetchMock;
+}
 
 type Handler = (form: FormData) => Response | Promise<Response>;
 
@@ -24,7 +50,10 @@ const photo = () => new File([new Uint8Array([1, 2, 3])], "dog.jpg", { type: "im
 const captionCalls = (fetchMock: ReturnType<typeof serve>) =>
   fetchMock.mock.calls.filter(([url]) => url === "/api/caption");
 
-afterEach(() => vi.unstubAllGlobals());
+afterEach(() => {
+  vi.unstubAllGlobals();
+  device.backend = null;
+});
 
 test("a chosen photo is captioned, with words, alt text and the model's metrics", async () => {
   const fetchMock = serve(() => json(captionResult()));
@@ -142,4 +171,61 @@ test("the webcam view says so when there is no camera", async () => {
   expect(screen.getByRole("button", { name: "Webcam" })).toHaveAttribute("aria-pressed", "true");
   expect(await screen.findByRole("alert")).toHaveTextContent("no camera access");
   expect(screen.queryByRole("button", { name: "Choose a photo" })).not.toBeInTheDocument();
+});
+
+test("decoding starts from the model's own default beam", async () => {
+  const fetchMock = vi.fn(async (url: string, init?: RequestInit) => {
+    if (url === "/api/health") return json({ status: "ok", model: "bundled" });
+    if (url === "/api/model") return json({ ...modelInfo, generation: { ...modelInfo.generation, beam_size: 4 } });
+    if (url === "/api/caption") return json(captionResult());
+    return json({ error: "not found" }, 404);
+  });
+  vi.stubGlobal("fetch", fetchMock);
+  render(<App />);
+  await screen.findByText(/efficientnet-lite2 encoder/);
+  expect(screen.getByLabelText("Decoding")).toHaveDisplayValue("Beam search (4)");
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  await screen.findByRole("button", { name: "dog" });
+  const call = fetchMock.mock.calls.find(([url]) => url === "/api/caption")!;
+  expect((call[1]!.body as FormData).get("beam_size")).toBe("4");
+});
+
+test("with no server, the model beside the page captions on this device", async () => {
+  const fetchMock = noServer();
+  const caption = deviceBackend();
+  render(<App />);
+  await screen.findByText(/efficientnet-lite2 encoder/);
+  expect(screen.queryByRole("group", { name: "Where to caption" })).not.toBeInTheDocument();
+  expect(screen.getByLabelText("Decoding")).toHaveDisplayValue("Greedy"); // this model's default
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  await screen.findByRole("button", { name: "cat" });
+  expect(caption).toHaveBeenCalledWith(expect.any(File), { beamSize: 1 }, expect.any(AbortSignal));
+  expect(screen.getByText(/ms on this device/)).toBeInTheDocument();
+  expect(screen.queryByRole("alert")).not.toBeInTheDocument();
+  expect(fetchMock.mock.calls.filter(([, init]) => init?.method === "POST")).toHaveLength(0);
+});
+
+test("with a server and a model beside the page, a switch chooses where", async () => {
+  const fetchMock = serve(() => json(captionResult()));
+  const onDevice = deviceBackend();
+  render(<App />);
+  const where = await screen.findByRole("group", { name: "Where to caption" });
+  expect(within(where).getByRole("button", { name: "Server" })).toHaveAttribute("aria-pressed", "true");
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  await screen.findByRole("button", { name: "dog" });
+  expect(captionCalls(fetchMock)).toHaveLength(1);
+
+  await userEvent.click(within(where).getByRole("button", { name: "On this device" }));
+  await screen.findByRole("button", { name: "cat" }); // the same photo, captioned again here
+  expect(onDevice).toHaveBeenCalledTimes(1);
+  expect(captionCalls(fetchMock)).toHaveLength(1);
+  expect(within(where).getByRole("button", { name: "On this device" })).toHaveAttribute("aria-pressed", "true");
+});
+
+test("with neither a server nor a model, the page says what is missing", async () => {
+  noServer();
+  render(<App />);
+  expect(await screen.findByRole("alert")).toHaveTextContent(
+    "No captioning server answers here, and no model came with this page",
+  );
 });
