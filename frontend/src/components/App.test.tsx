@@ -24,7 +24,7 @@ function deviceBackend(tokens = ["a", "cat", "sits"]) {
 
 /** A static file server: no API behind the page. */
 function noServer() {
-  const fetchMock = vi.fn(async () => json({ error: "not found" }, 404));
+  const fetchMock = vi.fn(async (_url: string, _init?: RequestInit) => json({ error: "not found" }, 404));
   vi.stubGlobal("fetch", fetchMock);
   return fetchMock;
 }
@@ -174,7 +174,7 @@ test("the webcam view says so when there is no camera", async () => {
 });
 
 test("decoding starts from the model's own default beam", async () => {
-  const fetchMock = vi.fn(async (url: string, init?: RequestInit) => {
+  const fetchMock = vi.fn(async (url: string, _init?: RequestInit) => {
     if (url === "/api/health") return json({ status: "ok", model: "bundled" });
     if (url === "/api/model") return json({ ...modelInfo, generation: { ...modelInfo.generation, beam_size: 4 } });
     if (url === "/api/caption") return json(captionResult());
