@@ -1,0 +1,79 @@
+"""`captioner export --web`: the static site (page + int8 model) the browser captions with.
+
+The page itself is tested by Vitest and, captioning in Chromium, by frontend/e2e/."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from captioner.cli import main
+from captioner.onnx.export import DESCRIPTION_FILE
+from captioner.onnx.web import MODEL_DIR, site_size, write_site
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture
+def page_dir(tmp_path):
+    """A stand-in for the built page (frontend/dist)."""
+    page = tmp_path / "dist"
+    (page / "assets").mkdir(parents=True)
+    (page / "index.html").write_text("<!doctype html><title>captioner</title>")
+    (page / "assets" / "index.js").write_text("console.log('page')")
+    return page
+
+
+@pytest.fixture(scope="module")
+def site(tiny_model, tmp_path_factory):
+    page = tmp_path_factory.mktemp("page")
+    (page / "index.html").write_text("<!doctype html>")
+    return write_site(tiny_model, tmp_path_factory.mktemp("out") / "site", page)
+
+
+def test_the_site_is_the_page_and_the_int8_model_where_the_page_looks(site):
+    assert (site / "index.html").is_file()
+    description = json.loads((site / MODEL_DIR / DESCRIPTION_FILE).read_text())
+    assert list(description["variants"]) == ["int8"]
+    for name in description["variants"]["int8"].values():
+        assert (site / MODEL_DIR / name).is_file()
+    assert not (site / MODEL_DIR / "decoder_step.onnx").exists()  # no fp32 graphs: size
+    assert site_size(site) == sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+
+
+def test_an_unbuilt_page_is_refused_before_any_export(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="run `make frontend`"):
+        write_site(tiny_model, tmp_path / "site", tmp_path / "no-page")
+    assert not (tmp_path / "site").exists()
+
+
+def test_an_unrelated_folder_is_never_overwritten(tiny_model, tmp_path, page_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(ValueError, match="not a site `--web` wrote"):
+        write_site(tiny_model, folder, page_dir)
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_site_written_before_is_replaced_whole(tiny_model, tmp_path, page_dir):
+    target = tmp_path / "site"
+    write_site(tiny_model, target, page_dir)
+    (target / "stale.txt").write_text("from the last export")
+    write_site(tiny_model, target, page_dir)
+    assert not (target / "stale.txt").exists()
+    assert (target / "assets" / "index.js").is_file()
+    assert {p.name for p in tmp_path.iterdir()} == {"dist", "site"}  # no scratch left behind
+
+
+def test_export_web_usage_errors_are_one_line(tiny_model, tmp_path, capsys):
+    model_dir = tiny_model.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    assert main(["export", str(model_dir), "--web", str(folder)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("captioner: export: ") and "\n" not in error
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
