@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint frontend test-frontend bundled-model
+.PHONY: install demo test lint frontend site test-frontend bundled-model
 FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src -type f)) \
 	frontend/index.html frontend/vite.config.ts frontend/tsconfig.json
 
@@ -28,11 +28,22 @@ frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 
 frontend: frontend/dist/index.html
 
-# The web app with the bundled model at http://127.0.0.1:8000
-demo: install frontend
-	$(VENV)/bin/captioner serve
+# The static site (page + the bundled model's int8 ONNX export) that captions in the browser:
+# `python -m http.server --directory frontend/site`, or `captioner serve --page-dir` it.
+BUNDLED := src/captioner/pretrained/flickr8k-effnet
+frontend/site/index.html: frontend/dist/index.html $(wildcard $(BUNDLED)/*)
+	$(VENV)/bin/captioner export $(BUNDLED) --web frontend/site
+	touch $@
 
-# Component tests (Vitest), then end to end in headless Chromium (skipped where it is missing).
+site: install frontend/site/index.html
+
+# The web app with the bundled model at http://127.0.0.1:8000, captioning on the server or,
+# switched, in the browser
+demo: install site
+	$(VENV)/bin/captioner serve --page-dir frontend/site
+
+# Component tests (Vitest), then end to end in headless Chromium (skipped where it is missing):
+# the page under `captioner serve`, and the exported static site under `python -m http.server`.
 test-frontend: install frontend
 	cd frontend && npm test
 	cd frontend && npm run e2e
