@@ -137,7 +137,16 @@ describe("the exported static site", { skip }, () => {
     await new Promise((r) => setTimeout(r, 15_000));
     const rate = await page.getByTestId("live-rate").textContent();
     await page.getByRole("switch").uncheck();
-    console.log(`# live mode, greedy, in the browser: ${rate} (target >= 3 a second on 2 cores)`);
+    // A peer measured in the same run (the machine may be busy): the server, greedy, one photo
+    // after another.
+    const frame = read(PICTURES[0]);
+    const started = performance.now();
+    for (let i = 0; i < 10; i++) await serverCaption(apiUrl, frame, PICTURES[0], 1);
+    const serverRate = (10_000 / (performance.now() - started)).toFixed(1);
+    console.log(
+      `# live mode, greedy, in the browser: ${rate} (target >= 3 a second on 2 cores); ` +
+        `the server in the same run: ${serverRate} a second`,
+    );
     const captions = Number(rate.split(" ")[0]);
     assert.ok(captions >= 3, `live mode wrote ${captions} captions in 15 s`);
     await screenshot(page, "site-webcam");
