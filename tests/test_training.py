@@ -169,7 +169,7 @@ def test_progress_reaches_a_log_file(dataset, tmp_path, capsys):
     text = printed.out + printed.err
     assert "Epoch 0" in text and "Epoch 1" in text and "train/loss" in text
     # Lightning's advice that does not apply: the frozen encoder is in eval mode on purpose.
-    assert "in eval mode" not in text and "Tip:" not in text and "LeafSpec" not in text
+    assert "module(s) in eval mode" not in text and "Tip:" not in text and "LeafSpec" not in text
 
 
 def test_a_nested_override_keeps_the_other_fields():

@@ -47,7 +47,7 @@ def make_colour_dataset(root: Path) -> Path:
     return root
 
 
-# The tiny model as `--set` flags (and as overrides of the Flickr8k preset below).
+# The tiny model, as overrides of the Flickr8k preset.
 TINY_SETTINGS = {
     "encoder.name": "efficientnet-lite0",
     "decoder.d_model": 32,
@@ -85,11 +85,3 @@ def tiny_config(dataset: Path, tmp_path: Path, **overrides) -> TrainConfig:
         else:
             values[key] = value
     return preset("flickr8k-effnet", **values)
-
-
-def tiny_flags(**extra) -> list[str]:
-    """`--set` flags for the tiny model (and `extra` settings)."""
-    flags = []
-    for key, value in {**TINY_SETTINGS, **extra}.items():
-        flags += ["--set", f"{key}={'none' if value is None else value}"]
-    return flags

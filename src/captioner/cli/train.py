@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --output-dir: the folder of the run to continue")
     try:
         if args.resume:
-            config = resumed_config(args.output_dir, args.preset, **overrides)
+            config = resumed_config(args.output_dir, args.preset, overrides)
         else:
             config = preset(args.preset or DEFAULT_PRESET, **overrides)
     except ValueError as error:

@@ -296,7 +296,7 @@ def contradictions(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
 
 
 def resumed_config(
-    output_dir: str | Path, preset_name: str | None = None, **overrides: Any
+    output_dir: str | Path, preset_name: str | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """The config of the run in `output_dir` (its train_config.json), for `--resume`. A preset
     and overrides may repeat it, and change only `RESUMABLE_CHANGES`; a value that contradicts
@@ -310,7 +310,7 @@ def resumed_config(
         raise ValueError(f"{path} is not a training config: {error}") from None
     if preset_name is not None and preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
-    layers = ([PRESETS[preset_name]] if preset_name else []) + [overrides]
+    layers = ([PRESETS[preset_name]] if preset_name else []) + [overrides or {}]
     for source, layer in zip(
         ("the preset", "the flags") if preset_name else ("the flags",), layers
     ):

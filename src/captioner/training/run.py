@@ -26,6 +26,7 @@ from captioner.config import CaptionerConfig
 from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
 from captioner.features import FeatureCache, build_cache, cached_records, image_source
+from captioner.generation import max_new_tokens_limit
 from captioner.model import Captioner
 from captioner.tokenizer import CaptionTokenizer
 from captioner.training.averaging import DecoderAverage
@@ -212,6 +213,11 @@ def train(
         model = Captioner(
             CaptionerConfig(encoder=config.encoder, decoder=config.decoder), tokenizer
         )
+        # The exported model's default decoding must fit its decoder (a short max_length).
+        generation = model.config.generation
+        generation.max_new_tokens = min(
+            generation.max_new_tokens, max_new_tokens_limit(model.decoder)
+        )
     model.config.metadata.update(
         {"data": config.data, "train_split": config.train_split, "dev_split": config.dev_split}
     )
@@ -245,7 +251,7 @@ def train(
         # Lightning's Rich bar draws nothing into a log file (nohup, SLURM): tqdm writes a line
         # every `refresh_rate` steps, with the loss and the speed.
         callbacks.append(TQDMProgressBar(refresh_rate=NON_TTY_REFRESH_STEPS))
-    with _quiet_lightning():
+    with _quiet_lightning(resume):
         trainer = L.Trainer(
             max_epochs=config.epochs,
             limit_train_batches=config.steps_per_epoch,
@@ -295,11 +301,14 @@ class _NoTips(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_lightning():
+def _quiet_lightning(resume: bool):
     loggers = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
     tips = _NoTips()
+    noise = list(_LIGHTNING_NOISE)
+    if resume:  # a resumed run's checkpoint folder holds its checkpoints, as it should
+        noise.append(r"Checkpoint directory .* exists and is not empty")
     with warnings.catch_warnings():
-        for pattern in _LIGHTNING_NOISE:
+        for pattern in noise:
             warnings.filterwarnings("ignore", message=pattern)
         for logger in loggers:
             logger.addFilter(tips)
