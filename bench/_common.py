@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 from captioner import Captioner, CaptionerConfig, EncoderConfig
 from captioner.encoders.clip import CLIPEncoder
 from captioner.hub import BUNDLED_DIR
+from captioner.onnx.runtime import DEFAULT_RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K_IMAGES = REPO.parent / "shared" / "datasets" / "flickr8k" / "images"
@@ -101,9 +102,9 @@ def model_source(source: str | None) -> str | None:
     return source
 
 
-def load_bundled(source: str | None) -> tuple[Captioner, str]:
+def load_bundled(source: str | None, runtime: str = DEFAULT_RUNTIME) -> tuple[Captioner, str]:
     source = model_source(source)
-    return Captioner.from_pretrained(source), source or "bundled flickr8k-effnet"
+    return Captioner.from_pretrained(source, runtime=runtime), source or "bundled flickr8k-effnet"
 
 
 def random_clip_encoder() -> CLIPEncoder:

@@ -9,6 +9,7 @@ current values in the form of `GOLDEN`.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,10 @@ from captioner.hub import BUNDLED_DIR
 
 DOG_PHOTOS = ["1032122270_ea6f0beedb", "1130369873_d80a1aa59c", "1164131282_b30926f332"]
 
-# Each runtime that decodes with the bundled model must give the golden values.
-RUNTIMES = ["torch"]
+# Each runtime that decodes with the bundled model must give its golden values: "torch" (all in
+# PyTorch) and the default, "auto" (the encoder and the int8 decoder graphs in ONNX Runtime; the
+# float32 graphs give PyTorch's captions, tests/test_onnx.py).
+RUNTIMES = ["torch", "auto"]
 # Flickr8k dev photos (a dog in water, a snowboarder, a girl in the surf) whose greedy and beam-3
 # captions differ, and the image drawn by `generated_image`, which needs no data.
 GOLDEN_PHOTOS = ["1130369873_d80a1aa59c", "2198511848_311d8a8c2f", "2726262796_03bd63a155"]
@@ -43,32 +46,59 @@ class Golden:
 
 
 GOLDEN = {
-    "1130369873_d80a1aa59c": Golden(
-        greedy="a brown dog is swimming in the water.",
-        beam3="a brown dog is splashing in the water.",
-        logits=(-0.7629, 9.8215, 6.8418, 2.6681, 0.6334, 3.6414, -0.2322, 0.0351, 0.1103),
-    ),
-    "2198511848_311d8a8c2f": Golden(
-        greedy="a snowboarder is jumping in the air on a snowy mountain.",
-        beam3="a snowboarder is jumping in the air over a snow covered mountain.",
-        logits=(-0.3872, 9.5951, 6.1491, 4.7111, 4.9417, -0.2253, 0.7520, -2.6273, 0.7725),
-    ),
-    "2726262796_03bd63a155": Golden(
-        greedy="a woman in a black bathing suit is surfing in the ocean.",
-        beam3="a young girl in a bathing suit is surfing in the ocean.",
-        logits=(-0.9037, 8.8446, 5.5115, 7.1856, 2.5428, -1.3244, 4.7822, 0.1732, -0.3560),
-    ),
-    "generated": Golden(
-        greedy="a person is on a bike in the air.",
-        beam3="a person in a blue shirt is on a bike.",
-        logits=(-1.0466, 8.8383, 5.5742, 0.7404, 3.8219, 1.3715, 0.4312, -2.7336, 0.4667),
-    ),
+    "torch": {
+        "1130369873_d80a1aa59c": Golden(
+            greedy="a brown dog is swimming in the water.",
+            beam3="a brown dog is splashing in the water.",
+            logits=(-0.7629, 9.8215, 6.8418, 2.6681, 0.6334, 3.6414, -0.2322, 0.0351, 0.1103),
+        ),
+        "2198511848_311d8a8c2f": Golden(
+            greedy="a snowboarder is jumping in the air on a snowy mountain.",
+            beam3="a snowboarder is jumping in the air over a snow covered mountain.",
+            logits=(-0.3872, 9.5951, 6.1491, 4.7111, 4.9417, -0.2253, 0.7520, -2.6273, 0.7725),
+        ),
+        "2726262796_03bd63a155": Golden(
+            greedy="a woman in a black bathing suit is surfing in the ocean.",
+            beam3="a young girl in a bathing suit is surfing in the ocean.",
+            logits=(-0.9037, 8.8446, 5.5115, 7.1856, 2.5428, -1.3244, 4.7822, 0.1732, -0.3560),
+        ),
+        "generated": Golden(
+            greedy="a person is on a bike in the air.",
+            beam3="a person in a blue shirt is on a bike.",
+            logits=(-1.0466, 8.8383, 5.5742, 0.7404, 3.8219, 1.3715, 0.4312, -2.7336, 0.4667),
+        ),
+    },
+    # The int8 decoder: the same captions, first-step logits within 0.04 of PyTorch's.
+    "auto": {
+        "1130369873_d80a1aa59c": Golden(
+            greedy="a brown dog is swimming in the water.",
+            beam3="a brown dog is splashing in the water.",
+            logits=(-0.7753, 9.7947, 6.8386, 2.6584, 0.6163, 3.6501, -0.2278, 0.0475, 0.0720),
+        ),
+        "2198511848_311d8a8c2f": Golden(
+            greedy="a snowboarder is jumping in the air on a snowy mountain.",
+            beam3="a snowboarder is jumping in the air over a snow covered mountain.",
+            logits=(-0.3809, 9.5881, 6.1298, 4.7208, 4.9336, -0.2584, 0.7636, -2.6185, 0.7477),
+        ),
+        "2726262796_03bd63a155": Golden(
+            greedy="a woman in a black bathing suit is surfing in the ocean.",
+            beam3="a young girl in a bathing suit is surfing in the ocean.",
+            logits=(-0.9097, 8.8481, 5.5094, 7.1593, 2.5511, -1.3241, 4.7612, 0.1645, -0.3681),
+        ),
+        "generated": Golden(
+            greedy="a person is on a bike in the air.",
+            beam3="a person in a blue shirt is on a bike.",
+            logits=(-1.0502, 8.8370, 5.5470, 0.7241, 3.7949, 1.3390, 0.4356, -2.7119, 0.4343),
+        ),
+    },
 }
 
 
 def load_bundled(runtime: str) -> Captioner:
-    assert runtime == "torch", runtime
-    return Captioner.from_pretrained()
+    model = Captioner.from_pretrained(runtime=runtime)
+    if runtime == "auto" and importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed: 'auto' decodes in PyTorch")
+    return model
 
 
 def generated_image() -> Image.Image:
@@ -93,9 +123,10 @@ def first_step_logits(model: Captioner, image: Image.Image | Path) -> list[float
     ids = [model.tokenizer.end_id, *(ids[1] for ids in pieces)]
     with torch.inference_mode():
         features = model.encoder(model.pixels([image])).tokens
-        memory = model.decoder.encode_image(features.to(model.decoder_dtype))
+        decoder = model.inference_decoder()  # what this runtime decodes with
+        memory = decoder.encode_image(features.to(model.decoder_dtype))
         start = torch.tensor([[model.tokenizer.start_id]])
-        logits = model.decoder(start, memory).logits[0, -1].float()
+        logits = decoder(start, memory).logits[0, -1].float()
     return logits[ids].tolist()
 
 
@@ -124,25 +155,32 @@ def test_golden_captions_and_logits(bundled, name, request):
         image = generated_image()
     else:  # skips without the data
         image = request.getfixturevalue("flickr8k") / "images" / f"{name}.jpg"
-    golden = GOLDEN[name]
+    if bundled.runtime == "auto":
+        assert bundled.inference_decoder().variant == "int8"
+    golden = GOLDEN[bundled.runtime][name]
     assert bundled.caption(image, beam_size=1)[0].text == golden.greedy
     assert bundled.caption(image, beam_size=3)[0].text == golden.beam3
     np.testing.assert_allclose(first_step_logits(bundled, image), golden.logits, atol=1e-3)
 
 
-def print_golden(flickr8k: Path) -> None:
-    model = load_bundled(RUNTIMES[0])
+def print_golden(flickr8k: Path, runtime: str) -> None:
+    model = load_bundled(runtime)
+    print(f"    {runtime!r}: {{")
     for name in [*GOLDEN_PHOTOS, GENERATED]:
         image = generated_image() if name == GENERATED else flickr8k / "images" / f"{name}.jpg"
         greedy = model.caption(image, beam_size=1)[0].text
         beam3 = model.caption(image, beam_size=3)[0].text
         logits = ", ".join(f"{value:.4f}" for value in first_step_logits(model, image))
-        print(f"    {name!r}: Golden(\n        greedy={greedy!r},\n        beam3={beam3!r},")
-        print(f"        logits=({logits}),\n    ),")
+        print(
+            f"        {name!r}: Golden(\n            greedy={greedy!r},\n            beam3={beam3!r},"
+        )
+        print(f"            logits=({logits}),\n        ),")
+    print("    },")
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import FLICKR8K
 
-    print_golden(FLICKR8K)
+    for runtime in RUNTIMES:
+        print_golden(FLICKR8K, runtime)

@@ -115,6 +115,24 @@ def test_fp32_onnx_gives_pytorchs_captions_on_flickr8k_dev(flickr8k):
         assert token_ids(onnx_model, paths, beam_size=beam_size) == expected
 
 
+def test_int8_decoder_stays_within_0005_cider_d_of_fp32_on_flickr8k_dev(flickr8k, tmp_path):
+    """All 1000 dev photos, greedy and beam 3, scored as `captioner eval` scores them."""
+    from captioner.data import load_records
+    from captioner.evaluation.evaluate import evaluate
+
+    records = load_records(flickr8k, "dev")
+    assert len(records) == 1000
+    cider = {}
+    for runtime in ("onnx-fp32", "onnx"):
+        model = Captioner.from_pretrained(runtime=runtime)
+        for beam in (1, 3):
+            scores, _ = evaluate(model, records, beam, tmp_path, meteor=False, progress=False)
+            cider[runtime, beam] = scores["cider"]
+        assert model._onnx[1].variant == ("fp32" if runtime == "onnx-fp32" else "int8")
+    for beam in (1, 3):
+        assert abs(cider["onnx", beam] - cider["onnx-fp32", beam]) <= 0.005, cider
+
+
 def test_export_command_writes_graphs_and_a_description_that_decodes_captions(
     tiny_dir, tmp_path, capsys
 ):
