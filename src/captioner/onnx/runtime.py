@@ -28,6 +28,13 @@ import torch
 
 from captioner.config import DecoderConfig
 from captioner.decoder import CaptionDecoder, DecoderOutput
+from captioner.onnx.export import (
+    FILES,
+    FORMAT_VERSION,
+    export_decoder,
+    kv_shape,
+    replace_directory,
+)
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -85,8 +92,6 @@ class OnnxDecoder:
     "memory" is the image's cross-attention keys and values, (batch, L, 2, H, T, E)."""
 
     def __init__(self, config: DecoderConfig, directory: Path, variant: str, threads: int):
-        from captioner.onnx.export import FILES
-
         self.config = config
         self.variant = variant
         self._image = cpu_session(directory / FILES[variant]["image"], threads)
@@ -113,8 +118,6 @@ class OnnxDecoder:
     ) -> DecoderOutput:
         """As `CaptionDecoder.forward`: `ids` (batch, length) follow what `cache` holds; a
         longer `ids` runs one step per position (the teacher-forced pass for attention maps)."""
-        from captioner.onnx.export import kv_shape
-
         cache = cache if cache is not None else self.new_cache()
         if cache.length + ids.shape[1] > self.config.max_length:
             raise ValueError(
@@ -147,8 +150,6 @@ def weights_key(decoder: CaptionDecoder) -> str:
     """Names the decoder's shape and weights exactly, and the export format and tools."""
     import onnxruntime
 
-    from captioner.onnx.export import FORMAT_VERSION
-
     digest = hashlib.sha256()
     facts = [vars(decoder.config), FORMAT_VERSION, torch.__version__, onnxruntime.__version__]
     digest.update(json.dumps(facts, sort_keys=True).encode())
@@ -160,8 +161,6 @@ def weights_key(decoder: CaptionDecoder) -> str:
 
 def exported_decoder(decoder: CaptionDecoder, variant: str) -> OnnxDecoder:
     """The decoder's `variant` graphs in ONNX Runtime, exported into the cache on first use."""
-    from captioner.onnx.export import FILES, export_decoder, replace_directory
-
     root = cache_root() / "onnx"
     directory = root / f"{weights_key(decoder)}-{variant}"
     if not (directory / FILES[variant]["step"]).is_file():
