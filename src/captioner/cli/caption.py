@@ -193,22 +193,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("nothing to caption: give images, folders, --from-list or --data")
 
     model = Captioner.from_pretrained(args.model)
-    options = {
-        field: getattr(args, flag)
-        for flag, field in _GENERATION_FLAGS.items()
-        if getattr(args, flag) is not None
-    }
+    options = _given(args, _GENERATION_FLAGS)
     if args.sample:
         options["do_sample"] = True
-    printer = _Printer(args.json, to_stdout=config.output is None and config.sidecar is None)
-    printer.single = len(items) == 1
+    to_stdout = config.output is None and config.sidecar is None
+    printer = _Printer(args.json, to_stdout, single=len(items) == 1)
     try:
         job = CollectionJob(model, items, config, printer, **options)
     except ValueError as error:
         raise UsageError(str(error)) from None
     summary = _predict(job, args) if distributed else job.run()
-    writes_files = config.output is not None or config.sidecar is not None
-    if not args.quiet and writes_files and job.rank == 0:
+    if not args.quiet and not to_stdout and job.rank == 0:
         print(f"captioner: {summary}", file=sys.stderr)
     return 1 if summary.failed else 0
 
@@ -216,17 +211,22 @@ def run(args: argparse.Namespace) -> int:
 def _collection_config(args: argparse.Namespace) -> CollectionConfig:
     from captioner.cli import UsageError
 
-    values = {
-        field: getattr(args, flag)
-        for flag, field in _COLLECTION_FLAGS.items()
-        if getattr(args, flag) is not None
-    }
+    values = _given(args, _COLLECTION_FLAGS)
     if args.quiet:
         values["progress"] = False
     try:
         return CollectionConfig(**values).validate()
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict:
+    """The config fields of the flags that were given (None: not given, the library decides)."""
+    return {
+        field: getattr(args, flag)
+        for flag, field in flags.items()
+        if getattr(args, flag) is not None
+    }
 
 
 def _predict(job, args: argparse.Namespace):
@@ -251,10 +251,10 @@ def _predict(job, args: argparse.Namespace):
 class _Printer:
     """Rows to standard output (without --output or --sidecar), errors to stderr."""
 
-    def __init__(self, json_lines: bool, to_stdout: bool):
+    def __init__(self, json_lines: bool, to_stdout: bool, single: bool):
         self.json_lines = json_lines
         self.to_stdout = to_stdout
-        self.single = False
+        self.single = single  # one image: just its caption, as before folders were taken
 
     def __call__(self, row: dict) -> None:
         if self.to_stdout and self.json_lines:
