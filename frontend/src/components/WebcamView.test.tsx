@@ -20,3 +20,9 @@ test("until the video plays, capture and live mode are disabled", () => {
   expect(screen.getByRole("switch", { name: /Live: caption every 2 seconds/ })).toBeDisabled();
   expect(screen.getByText("Starting the camera…")).toBeInTheDocument();
 });
+
+test("captioning on the device, live mode goes frame after frame", () => {
+  withCamera(() => new Promise(() => {}));
+  render(<WebcamView onFrame={vi.fn()} busy={false} intervalMs={0} />);
+  expect(screen.getByRole("switch", { name: "Live: caption frame after frame" })).toBeDisabled();
+});
