@@ -8,8 +8,6 @@ export default defineConfig({
   // Relative asset paths: the exported site (`captioner export --web`) works from any folder
   // of any static file server.
   base: "./",
-  // The model's worker imports ONNX Runtime Web lazily, which needs an ES module worker.
-  worker: { format: "es" },
   // `npm run dev` talks to a `captioner serve` running on the default port.
   server: { proxy: { "/api": "http://127.0.0.1:8000" } },
   test: {

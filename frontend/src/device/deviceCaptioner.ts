@@ -1,5 +1,5 @@
 /** The whole in-browser caption of one photo: decode, preprocess, the three ONNX graphs in
- * ONNX Runtime Web (WASM), decoding. Runs in the model's worker (`modelWorker.ts`). */
+ * ONNX Runtime Web (WASM), decoding. */
 
 import type { InferenceSession } from "onnxruntime-web";
 import type { CaptionResult } from "../api";
