@@ -18,10 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import FLICKR8K_IMAGES, header, load_bundled, median, synthetic_jpeg
+from _common import FLICKR8K_IMAGES, header, median, model_source, synthetic_jpeg
 
+from captioner import Captioner
 from captioner.collection import CollectionConfig, caption_collection
 from captioner.collection.job import default_workers
+from captioner.onnx.runtime import DEFAULT_RUNTIME, RUNTIMES
 
 
 def photo_folder(count: int) -> Path:
@@ -43,15 +45,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=CollectionConfig.batch_size)
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME)
     args = parser.parse_args()
 
     header("Collection captioning throughput")
-    model, name = load_bundled(args.model)
+    source = model_source(args.model)
+    model = Captioner.from_pretrained(source, runtime=args.runtime)
+    name = f"{source or 'bundled flickr8k-effnet'}, runtime {args.runtime}"
     folder = photo_folder(args.images)
     paths = sorted(folder.iterdir())
     output = folder.parent / f"{folder.name}.jsonl"
-    source = "Flickr8k photos" if paths[0].name[0].isdigit() else "synthetic JPEGs"
-    print(f"model: {name}; {len(paths)} {source}; batch {args.batch_size}, {args.workers} workers")
+    kind = "Flickr8k photos" if paths[0].name[0].isdigit() else "synthetic JPEGs"
+    print(f"model: {name}; {len(paths)} {kind}; batch {args.batch_size}, {args.workers} workers")
     print(f"rounds: {args.rounds} (median); images/s over the whole folder\n")
 
     def one_by_one(beams: int) -> float:
