@@ -10,6 +10,7 @@ import {
   CAPTIONER,
   CHROMIUM,
   dropFile,
+  dropNotAnImage,
   freePort,
   launchChromium,
   paintedPixels,
@@ -95,9 +96,7 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
   });
 
   test("a file that is not an image gets a clear error", { timeout: 30_000 }, async () => {
-    await page.goto(url);
-    await dropFile(page, Buffer.from("just some text"), "notes.jpg", "image/jpeg");
-    await page.getByText(/That file can't be captioned: .*not an image/).waitFor();
+    await dropNotAnImage(page, url);
   });
 
   test("the webcam captures a frame, and live mode keeps captioning", { timeout: 60_000 }, async () => {

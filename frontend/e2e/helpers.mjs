@@ -95,6 +95,13 @@ export function pasteFile(page, bytes, name, type) {
   );
 }
 
+/** Drop a text file named like a photo on the page at `url`: it must say it can't caption it. */
+export async function dropNotAnImage(page, url) {
+  await page.goto(url);
+  await dropFile(page, Buffer.from("just some text"), "notes.jpg", "image/jpeg");
+  await page.getByText(/That file can't be captioned: .*not an image/).waitFor();
+}
+
 /** How many pixels of the heatmap canvas are painted (alpha above zero). */
 export function paintedPixels(page) {
   return page.evaluate(() => {

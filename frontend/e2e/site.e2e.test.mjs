@@ -12,6 +12,7 @@ import {
   CAPTIONER,
   CHROMIUM,
   dropFile,
+  dropNotAnImage,
   freePort,
   launchChromium,
   paintedPixels,
@@ -122,9 +123,7 @@ describe("the exported static site", { skip }, () => {
   });
 
   test("a file that is not an image gets a clear error", { timeout: 60_000 }, async () => {
-    await page.goto(staticUrl);
-    await dropFile(page, Buffer.from("just some text"), "notes.jpg", "image/jpeg");
-    await page.getByText(/That file can't be captioned: .*not an image/).waitFor();
+    await dropNotAnImage(page, staticUrl);
   });
 
   test("live mode captions webcam frames one after another", { timeout: 120_000 }, async () => {
