@@ -14,6 +14,15 @@ from captioner import Captioner
 FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flickr8k"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Exported ONNX decoders go to this session's temporary folder, not the user's cache, so
+    the tests neither depend on nor fill ~/.cache (subprocesses inherit the variable)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path_factory.mktemp("captioner-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def flickr8k() -> Path:
     if not (FLICKR8K / "captions.jsonl").is_file():
