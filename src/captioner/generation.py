@@ -5,6 +5,9 @@ All of them feed one new token per step through the decoder's key/value cache.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -43,13 +46,51 @@ def generate(
     length fits any decoder), while `Captioner.generation_config` refuses it from users."""
     config.validate()
     max_new = token_limit(decoder, config)
-    if config.do_sample:
-        samples = config.num_return_sequences
-        drawn = _sample(decoder, image.repeat_interleave(samples, dim=0), special, config, max_new)
-        return [_with_alternatives(drawn[i : i + samples]) for i in range(0, len(drawn), samples)]
-    if config.beam_size == 1:
-        return _greedy(decoder, image, special, config, max_new)
-    return _beam_search(decoder, image, special, config, max_new)
+    with _bookkeeping_threads(decoder, image):
+        if config.do_sample:
+            samples = config.num_return_sequences
+            image = image.repeat_interleave(samples, dim=0)
+            drawn = _sample(decoder, image, special, config, max_new)
+            return [
+                _with_alternatives(drawn[i : i + samples]) for i in range(0, len(drawn), samples)
+            ]
+        if config.beam_size == 1:
+            return _greedy(decoder, image, special, config, max_new)
+        return _beam_search(decoder, image, special, config, max_new)
+
+
+# Generations running with one PyTorch thread (see _bookkeeping_threads), and the thread count
+# to restore when the last of them ends.
+_one_thread_lock = threading.Lock()
+_one_thread_users = 0
+_threads_before = 1
+
+
+@contextmanager
+def _bookkeeping_threads(decoder, image: torch.Tensor) -> Iterator[None]:
+    """One PyTorch thread while a decoder outside PyTorch (ONNX Runtime, on CPU) generates.
+
+    PyTorch then only does each step's bookkeeping on (rows, vocab) tensors, which a batch makes
+    large enough for OpenMP to split: waking the second thread, and its spinning after every op,
+    takes the cores ONNX Runtime's threads and the loader processes need (a step's masking,
+    log-softmax and argmax cost 8 ms instead of 0.3 ms on a busy 2-core machine). Counted, so
+    that generations in several threads restore the count only when the last one ends."""
+    global _one_thread_users, _threads_before
+    if isinstance(decoder, torch.nn.Module) or image.device.type != "cpu":
+        yield
+        return
+    with _one_thread_lock:
+        if _one_thread_users == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _one_thread_users += 1
+    try:
+        yield
+    finally:
+        with _one_thread_lock:
+            _one_thread_users -= 1
+            if _one_thread_users == 0:
+                torch.set_num_threads(_threads_before)
 
 
 def max_new_tokens_limit(decoder: CaptionDecoder) -> int:
@@ -113,33 +154,54 @@ def _sample(decoder, image, special, config, max_new) -> list[Hypothesis]:
 
 
 def _token_by_token(decoder, image, special, config, max_new, generator) -> list[Hypothesis]:
-    """Greedy (no generator) or nucleus sampling: one hypothesis per image."""
+    """Greedy (no generator) or nucleus sampling: one hypothesis per image. Ended captions leave
+    the batch (see _worth_compacting), so the decoder mostly runs the captions still going."""
     batch = image.shape[0]
     cache = decoder.new_cache()
     last = torch.full((batch,), special.start, dtype=torch.long, device=image.device)
     history: list[list[int]] = [[] for _ in range(batch)]
     scores = torch.zeros(batch)
-    done = torch.zeros(batch, dtype=torch.bool)
+    live = torch.arange(batch)  # the image of each row the decoder runs
+    ended = torch.zeros(batch, dtype=torch.bool)  # rows whose caption ended, not yet dropped
     temperature = config.temperature if generator is not None else 1.0
     for step in range(max_new):
+        live_history = [history[i] for i in live.tolist()]
         log_probs = _step_log_probs(
-            decoder, last, image, cache, special, history, config, step, temperature
+            decoder, last, image, cache, special, live_history, config, step, temperature
         )
         if generator is None:
             chosen = log_probs.argmax(dim=-1)
         else:
             chosen = _nucleus(log_probs, config.top_p, generator)
         chosen_log_prob = log_probs.gather(1, chosen[:, None])[:, 0].cpu()
-        chosen = torch.where(done.to(chosen.device), special.end, chosen)
-        scores += torch.where(done, 0.0, chosen_log_prob)
-        for row, token in enumerate(chosen.tolist()):
-            if not done[row] and token != special.end:
-                history[row].append(token)
-        done |= (chosen == special.end).cpu()
-        if done.all():
+        chosen = torch.where(ended.to(chosen.device), special.end, chosen)
+        scores[live] += torch.where(ended, 0.0, chosen_log_prob)
+        for ids, token in zip(live_history, chosen.tolist()):
+            if token != special.end:
+                ids.append(token)
+        ended |= (chosen == special.end).cpu()
+        if ended.all():
             break
+        if _worth_compacting(int(ended.sum()), len(ended)):
+            rows = (~ended).nonzero()[:, 0]
+            on_device = rows.to(image.device)
+            cache.reorder(on_device)
+            image, chosen, live, ended = (
+                image[on_device],
+                chosen[on_device],
+                live[rows],
+                ended[rows],
+            )
         last = chosen
     return [Hypothesis(ids, float(score)) for ids, score in zip(history, scores)]
+
+
+def _worth_compacting(dead_rows: int, rows: int) -> bool:
+    """Whether to drop the rows of ended captions (or done images) from the batch now: once they
+    are a quarter of it. Each drop copies the rows kept (their cache, and the image's keys and
+    values, a megabyte a row for the bundled model), which costs more than running a few dead
+    rows for some steps, but much less than running a quarter of the batch to the end."""
+    return dead_rows > 0 and 4 * dead_rows >= rows
 
 
 def _nucleus(log_probs: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
@@ -169,7 +231,9 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
 
     Finished hypotheses are scored as sum(log p) / length ** length_penalty; an image is done once
     it has `beam_size` of them and no live hypothesis could still beat the worst. Each image's
-    best `num_return_sequences` of them are returned (distinct token sequences).
+    best `num_return_sequences` of them are returned (distinct token sequences). Done images
+    leave the batch (see _worth_compacting), so the decoder mostly runs the images still
+    searching.
     """
     batch, beams = image.shape[0], config.beam_size
     device = image.device
@@ -182,6 +246,7 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
     beam_scores[:, 0] = 0.0
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
+    searching = list(range(batch))  # the images whose beams the decoder runs, in row order
 
     def normalised(score: float, length: int) -> float:
         return score / max(length, 1) ** config.length_penalty
@@ -189,15 +254,16 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
     for step in range(max_new):
         log_probs = _step_log_probs(decoder, last, image, cache, special, history, config, step)
         vocab = log_probs.shape[-1]
-        candidates = (beam_scores[:, :, None] + log_probs.view(batch, beams, vocab)).view(batch, -1)
-        top_scores, top_index = (t.tolist() for t in candidates.topk(2 * beams, dim=-1))
+        images = len(searching)
+        candidates = beam_scores[:, :, None] + log_probs.view(images, beams, vocab)
+        top_scores, top_index = (t.tolist() for t in candidates.view(images, -1).topk(2 * beams))
         next_rows, next_tokens, next_scores = [], [], []
-        for b in range(batch):
+        for slot, b in enumerate(searching):
             kept = 0
-            for score, index in zip(top_scores[b], top_index[b]):
+            for score, index in zip(top_scores[slot], top_index[slot]):
                 if done[b] or score == float("-inf") or kept == beams:
                     break
-                row, token = b * beams + index // vocab, index % vocab
+                row, token = slot * beams + index // vocab, index % vocab
                 if token == special.end:  # `step` tokens plus the end token
                     finished[b].append(Hypothesis(list(history[row]), normalised(score, step + 1)))
                     continue
@@ -205,31 +271,43 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
                 next_tokens.append(token)
                 next_scores.append(score)
                 kept += 1
-            for _ in range(beams - kept):  # a finished image: pad with dead rows
-                next_rows.append(b * beams)
+            for _ in range(beams - kept):  # a done image: pad with dead rows
+                next_rows.append(slot * beams)
                 next_tokens.append(special.end)
                 next_scores.append(float("-inf"))
             if not done[b] and len(finished[b]) >= beams:
                 worst = sorted(h.score for h in finished[b])[-beams]
                 # log-probs only fall, so a live beam is unlikely to end above this (as in HF)
                 done[b] = normalised(max(next_scores[-beams:]), step + 2) <= worst
-        if all(done):
+        going = [slot for slot, b in enumerate(searching) if not done[b]]
+        if not going:
             break
+        compact = _worth_compacting(images - len(going), images)
+        if compact:
+            kept_rows = [slot * beams + k for slot in going for k in range(beams)]
+            next_rows, next_tokens, next_scores = (
+                [values[i] for i in kept_rows] for values in (next_rows, next_tokens, next_scores)
+            )
+            searching = [searching[slot] for slot in going]
+        rows = torch.tensor(next_rows, device=device)
         # A row only inherits from a beam of its own image, whose cross-attention keys and values
-        # are the same: only the self-attention cache needs reordering.
-        cache.reorder(torch.tensor(next_rows, device=device), cross=False)
+        # are the same: only the self-attention cache needs reordering, unless images left.
+        cache.reorder(rows, cross=compact)
+        if compact:
+            image = image[rows]
         history = [history[row] + [token] for row, token in zip(next_rows, next_tokens)]
-        beam_scores = torch.tensor(next_scores, device=device).view(batch, beams)
+        beam_scores = torch.tensor(next_scores, device=device).view(len(searching), beams)
         last = torch.tensor(next_tokens, device=device)
 
     results = []
     for b in range(batch):
         pool = list(finished[b])
         if not done[b]:  # out of length: live beams compete with the finished ones
+            slot = searching.index(b)
             for k in range(beams):
-                score = float(beam_scores[b, k])
+                score = float(beam_scores[slot, k])
                 if score > float("-inf"):
-                    pool.append(Hypothesis(history[b * beams + k], normalised(score, max_new)))
+                    pool.append(Hypothesis(history[slot * beams + k], normalised(score, max_new)))
         pool.sort(key=lambda h: h.score, reverse=True)
         results.append(_with_alternatives(pool[: config.num_return_sequences]))
     return results
