@@ -54,6 +54,7 @@ def test_attention_maps_shape_and_meaning(tiny_model, photo):
 def test_save_and_load_round_trip(tiny_model, photo, tmp_path):
     directory = tiny_model.save_pretrained(tmp_path / "model")
     assert sorted(p.name for p in directory.iterdir()) == [
+        "README.md",  # the model card
         "config.json",
         "model.safetensors",
         "tokenizer.json",
