@@ -87,32 +87,32 @@ class GenerationConfig:
         """Raise ValueError, saying the allowed range, for any setting that would decode
         nonsense or silently do something else; returns self. `max_new_tokens_limit`: the most
         tokens the model can write (its max_length - 1), when known."""
-        _check_int("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
-        _check_int(
+        check_int("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
+        check_int(
             "max_new_tokens",
             self.max_new_tokens,
             1,
             max_new_tokens_limit,
             "the longest this model writes",
         )
-        _check_int("min_new_tokens", self.min_new_tokens, 1, self.max_new_tokens, "max_new_tokens")
+        check_int("min_new_tokens", self.min_new_tokens, 1, self.max_new_tokens, "max_new_tokens")
         if not isinstance(self.do_sample, bool):
             raise ValueError(f"do_sample must be true or false, got {self.do_sample!r}")
         if self.do_sample:
-            _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
+            check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
         else:
             why = "beam_size: the best beams; or do_sample=True for samples"
-            _check_int("num_return_sequences", self.num_return_sequences, 1, self.beam_size, why)
-        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, None)
-        _check_number("length_penalty", self.length_penalty)
-        _check_number("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _check_number("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
+            check_int("num_return_sequences", self.num_return_sequences, 1, self.beam_size, why)
+        check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, None)
+        check_number("length_penalty", self.length_penalty)
+        check_number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        check_number("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
         if self.seed is not None:
-            _check_int("seed", self.seed, 0, 2**64 - 1)
+            check_int("seed", self.seed, 0, 2**64 - 1)
         return self
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None, why: str = "") -> None:
+def check_int(name: str, value: Any, low: int, high: int | None, why: str = "") -> None:
     allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
     if why and high is not None:
         allowed += f" ({why})"
@@ -122,13 +122,16 @@ def _check_int(name: str, value: Any, low: int, high: int | None, why: str = "")
         raise ValueError(f"{name} must be {allowed}, got {value}")
 
 
-def _check_number(
+def check_number(
     name: str, value: Any, low: float | None = None, high: float | None = None, low_open=False
 ) -> None:
-    """A finite real number, within [low, high] (or (low, high]) when given."""
-    allowed = "a finite number"
+    """A finite real number, within [low, high] (or (low, high]) where they are given."""
+    bounds = []
     if low is not None:
-        allowed = f"a number {'>' if low_open else '>='} {low} and <= {high}"
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    allowed = "a number " + " and ".join(bounds) if bounds else "a finite number"
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     if (

@@ -15,7 +15,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from captioner.collection.job import CollectionJob, CollectionSummary, LoadedBatch
-from captioner.config import _check_int
+from captioner.config import check_int
 
 
 class CollectionPredictor(L.LightningModule):
@@ -62,8 +62,8 @@ def predict_collection(
     """Run `job` as a Lightning predict job; every rank returns the same summary (its counts
     summed over the ranks). ValueError for devices, nodes or a strategy Lightning refuses."""
     if devices != "auto":
-        _check_int("devices", devices, 1, None)
-    _check_int("num_nodes", num_nodes, 1, None)
+        check_int("devices", devices, 1, None)
+    check_int("num_nodes", num_nodes, 1, None)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device and tip notes
     module = CollectionPredictor(job)
     try:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from captioner.collection.inputs import ImageItem, find_images, unique
 from captioner.collection.rows import Row, RowFile, Sidecars, interleave, is_caption, merge_rows
-from captioner.config import _check_int
+from captioner.config import check_int
 from captioner.images import ImageLoadError, UnsupportedImageError
 from captioner.model import Caption, Captioner
 from captioner.transforms import Preprocess
@@ -63,9 +63,9 @@ class CollectionConfig:
 
     def validate(self) -> CollectionConfig:
         """Raise ValueError saying the allowed values; returns self."""
-        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         if self.num_workers is not None:
-            _check_int("num_workers", self.num_workers, 0, MAX_WORKERS)
+            check_int("num_workers", self.num_workers, 0, MAX_WORKERS)
         for name in ("prefix", "suffix"):
             value = getattr(self, name)
             if not isinstance(value, str) or len(value) > MAX_AFFIX_LENGTH:

@@ -5,7 +5,6 @@ override the defaults, and the command line's flags override both."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import typing
 from collections.abc import Mapping
@@ -14,13 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from captioner.config import check_int, check_number, parse_value
 from captioner.images import DEFAULT_MAX_PIXELS
+from captioner.onnx.web import DEFAULT_PAGE_DIR
 
 ENV_PREFIX = "CAPTIONER_"
-# Where `npm run build` in frontend/ puts the page (an editable install runs from the checkout).
-DEFAULT_PAGE_DIR = Path(__file__).resolve().parents[3] / "frontend" / "dist"
-_KIND_NAMES = {int: "an integer", float: "a number"}
-_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 @dataclass(frozen=True)
@@ -45,14 +42,14 @@ class ServerSettings:
     page_dir: Path = DEFAULT_PAGE_DIR
 
     def __post_init__(self) -> None:
-        _check_int("port", self.port, 0, 65535)
-        _check_number("max_upload_mb", self.max_upload_mb, 0, None, low_open=True)
-        _check_int("max_pixels", self.max_pixels, 1, None)
-        _check_int("max_batch_size", self.max_batch_size, 1, 256)
-        _check_number("batch_wait_ms", self.batch_wait_ms, 0, 10_000)
-        _check_int("max_queue", self.max_queue, 1, None)
-        _check_number("request_timeout_s", self.request_timeout_s, 0, None, low_open=True)
-        _check_int("decode_workers", self.decode_workers, 1, 64)
+        check_int("port", self.port, 0, 65535)
+        check_number("max_upload_mb", self.max_upload_mb, 0, None, low_open=True)
+        check_int("max_pixels", self.max_pixels, 1, None)
+        check_int("max_batch_size", self.max_batch_size, 1, 256)
+        check_number("batch_wait_ms", self.batch_wait_ms, 0, 10_000)
+        check_int("max_queue", self.max_queue, 1, None)
+        check_number("request_timeout_s", self.request_timeout_s, 0, None, low_open=True)
+        check_int("decode_workers", self.decode_workers, 1, 64)
         if not self.host:
             raise ValueError("host must be an address or name to listen on, got ''")
         for origin in self.cors_origins:
@@ -85,39 +82,11 @@ class ServerSettings:
 
 
 def _parse(name: str, text: str, kind: Any) -> Any:
-    """One environment variable's text as the field's type."""
-    if kind == (str | None):
-        return text or None
-    if kind is bool:
-        if text.strip().lower() not in _BOOLEANS:
-            raise ValueError(f"{name} must be true or false (yes/no, 1/0), got {text!r}")
-        return _BOOLEANS[text.strip().lower()]
+    """One environment variable's text as the field's type (an empty text unsets a path)."""
+    if kind == (str | None) and not text:
+        return None
+    if kind is Path:
+        return Path(text)
     if kind == tuple[str, ...]:
         return tuple(item.strip() for item in text.split(",") if item.strip())
-    try:
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"{name} must be {_KIND_NAMES[kind]}, got {text!r}") from None
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
-    allowed = f"from {low} to {high}" if high is not None else f">= {low}"
-    if isinstance(value, bool) or not isinstance(value, int) or not _within(value, low, high):
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
-
-
-def _check_number(
-    name: str, value: Any, low: float, high: float | None, low_open: bool = False
-) -> None:
-    allowed = f"from {low} to {high}" if high is not None else f"{'>' if low_open else '>='} {low}"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not _within(value, low, high, low_open)
-    ):
-        raise ValueError(f"{name} must be a number {allowed}, got {value!r}")
-
-
-def _within(value: float, low: float, high: float | None, low_open: bool = False) -> bool:
-    return (value > low if low_open else value >= low) and (high is None or value <= high)
+    return parse_value(name, text, kind)
