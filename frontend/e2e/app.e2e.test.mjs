@@ -51,7 +51,7 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
   });
 
   test("a dropped photo is captioned, and hovering a word draws its heatmap", {
-    skip: !photo && `no Flickr8k photos at ${PHOTOS}`,
+    skip: !photo && `no photos at ${PHOTOS}`,
     timeout: 60_000,
   }, async () => {
     await page.goto(url);

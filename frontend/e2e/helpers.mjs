@@ -1,14 +1,20 @@
 // Shared by the end-to-end tests: ports, processes, Chromium, and page helpers.
-import { existsSync, readdirSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 export const CHROMIUM = "/usr/bin/chromium";
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-export const PHOTOS = join(ROOT, "../shared/datasets/flickr8k/images");
+const FLICKR8K = join(ROOT, "../shared/datasets/flickr8k/images");
 export const PYTHON = join(ROOT, ".venv/bin/python");
+// Flickr8k photos where the data set is here; else (or with E2E_GENERATED_PHOTOS=1) photos drawn
+// by Pillow, so the tests run on a machine without the data too.
+export const PHOTOS =
+  existsSync(FLICKR8K) && !process.env.E2E_GENERATED_PHOTOS ? FLICKR8K : drawPhotos(3);
 export const CAPTIONER = join(ROOT, ".venv/bin/captioner");
 export const SCREENSHOTS = process.env.E2E_SCREENSHOTS; // a folder to save what the page looked like
 const CHROMIUM_FLAGS = [
@@ -24,9 +30,8 @@ const CHROMIUM_FLAGS = [
   "--use-fake-ui-for-media-stream",
 ];
 
-/** The first `count` Flickr8k photos by name (none where the data set is missing). */
+/** The first `count` photos by name. */
 export function photos(count) {
-  if (!existsSync(PHOTOS)) return [];
   return readdirSync(PHOTOS)
     .filter((f) => f.endsWith(".jpg"))
     .sort()
@@ -150,4 +155,22 @@ export async function serverCaption(url, bytes, name, beamSize) {
 
 export async function screenshot(page, name) {
   if (SCREENSHOTS) await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+}
+
+/** A folder of `count` 500x375 JPEGs: gradients with a few shapes, different for each. */
+function drawPhotos(count) {
+  const folder = mkdtempSync(join(tmpdir(), "captioner-e2e-photos-"));
+  const draw = `
+import sys
+from PIL import Image, ImageDraw
+for i in range(${count}):
+    image = Image.linear_gradient("L").resize((500, 375)).convert("RGB")
+    pen = ImageDraw.Draw(image)
+    pen.ellipse((60 + 40 * i, 80, 260 + 40 * i, 300), fill=(200, 40 * i, 30))
+    pen.rectangle((300, 40 + 30 * i, 460, 200), fill=(20, 120, 200 - 60 * i))
+    image.save(f"{sys.argv[1]}/generated-{i}.jpg", quality=90)
+`;
+  const result = spawnSync(PYTHON, ["-c", draw, folder]);
+  if (result.status !== 0) throw new Error(`drawing the test photos failed: ${result.stderr}`);
+  return folder;
 }

@@ -32,7 +32,7 @@ const BUNDLED = join(ROOT, "src/captioner/pretrained/flickr8k-effnet");
 const PICTURES = photos(3);
 const skip =
   (!existsSync(CHROMIUM) && `${CHROMIUM} is missing`) ||
-  (PICTURES.length === 0 && `no Flickr8k photos at ${PHOTOS}`);
+  (PICTURES.length === 0 && `no photos at ${PHOTOS}`);
 
 function sizeOf(directory) {
   return readdirSync(directory, { recursive: true })
