@@ -130,6 +130,8 @@ def test_dataset_source_is_read_with_load_records(tiny_model, tmp_path):
     rows = []
     caption_collection(tiny_model, items, fast(), rows.append, beam_size=1)
     assert [row["image"] for row in rows] == ["images/p1.jpg", "images/p2.jpg"]
+    with pytest.raises(ValueError, match="no images in split 'test' of"):
+        dataset_images(data, "test")  # a split the data set does not have, said as such
 
 
 def test_unreadable_images_are_error_rows_and_the_rest_go_on(tiny_model, tmp_path):

@@ -68,8 +68,12 @@ def dataset_images(source: str | Path, split: str | None = None) -> list[ImageIt
     from captioner.data import load_records
 
     root = Path(source) if Path(source).is_dir() else Path(source).parent
+    records = load_records(source, split)
+    if not records:
+        where = f"split {split!r} of {source}" if split else str(source)
+        raise ValueError(f"no images in {where}")
     items = []
-    for record in load_records(source, split):
+    for record in records:
         if isinstance(record.image, bytes):
             items.append(ImageItem(record.image_id, data=record.image))
         else:
