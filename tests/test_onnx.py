@@ -17,7 +17,7 @@ from PIL import Image
 from captioner import Captioner
 from captioner.cli import main
 from captioner.onnx import runtime as onnx_runtime
-from captioner.onnx.export import DESCRIPTION_FILE, ImageMemory, kv_shape
+from captioner.onnx.export import DESCRIPTION_FILE, ImageMemory, kv_names, kv_shape
 
 pytest.importorskip("onnxruntime")
 
@@ -59,6 +59,7 @@ def test_decoder_graphs_compute_what_pytorch_computes(tiny_model, tmp_path):
     from captioner.onnx.runtime import cpu_session
 
     decoder = tiny_model.decoder
+    layers = decoder.config.n_layers
     export_decoder(decoder, tmp_path, ["fp32"])
     image = cpu_session(tmp_path / FILES["fp32"]["image"], 1)
     step = cpu_session(tmp_path / FILES["fp32"]["step"], 1)
@@ -68,25 +69,27 @@ def test_decoder_graphs_compute_what_pytorch_computes(tiny_model, tmp_path):
     with torch.inference_mode():
         expected_cross = ImageMemory(decoder)(features)
         expected = decoder(ids, decoder.encode_image(features), need_weights=True)
-    cross = image.run(None, {"features": features.numpy()})[0]
-    np.testing.assert_allclose(cross, expected_cross.numpy(), atol=1e-5)
-    past = np.zeros(kv_shape(decoder.config, 3, 0), np.float32)
+    cross = image.run(kv_names("cross", layers), {"features": features.numpy()})
+    for got, want in zip(cross, expected_cross, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+    past = [np.zeros(kv_shape(decoder.config, 3, 0), np.float32)] * (2 * layers)
     for position in range(ids.shape[1]):
         inputs = {
             "ids": ids[:, position : position + 1].numpy(),
-            "past_kv": past,
-            "cross_kv": cross,
+            **dict(zip(kv_names("past", layers), past)),
+            **dict(zip(kv_names("cross", layers), cross)),
         }
-        logits, past, attention = step.run(None, inputs)
+        logits, *past, attention = step.run(None, inputs)
         np.testing.assert_allclose(logits, expected.logits[:, position].numpy(), atol=1e-4)
         want = expected.cross_attention[:, :, :, position].numpy()
         np.testing.assert_allclose(attention, want, atol=1e-5)
-        assert past.shape == kv_shape(decoder.config, 3, position + 1)
+        assert [p.shape for p in past] == [kv_shape(decoder.config, 3, position + 1)] * 2 * layers
     with torch.inference_mode():  # the cache the graph hands back is PyTorch's own
         cache = decoder.new_cache()
         decoder(ids, decoder.encode_image(features), cache)
-    torch_past = torch.stack([torch.stack(kv, 1) for kv in cache.self_kv], 1)
-    np.testing.assert_allclose(past, torch_past.numpy(), atol=1e-5)
+    torch_past = [tensor for kv in cache.self_kv for tensor in kv]
+    for got, want in zip(past, torch_past, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])

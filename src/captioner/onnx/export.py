@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import tempfile
 import warnings
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from captioner.tokenizer import CaptionTokenizer
 
 FORMAT = "captioner-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 OPSET = 17
 DESCRIPTION_FILE = "captioner.json"
 ENCODER_FILE = "encoder.onnx"
@@ -66,42 +67,79 @@ def trace_to_onnx(
         )
 
 
-class ImageMemory(nn.Module):
-    """Encoder features to every layer's cross-attention keys and values (batch, L, 2, H, T, E)."""
-
-    def __init__(self, decoder: CaptionDecoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        memory = self.decoder.encode_image(features)
-        layers = [torch.stack(b.cross_attention.project_kv(memory), 1) for b in self.decoder.blocks]
-        return torch.stack(layers, 1)
-
-
-class DecodingStep(nn.Module):
-    """One token per row through `CaptionDecoder.forward` with its caches filled from tensors."""
-
-    def __init__(self, decoder: CaptionDecoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(
-        self, ids: torch.Tensor, past_kv: torch.Tensor, cross_kv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cache = self.decoder.new_cache()
-        for layer in range(len(self.decoder.blocks)):
-            cache.self_kv[layer] = (past_kv[:, layer, 0], past_kv[:, layer, 1])
-            cache.cross_kv[layer] = (cross_kv[:, layer, 0], cross_kv[:, layer, 1])
-        output = self.decoder(ids, None, cache, need_weights=True)
-        present = torch.stack([torch.stack(kv, 1) for kv in cache.self_kv], 1)
-        return output.logits[:, -1], present, output.cross_attention[:, :, :, -1]
+def kv_names(kind: str, n_layers: int) -> list[str]:
+    """`{kind}_key_0, {kind}_value_0, {kind}_key_1, ...`: one tensor per layer and role, each
+    (batch, H, length, E), so no graph ever slices a packed cache (ONNX Runtime would copy it)."""
+    return [f"{kind}_{role}_{layer}" for layer in range(n_layers) for role in ("key", "value")]
 
 
 def kv_shape(config, batch: int, length: int) -> tuple[int, ...]:
-    """(batch, layers, 2, heads, length, head width): the layout of past_kv and cross_kv."""
-    heads = config.n_heads
-    return (batch, config.n_layers, 2, heads, length, config.d_model // heads)
+    """(batch, heads, length, head width): the shape of each past, present and cross tensor."""
+    return (batch, config.n_heads, length, config.d_model // config.n_heads)
+
+
+class ImageMemory(nn.Module):
+    """Encoder features to every layer's cross-attention key and value, in `kv_names` order."""
+
+    def __init__(self, decoder: CaptionDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        memory = self.decoder.encode_image(features)
+        return tuple(t for b in self.decoder.blocks for t in b.cross_attention.project_kv(memory))
+
+
+class DecodingStep(nn.Module):
+    """`CaptionDecoder.forward` with a cache, written out for one new token per row: with a
+    length of one, heads split and merge by constant reshapes (no transposes, no shape
+    arithmetic in the graph), which keeps the step graph small enough that ONNX Runtime's
+    per-node overhead no longer dominates a step. tests/test_onnx.py checks it against the
+    PyTorch decoder, which stays the reference."""
+
+    def __init__(self, decoder: CaptionDecoder):
+        super().__init__()
+        self.decoder = decoder
+        config = decoder.config
+        self.heads, self.width = config.n_heads, config.d_model
+        self.head_width = config.d_model // config.n_heads
+
+    def forward(self, ids: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`ids` (batch, 1); `kv`: the past, then the cross tensors, each in `kv_names` order.
+        Returns logits (batch, V), the present tensors, cross-attention (batch, L, H, T)."""
+        decoder = self.decoder
+        layers = len(decoder.blocks)
+        past, cross = kv[: 2 * layers], kv[2 * layers :]
+        position = past[0].shape[2]
+        x = decoder.token_embedding(ids) + decoder.positions[:, position : position + 1]
+        present, weights = [], []
+        for layer, block in enumerate(decoder.blocks):
+            h = block.self_norm(x)  # (batch, 1, d)
+            new = block.self_attention.key_value(h).reshape(-1, 2, self.heads, 1, self.head_width)
+            key = torch.cat([past[2 * layer], new[:, 0]], 2)  # (batch, H, position + 1, E)
+            value = torch.cat([past[2 * layer + 1], new[:, 1]], 2)
+            present += [key, value]
+            x = x + self.attend(block.self_attention, h, key, value)[0]
+            image_key, image_value = cross[2 * layer], cross[2 * layer + 1]
+            attended, layer_weights = self.attend(
+                block.cross_attention, block.cross_norm(x), image_key, image_value
+            )
+            x = x + attended
+            x = x + block.mlp(block.mlp_norm(x))
+            weights.append(layer_weights[:, :, 0])  # (batch, H, T)
+        logits = decoder.final_norm(x) @ decoder.token_embedding.weight.T
+        return logits[:, 0], *present, torch.stack(weights, 1)
+
+    def attend(
+        self, attention: nn.Module, x: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One query per row against (batch, H, S, E) keys and values: the output (batch, 1, d)
+        and the weights (batch, H, 1, S)."""
+        query = attention.query(x).reshape(-1, self.heads, 1, self.head_width)
+        scores = query @ key.transpose(-2, -1) / math.sqrt(self.head_width)
+        weights = scores.softmax(dim=-1)
+        mixed = (weights @ value).reshape(-1, 1, self.width)
+        return attention.out(mixed), weights
 
 
 def export_decoder(
@@ -124,27 +162,29 @@ def export_decoder(
         features = torch.zeros(2, config.image_tokens, config.image_dim)
         with torch.no_grad():
             cross = ImageMemory(decoder)(features)
+        cross_names = kv_names("cross", config.n_layers)
+        past_names = kv_names("past", config.n_layers)
+        present_names = kv_names("present", config.n_layers)
         trace_to_onnx(
             ImageMemory(decoder),
             (features,),
             fp32["image"],
             ["features"],
-            ["cross_kv"],
-            {"features": {0: "batch"}, "cross_kv": {0: "batch"}},
+            cross_names,
+            {name: {0: "batch"} for name in ["features", *cross_names]},
         )
-        # Traced at a past of 2 tokens: the position and the concatenation follow past_kv's shape.
+        # Traced at a past of 2 tokens: the position and the concatenation follow the past's shape.
+        past = tuple(torch.zeros(kv_shape(config, 2, 2)) for _ in past_names)
         trace_to_onnx(
             DecodingStep(decoder),
-            (torch.zeros(2, 1, dtype=torch.long), torch.zeros(kv_shape(config, 2, 2)), cross),
+            (torch.zeros(2, 1, dtype=torch.long), *past, *cross),
             fp32["step"],
-            ["ids", "past_kv", "cross_kv"],
-            ["logits", "present_kv", "cross_attention"],
+            ["ids", *past_names, *cross_names],
+            ["logits", *present_names, "cross_attention"],
             {
-                "ids": {0: "batch"},
-                "past_kv": {0: "batch", 4: "past"},
-                "cross_kv": {0: "batch"},
-                "logits": {0: "batch"},
-                "present_kv": {0: "batch", 4: "past_plus_one"},
+                **{name: {0: "batch"} for name in ["ids", *cross_names, "logits"]},
+                **{name: {0: "batch", 2: "past"} for name in past_names},
+                **{name: {0: "batch", 2: "past_plus_one"} for name in present_names},
                 "cross_attention": {0: "batch"},
             },
         )
