@@ -4,13 +4,16 @@ The page itself is tested by Vitest and, captioning in Chromium, by frontend/e2e
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import shutil
 
 import pytest
 
 from captioner.cli import main
-from captioner.onnx.export import DESCRIPTION_FILE
-from captioner.onnx.web import MODEL_DIR, site_size, write_site
+from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
+from captioner.onnx.web import MODEL_DIR, compress_graphs, site_size, write_site
 
 pytest.importorskip("onnxruntime")
 
@@ -40,6 +43,44 @@ def test_the_site_is_the_page_and_the_int8_model_where_the_page_looks(site):
         assert (site / MODEL_DIR / name).is_file()
     assert not (site / MODEL_DIR / "decoder_step.onnx").exists()  # no fp32 graphs: size
     assert site_size(site) == sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+
+
+def test_the_site_keeps_the_decoder_graphs_gzipped_and_onnxruntime_loads_them(site):
+    import onnxruntime as ort
+
+    files = json.loads((site / MODEL_DIR / DESCRIPTION_FILE).read_text())["variants"]["int8"]
+    assert files["image"].endswith(".gz") and files["step"].endswith(".gz")
+    for name in (files["image"], files["step"]):
+        packed = (site / MODEL_DIR / name).read_bytes()
+        graph = gzip.decompress(packed)
+        assert len(packed) < len(graph)
+        ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+
+
+def test_compressed_graphs_load_back_equal_and_what_does_not_shrink_stays_plain(
+    tiny_model, tmp_path
+):
+    plain = export_onnx(tiny_model, tmp_path / "plain", ["int8"])
+    model_dir = tmp_path / "site-model"
+    shutil.copytree(plain, model_dir)
+    (model_dir / "noise.onnx").write_bytes(os.urandom(100_000))  # gzip cannot shrink it
+    description = json.loads((model_dir / DESCRIPTION_FILE).read_text())
+    description["variants"]["int8"]["noise"] = "noise.onnx"
+    (model_dir / DESCRIPTION_FILE).write_text(json.dumps(description))
+
+    compress_graphs(model_dir)
+    files = json.loads((model_dir / DESCRIPTION_FILE).read_text())["variants"]["int8"]
+    assert files["noise"] == "noise.onnx"
+    assert (model_dir / "noise.onnx").is_file() and not (model_dir / "noise.onnx.gz").exists()
+    for graph in ("image", "step"):
+        name = description["variants"]["int8"][graph]
+        assert files[graph] == name + ".gz"
+        assert not (model_dir / name).exists()  # the plain graph is dropped
+        packed = (model_dir / files[graph]).read_bytes()
+        assert gzip.decompress(packed) == (plain / name).read_bytes()
+        assert len(packed) < (plain / name).stat().st_size
+    kept = sorted(p.name for p in model_dir.iterdir())
+    assert kept == sorted([DESCRIPTION_FILE, *files.values()])
 
 
 def test_an_unbuilt_page_is_refused_before_any_export(tiny_model, tmp_path):

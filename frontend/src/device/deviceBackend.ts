@@ -25,7 +25,8 @@ export async function findDeviceModel(directory: string): Promise<CaptioningBack
   if (exported?.format !== FORMAT) return null; // e.g. a dev server's index.html fallback
   if (exported.version !== FORMAT_VERSION) {
     throw new CaptionError(
-      `the model beside this page is format version ${exported.version}; this page reads ${FORMAT_VERSION}`,
+      `the model beside this page is format version ${exported.version} and this page reads ` +
+        `version ${FORMAT_VERSION}: export the site again (captioner export --web) with one captioner`,
       "failed",
     );
   }

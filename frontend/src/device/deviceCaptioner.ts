@@ -1,5 +1,6 @@
 /** The whole in-browser caption of one photo: decode, preprocess, the three ONNX graphs in
- * ONNX Runtime Web (WASM), decoding. */
+ * ONNX Runtime Web (WASM), decoding. The WASM and the graphs come gzip-compressed where the site
+ * stores them so (fetchFile). */
 
 import type { InferenceSession } from "onnxruntime-web";
 import type { CaptionResult } from "../api";
@@ -14,6 +15,7 @@ import {
   tokenStrings,
 } from "./exported";
 import type { ExportedModel } from "./exported";
+import { fetchFile, ORT_WASM_FILE } from "./fetchFile";
 import { generate } from "./generation";
 import { cropBox, normalise, resizeAndCrop } from "./preprocess";
 import { OnnxStepDecoder } from "./stepDecoder";
@@ -43,12 +45,18 @@ export class DeviceCaptioner {
   private load(): Promise<Sessions> {
     this.sessions ??= (async () => {
       const ort = await import("onnxruntime-web/wasm");
+      // The build stores the WASM gzip-compressed (vite.config.ts); `npm run dev` serves it as
+      // the package has it, and ONNX Runtime then finds it itself.
+      if (!import.meta.env.DEV && !ort.env.wasm.wasmBinary) {
+        ort.env.wasm.wasmBinary = await fetchFile(new URL(ORT_WASM_FILE, document.baseURI).href);
+      }
       const files = graphFiles(this.exported);
       const options: InferenceSession.SessionOptions = {
         executionProviders: ["wasm"],
         graphOptimizationLevel: "all",
       };
-      const open = (file: string) => ort.InferenceSession.create(this.directory + file, options);
+      const open = async (file: string) =>
+        ort.InferenceSession.create(await fetchFile(this.directory + file), options);
       const [encoder, image, step] = await Promise.all([
         open(files.encoder),
         open(files.image),
@@ -79,7 +87,7 @@ export class DeviceCaptioner {
     const { features } = await graphs.encoder.run({
       pixels: new ort.Tensor("float32", pixels, [1, 3, size, size]),
     });
-    const { cross_kv } = await graphs.image.run({ features });
+    const imageMemory = await graphs.image.run({ features });
     const encoded = performance.now();
     const decoder = new OnnxStepDecoder(async (feeds) => {
       check();
@@ -92,7 +100,7 @@ export class DeviceCaptioner {
         ]),
       );
       return (await graphs.step.run(tensors)) as unknown as Record<string, Tensor>;
-    }, cross_kv as unknown as Tensor);
+    }, imageMemory as unknown as Record<string, Tensor>, this.exported.decoder.n_layers);
     const best = await generate(
       decoder,
       specialTokens(this.exported),

@@ -3,7 +3,7 @@ import type { ExportedModel } from "./exported";
 
 const model: ExportedModel = {
   format: "captioner-onnx",
-  version: 1,
+  version: 2,
   variants: { int8: { encoder: "encoder.onnx", image: "i.onnx", step: "s.onnx" } },
   encoder: { name: "efficientnet-lite0", grid_h: 1, grid_w: 2, dim: 8 },
   preprocess: { crop_size: 224, resize_size: 224, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], resample: "bicubic" },

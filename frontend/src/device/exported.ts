@@ -7,7 +7,9 @@ import type { DecodingSettings, Hypothesis, SpecialTokens } from "./generation";
 import type { PreprocessConfig } from "./preprocess";
 
 export const FORMAT = "captioner-onnx";
-export const FORMAT_VERSION = 1;
+/** 2: the decoder graphs take and give one tensor per layer (`past_key_{l}`, `cross_key_{l}`,
+ * ...), not the packed `past_kv`/`cross_kv` of 1. */
+export const FORMAT_VERSION = 2;
 
 export interface GraphFiles {
   encoder: string;

@@ -1,5 +1,7 @@
-/** The exported `decoder_step` graph as a `StepDecoder`: it keeps the self-attention cache of
- * every row between steps and the image's cross-attention keys and values, repeated per row. */
+/** The exported `decoder_step` graph as a `StepDecoder`: it keeps every layer's self-attention
+ * cache of every row between steps, and the image's cross-attention keys and values per layer,
+ * repeated per row. One tensor per layer and kind (not one packed tensor) so that ONNX Runtime
+ * reads the image memory in place instead of copying all of it every step. */
 
 import type { StepDecoder, StepOutput } from "./generation";
 
@@ -9,51 +11,85 @@ export interface Tensor {
   dims: readonly number[];
 }
 
-/** One run of the step graph: `ids`, `past_kv`, `cross_kv` in; `logits`, `present_kv`,
- * `cross_attention` out. */
-export type RunStep = (feeds: Record<"ids" | "past_kv" | "cross_kv", Tensor>) => Promise<Record<string, Tensor>>;
+/** One run of the step graph: `ids`, `past_key_{l}`, `past_value_{l}`, `cross_key_{l}`,
+ * `cross_value_{l}` in; `logits`, `present_key_{l}`, `present_value_{l}`, `cross_attention` out. */
+export type RunStep = (feeds: Record<string, Tensor>) => Promise<Record<string, Tensor>>;
+
+/** The names of layer `layer`'s tensors of `kind` ("past", "present" or "cross"). */
+const keyName = (kind: string, layer: number) => `${kind}_key_${layer}`;
+const valueName = (kind: string, layer: number) => `${kind}_value_${layer}`;
 
 export class OnnxStepDecoder implements StepDecoder {
   private rows = 1;
-  private past: Tensor;
+  /** past_key_{l} and past_value_{l}, (rows, H, P, E) each */
+  private past: Record<string, Tensor> = {};
   private crossRows = 1;
-  private cross: Tensor;
+  /** cross_key_{l} and cross_value_{l} repeated to `crossRows` rows */
+  private cross: Record<string, Tensor>;
 
-  /** `crossKv`: one image's (1, L, 2, H, T, E) keys and values from the image graph. */
+  /** `image`: the image graph's outputs for one image, `cross_key_{l}` and `cross_value_{l}`
+   * ((1, H, T, E) each) for each of the decoder's `layers`. */
   constructor(
     private readonly run: RunStep,
-    private readonly crossKv: Tensor,
+    private readonly image: Record<string, Tensor>,
+    private readonly layers: number,
   ) {
-    const [, layers, two, heads, , headDim] = crossKv.dims;
-    this.past = { data: new Float32Array(0), dims: [1, layers, two, heads, 0, headDim] };
-    this.cross = crossKv;
+    this.cross = {};
+    for (let l = 0; l < layers; l++) {
+      for (const name of [keyName("cross", l), valueName("cross", l)]) {
+        const tensor = image[name];
+        if (!tensor) throw new Error(`the image graph gave no ${name} (a model of ${layers} layers)`);
+        if (tensor.dims.length !== 4 || tensor.dims[0] !== 1) {
+          throw new Error(`${name} is (${tensor.dims}), not one image's (1, heads, tokens, width)`);
+        }
+        this.cross[name] = tensor;
+      }
+      const [, heads, , width] = this.cross[keyName("cross", l)].dims;
+      const empty = (): Tensor => ({ data: new Float32Array(0), dims: [1, heads, 0, width] });
+      this.past[keyName("past", l)] = empty();
+      this.past[valueName("past", l)] = empty();
+    }
   }
 
   async step(tokens: number[]): Promise<StepOutput> {
     if (tokens.length !== this.rows) throw new Error(`${tokens.length} tokens for ${this.rows} rows`);
     if (this.crossRows !== this.rows) {
-      this.cross = repeatRows(this.crossKv, this.rows);
+      for (const name of Object.keys(this.cross)) this.cross[name] = repeatRows(this.image[name], this.rows);
       this.crossRows = this.rows;
     }
     const ids: Tensor = { data: BigInt64Array.from(tokens, BigInt), dims: [tokens.length, 1] };
-    const out = await this.run({ ids, past_kv: this.past, cross_kv: this.cross });
-    this.past = out.present_kv;
-    return { logits: out.logits.data as Float32Array, attention: out.cross_attention.data as Float32Array };
+    const out = await this.run({ ids, ...this.past, ...this.cross });
+    for (let l = 0; l < this.layers; l++) {
+      this.past[keyName("past", l)] = output(out, keyName("present", l));
+      this.past[valueName("past", l)] = output(out, valueName("present", l));
+    }
+    return {
+      logits: output(out, "logits").data as Float32Array,
+      attention: output(out, "cross_attention").data as Float32Array,
+    };
   }
 
   reorder(rows: number[]): void {
-    const data = this.past.data as Float32Array;
-    const width = data.length / this.rows;
-    const kept = new Float32Array(width * rows.length);
-    rows.forEach((row, i) => kept.set(data.subarray(row * width, (row + 1) * width), i * width));
-    this.past = { data: kept, dims: [rows.length, ...this.past.dims.slice(1)] };
+    for (const [name, tensor] of Object.entries(this.past)) this.past[name] = takeRows(tensor, rows);
     this.rows = rows.length;
   }
 }
 
-function repeatRows(tensor: Tensor, rows: number): Tensor {
+function output(outputs: Record<string, Tensor>, name: string): Tensor {
+  const tensor = outputs[name];
+  if (!tensor) throw new Error(`the step graph gave no ${name}`);
+  return tensor;
+}
+
+/** `tensor`'s rows (its first axis) in the order `rows` names them, repeats allowed. */
+function takeRows(tensor: Tensor, rows: number[]): Tensor {
   const data = tensor.data as Float32Array;
-  const out = new Float32Array(data.length * rows);
-  for (let r = 0; r < rows; r++) out.set(data, r * data.length);
-  return { data: out, dims: [rows, ...tensor.dims.slice(1)] };
+  const width = data.length / tensor.dims[0];
+  const kept = new Float32Array(width * rows.length);
+  rows.forEach((row, i) => kept.set(data.subarray(row * width, (row + 1) * width), i * width));
+  return { data: kept, dims: [rows.length, ...tensor.dims.slice(1)] };
+}
+
+function repeatRows(tensor: Tensor, rows: number): Tensor {
+  return takeRows(tensor, new Array<number>(rows).fill(0));
 }
