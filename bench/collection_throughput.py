@@ -8,6 +8,10 @@ decode, preprocess, encode and decode the captions of every image; the per-image
 captions in memory, the collection path writes its JSONL file (flushed after each batch). Each
 round times both paths once per decoding mode, alternating, after one untimed warm-up each; the
 figures are the medians over the rounds.
+
+It also times the encoder alone over the folder's pixels (decoded and preprocessed beforehand,
+in batches of `--batch-size`): no path that encodes every image can caption faster than that on
+this machine, so its ratio to the per-image rate bounds what batching can gain.
 """
 
 from __future__ import annotations
@@ -78,6 +82,14 @@ def main() -> None:
         assert summary.captioned == len(paths), summary
         return len(paths) / (time.perf_counter() - started)
 
+    pixels = model.pixels(paths)
+
+    def encoder_alone() -> float:
+        started = time.perf_counter()
+        for start in range(0, len(pixels), args.batch_size):
+            model.encoder(pixels[start : start + args.batch_size])
+        return len(paths) / (time.perf_counter() - started)
+
     modes = {"greedy": 1, "beam 3": 3}
     for beams in modes.values():  # warm-up: ONNX sessions, loader start-up paths, caches
         model.caption([paths[0]], beam_size=beams)
@@ -87,6 +99,7 @@ def main() -> None:
         for mode, beams in modes.items():
             rates.setdefault((mode, "one"), []).append(one_by_one(beams))
             rates.setdefault((mode, "collection"), []).append(collection(beams))
+        rates.setdefault(("encoder", "alone"), []).append(encoder_alone())
 
     print("| decoding | caption([path]) per image | caption_collection | ratio |")
     print("| --- | ---: | ---: | ---: |")
@@ -94,6 +107,13 @@ def main() -> None:
         one = median(rates[(mode, "one")])
         batched = median(rates[(mode, "collection")])
         print(f"| {mode} | {one:.1f} img/s | {batched:.1f} img/s | x{batched / one:.2f} |")
+    ceiling = median(rates[("encoder", "alone")])
+    print(
+        f"\nencoder alone: {ceiling:.1f} img/s, the ceiling for any path that encodes each image:"
+    )
+    for mode in modes:
+        one = median(rates[(mode, "one")])
+        print(f"  x{ceiling / one:.2f} the per-image {mode} rate at most")
     print("\nall rounds (img/s):")
     for (mode, path), values in rates.items():
         print(f"  {mode}, {path}: {', '.join(f'{v:.1f}' for v in values)}")

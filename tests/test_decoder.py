@@ -93,3 +93,32 @@ def test_image_layers_give_every_image_token_the_whole_photo():
         before, after = decoder.encode_image(features), decoder.encode_image(changed)
         assert not torch.allclose(before[0, 0], after[0, 0])
         assert torch.allclose(before[0, 1:], after[0, 1:]) is not others_move
+
+
+def test_an_image_shared_by_its_consecutive_rows_equals_repeating_it(decoder):
+    """Beam search hands each image once for its beams: logits and attention weights as with
+    the image repeated per row, in one pass and step by step with the cache reordered."""
+    image = decoder.encode_image(torch.randn(2, 9, 24))
+    repeated = image.repeat_interleave(3, dim=0)
+    ids = torch.randint(0, 50, (6, 5))
+    shared = decoder(ids, image, need_weights=True)
+    expected = decoder(ids, repeated, need_weights=True)
+    torch.testing.assert_close(shared.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.cross_attention, expected.cross_attention)
+    caches = decoder.new_cache(), decoder.new_cache()
+    rows = torch.tensor([2, 2, 0, 4, 3, 3])  # each row inherits from a beam of its own image
+    for t in range(ids.shape[1]):
+        step = [decoder(ids[:, t : t + 1], m, c).logits for m, c in zip((image, repeated), caches)]
+        torch.testing.assert_close(step[0], step[1], atol=1e-5, rtol=1e-5)
+        caches[0].reorder(rows)
+        caches[1].reorder(rows)
+    # The second image leaves: its rows and its cross-attention rows go.
+    caches[0].reorder(torch.tensor([0, 1, 2]), torch.tensor([0]))
+    caches[1].reorder(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    last = ids[:3, -1:]
+    torch.testing.assert_close(
+        decoder(last, image[:1], caches[0]).logits,
+        decoder(last, repeated[:3], caches[1]).logits,
+        atol=1e-5,
+        rtol=1e-5,
+    )

@@ -240,3 +240,28 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("CAPTIONER_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert onnx_runtime.cache_root() == tmp_path / "x" / "captioner"
+
+
+def test_step_graph_shares_an_image_among_its_consecutive_rows(tiny_model, tmp_path):
+    """Beam search feeds each image once for its beams: the step graph then gives what it gives
+    with the image repeated per row."""
+    from captioner.onnx.export import FILES, export_decoder
+    from captioner.onnx.runtime import cpu_session
+
+    decoder = tiny_model.decoder
+    layers = decoder.config.n_layers
+    export_decoder(decoder, tmp_path, ["fp32"])
+    image = cpu_session(tmp_path / FILES["fp32"]["image"], 1)
+    step = cpu_session(tmp_path / FILES["fp32"]["step"], 1)
+    features = torch.randn(2, decoder.config.image_tokens, decoder.config.image_dim).numpy()
+    shared = image.run(kv_names("cross", layers), {"features": features})
+    repeated = [np.repeat(tensor, 3, axis=0) for tensor in shared]
+    past = [np.random.default_rng(0).normal(size=kv_shape(decoder.config, 6, 2))] * (2 * layers)
+    inputs = {
+        "ids": np.arange(3, 9).reshape(6, 1),
+        **{name: tensor.astype(np.float32) for name, tensor in zip(kv_names("past", layers), past)},
+    }
+    got = step.run(None, {**inputs, **dict(zip(kv_names("cross", layers), shared))})
+    want = step.run(None, {**inputs, **dict(zip(kv_names("cross", layers), repeated))})
+    for mine, theirs in zip(got, want, strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)

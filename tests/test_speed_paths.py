@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from captioner.config import GenerationConfig
-from captioner.decoder import KVCache
 from captioner.encoders.efficientnet import EfficientNetLiteEncoder
 from captioner.transforms import Preprocess
 
@@ -88,17 +87,28 @@ def test_batched_greedy_equals_one_image_at_a_time(tiny_model):
         assert together.score == pytest.approx(single.score, abs=1e-4)
 
 
-def test_beam_search_skipping_the_cross_attention_reorder_changes_nothing(tiny_model, monkeypatch):
-    """Reordering only the self-attention cache gives what reordering all of it gives."""
+def test_beam_search_hands_the_decoder_each_image_once_for_its_beams(tiny_model):
+    """The image memory is never copied per beam: every step sees one image row per image
+    still searching, and `beam_size` rows of tokens for each."""
     torch.manual_seed(1)
     features = torch.randn(3, tiny_model.decoder.config.image_tokens, tiny_model.encoder.dim)
     generation = GenerationConfig(beam_size=3, max_new_tokens=10)
-    fast = tiny_model.generate_from_features(features, generation)
-    reorder = KVCache.reorder
-    monkeypatch.setattr(KVCache, "reorder", lambda cache, index, cross=True: reorder(cache, index))
-    plain = tiny_model.generate_from_features(features, generation)
-    assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
-    assert [c.score for c in fast] == pytest.approx([c.score for c in plain], abs=1e-5)
+    decoder = tiny_model.inference_decoder()
+    calls = []
+
+    def spy(ids, image, cache=None, need_weights=False):
+        calls.append((ids.shape[0], image.shape[0]))
+        return decoder(ids, image, cache, need_weights)
+
+    spy.config, spy.new_cache, spy.encode_image = (
+        decoder.config,
+        decoder.new_cache,
+        decoder.encode_image,
+    )
+    tiny_model.inference_decoder = lambda: spy
+    captions = tiny_model.generate_from_features(features, generation)
+    assert len(captions) == 3 and calls
+    assert all(rows == 3 * images for rows, images in calls), calls
 
 
 def test_large_photos_resize_fast_and_close_small_ones_exactly():

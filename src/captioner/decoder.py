@@ -32,13 +32,18 @@ class KVCache:
         first = self.self_kv[0]
         return 0 if first is None else first[0].shape[2]
 
-    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
-        """Keep rows `index` (beam search picks which hypotheses live on). `cross=False` leaves
-        the cross-attention rows alone, for callers that know they would not change."""
-        for store in (self.self_kv, self.cross_kv) if cross else (self.self_kv,):
-            for i, kv in enumerate(store):
-                if kv is not None:
-                    store[i] = (kv[0].index_select(0, index), kv[1].index_select(0, index))
+    def reorder(self, rows: torch.Tensor, image_rows: torch.Tensor | None = None) -> None:
+        """Keep the self-attention rows `rows` (beam search picks which hypotheses live on),
+        and the cross-attention rows `image_rows` when images leave the batch (None: all stay)."""
+        for i, kv in enumerate(self.self_kv):
+            if kv is not None:
+                self.self_kv[i] = (kv[0].index_select(0, rows), kv[1].index_select(0, rows))
+        for i, kv in enumerate(self.cross_kv):
+            if kv is not None and image_rows is not None:
+                self.cross_kv[i] = (
+                    kv[0].index_select(0, image_rows),
+                    kv[1].index_select(0, image_rows),
+                )
 
 
 class Attention(nn.Module):
@@ -67,11 +72,18 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        query = self._split_heads(self.query(x))
+        """`x` (rows, length, d) against keys and values (sources, H, S, E). With fewer
+        sources than rows, each source serves `rows / sources` consecutive rows (an image's
+        beams): they attend as one longer query, so the source is never copied per row."""
+        query = self._split_heads(self.query(x))  # (rows, H, length, E)
         key, value = kv
+        rows, heads, length, width = query.shape
+        group = rows // key.shape[0]
+        if group > 1:  # (sources, H, group * length, E)
+            query = query.unflatten(0, (-1, group)).transpose(1, 2).flatten(2, 3)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
-            scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])
+            scores = query @ key.transpose(-2, -1) / math.sqrt(width)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.softmax(dim=-1)
@@ -79,8 +91,12 @@ class Attention(nn.Module):
         else:
             weights = None
             mixed = F.scaled_dot_product_attention(query, key, value, mask, dropout)
-        batch, _, length, _ = mixed.shape
-        return self.out(mixed.transpose(1, 2).reshape(batch, length, -1)), weights
+        if group > 1:  # back to (rows, H, length, ...)
+            mixed, weights = (
+                None if t is None else t.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
+                for t in (mixed, weights)
+            )
+        return self.out(mixed.transpose(1, 2).reshape(rows, length, -1)), weights
 
 
 def _mlp(config: DecoderConfig) -> nn.Sequential:
@@ -203,8 +219,10 @@ class CaptionDecoder(nn.Module):
         image_index: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """`ids` (batch, length) follow whatever `cache` already holds; `image` is the memory
-        from `encode_image`. With `image_index`, row i of `ids` reads image image_index[i], so
-        several captions of one image share its projection (training on all captions)."""
+        from `encode_image`, a row per row of `ids`, or a row per image when each image's rows
+        of `ids` are consecutive and equally many (beam search: its beams). With `image_index`,
+        row i of `ids` reads image image_index[i], so several captions of one image share its
+        projection (training on all captions)."""
         offset = 0 if cache is None else cache.length
         length = ids.shape[1]
         if offset + length > self.config.max_length:

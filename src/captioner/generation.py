@@ -185,7 +185,7 @@ def _token_by_token(decoder, image, special, config, max_new, generator) -> list
         if _worth_compacting(int(ended.sum()), len(ended)):
             rows = (~ended).nonzero()[:, 0]
             on_device = rows.to(image.device)
-            cache.reorder(on_device)
+            cache.reorder(on_device, on_device)
             image, chosen, live, ended = (
                 image[on_device],
                 chosen[on_device],
@@ -233,11 +233,10 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
     it has `beam_size` of them and no live hypothesis could still beat the worst. Each image's
     best `num_return_sequences` of them are returned (distinct token sequences). Done images
     leave the batch (see _worth_compacting), so the decoder mostly runs the images still
-    searching.
+    searching. The decoder gets each image once for its `beam_size` consecutive rows.
     """
     batch, beams = image.shape[0], config.beam_size
     device = image.device
-    image = image.repeat_interleave(beams, dim=0)
     cache = decoder.new_cache()
     last = torch.full((batch * beams,), special.start, dtype=torch.long, device=device)
     history: list[list[int]] = [[] for _ in range(batch * beams)]
@@ -282,19 +281,18 @@ def _beam_search(decoder, image, special, config, max_new) -> list[Hypothesis]:
         going = [slot for slot, b in enumerate(searching) if not done[b]]
         if not going:
             break
-        compact = _worth_compacting(images - len(going), images)
-        if compact:
+        kept_images = None
+        if _worth_compacting(images - len(going), images):
             kept_rows = [slot * beams + k for slot in going for k in range(beams)]
             next_rows, next_tokens, next_scores = (
                 [values[i] for i in kept_rows] for values in (next_rows, next_tokens, next_scores)
             )
             searching = [searching[slot] for slot in going]
-        rows = torch.tensor(next_rows, device=device)
-        # A row only inherits from a beam of its own image, whose cross-attention keys and values
-        # are the same: only the self-attention cache needs reordering, unless images left.
-        cache.reorder(rows, cross=compact)
-        if compact:
-            image = image[rows]
+            kept_images = torch.tensor(going, device=device)
+            image = image[kept_images]
+        # A row only inherits from a beam of its own image: the image rows change only when
+        # images leave.
+        cache.reorder(torch.tensor(next_rows, device=device), kept_images)
         history = [history[row] + [token] for row, token in zip(next_rows, next_tokens)]
         beam_scores = torch.tensor(next_scores, device=device).view(len(searching), beams)
         last = torch.tensor(next_tokens, device=device)

@@ -1,7 +1,8 @@
 /** The exported `decoder_step` graph as a `StepDecoder`: it keeps every layer's self-attention
- * cache of every row between steps, and the image's cross-attention keys and values per layer,
- * repeated per row. One tensor per layer and kind (not one packed tensor) so that ONNX Runtime
- * reads the image memory in place instead of copying all of it every step. */
+ * cache of every row between steps, and feeds the image's cross-attention keys and values per
+ * layer once for all rows (the graph shares an image among its consecutive rows: the beams). One
+ * tensor per layer and kind (not one packed tensor) so that ONNX Runtime reads the image memory
+ * in place instead of copying all of it every step. */
 
 import type { StepDecoder, StepOutput } from "./generation";
 
@@ -23,15 +24,14 @@ export class OnnxStepDecoder implements StepDecoder {
   private rows = 1;
   /** past_key_{l} and past_value_{l}, (rows, H, P, E) each */
   private past: Record<string, Tensor> = {};
-  private crossRows = 1;
-  /** cross_key_{l} and cross_value_{l} repeated to `crossRows` rows */
+  /** cross_key_{l} and cross_value_{l}, (1, H, T, E) each: every row reads the one image */
   private cross: Record<string, Tensor>;
 
   /** `image`: the image graph's outputs for one image, `cross_key_{l}` and `cross_value_{l}`
    * ((1, H, T, E) each) for each of the decoder's `layers`. */
   constructor(
     private readonly run: RunStep,
-    private readonly image: Record<string, Tensor>,
+    image: Record<string, Tensor>,
     private readonly layers: number,
   ) {
     this.cross = {};
@@ -53,10 +53,6 @@ export class OnnxStepDecoder implements StepDecoder {
 
   async step(tokens: number[]): Promise<StepOutput> {
     if (tokens.length !== this.rows) throw new Error(`${tokens.length} tokens for ${this.rows} rows`);
-    if (this.crossRows !== this.rows) {
-      for (const name of Object.keys(this.cross)) this.cross[name] = repeatRows(this.image[name], this.rows);
-      this.crossRows = this.rows;
-    }
     const ids: Tensor = { data: BigInt64Array.from(tokens, BigInt), dims: [tokens.length, 1] };
     const out = await this.run({ ids, ...this.past, ...this.cross });
     for (let l = 0; l < this.layers; l++) {
@@ -88,8 +84,4 @@ function takeRows(tensor: Tensor, rows: number[]): Tensor {
   const kept = new Float32Array(width * rows.length);
   rows.forEach((row, i) => kept.set(data.subarray(row * width, (row + 1) * width), i * width));
   return { data: kept, dims: [rows.length, ...tensor.dims.slice(1)] };
-}
-
-function repeatRows(tensor: Tensor, rows: number): Tensor {
-  return takeRows(tensor, new Array<number>(rows).fill(0));
 }

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 FORMAT = "captioner-onnx"
 FORMAT_VERSION = 2
+# Bumped whenever the exported graphs change while their interface (FORMAT_VERSION) does not, so
+# the runtime's cache (`runtime.weights_key`) never serves graphs an older export wrote.
+GRAPHS_REVISION = 3
 OPSET = 17
 DESCRIPTION_FILE = "captioner.json"
 ENCODER_FILE = "encoder.onnx"
@@ -93,9 +97,10 @@ class ImageMemory(nn.Module):
 class DecodingStep(nn.Module):
     """`CaptionDecoder.forward` with a cache, written out for one new token per row: with a
     length of one, heads split and merge by constant reshapes (no transposes, no shape
-    arithmetic in the graph), which keeps the step graph small enough that ONNX Runtime's
-    per-node overhead no longer dominates a step. tests/test_onnx.py checks it against the
-    PyTorch decoder, which stays the reference."""
+    arithmetic in the graph), and each layer's self-attention query, key and value come from one
+    matrix product. That keeps the step graph small enough that ONNX Runtime's per-node overhead
+    no longer dominates a step. tests/test_onnx.py checks it against the PyTorch decoder, which
+    stays the reference."""
 
     def __init__(self, decoder: CaptionDecoder):
         super().__init__()
@@ -103,43 +108,59 @@ class DecodingStep(nn.Module):
         config = decoder.config
         self.heads, self.width = config.n_heads, config.d_model
         self.head_width = config.d_model // config.n_heads
+        self.query_key_value = nn.ModuleList(
+            _stacked(b.self_attention.query, b.self_attention.key_value) for b in decoder.blocks
+        )
 
     def forward(self, ids: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`ids` (batch, 1); `kv`: the past, then the cross tensors, each in `kv_names` order.
-        Returns logits (batch, V), the present tensors, cross-attention (batch, L, H, T)."""
+        """`ids` (rows, 1); `kv`: the past, then the cross tensors, each in `kv_names` order;
+        the cross tensors have a row per row, or a row per image whose rows are consecutive
+        and equally many (its beams, as `CaptionDecoder.forward` takes them). Returns logits
+        (rows, V), the present tensors, cross-attention (rows, L, H, T)."""
         decoder = self.decoder
         layers = len(decoder.blocks)
+        heads, width, head_width = self.heads, self.width, self.head_width
         past, cross = kv[: 2 * layers], kv[2 * layers :]
-        position = past[0].shape[2]
+        position, images = past[0].shape[2], cross[0].shape[0]
+        tokens = decoder.config.image_tokens
         x = decoder.token_embedding(ids) + decoder.positions[:, position : position + 1]
         present, weights = [], []
         for layer, block in enumerate(decoder.blocks):
-            h = block.self_norm(x)  # (batch, 1, d)
-            new = block.self_attention.key_value(h).reshape(-1, 2, self.heads, 1, self.head_width)
-            key = torch.cat([past[2 * layer], new[:, 0]], 2)  # (batch, H, position + 1, E)
-            value = torch.cat([past[2 * layer + 1], new[:, 1]], 2)
+            h = self.query_key_value[layer](block.self_norm(x))  # (rows, 1, 3d)
+            h = h.reshape(-1, 3, heads, 1, head_width)
+            key = torch.cat([past[2 * layer], h[:, 1]], 2)  # (rows, H, position + 1, E)
+            value = torch.cat([past[2 * layer + 1], h[:, 2]], 2)
             present += [key, value]
-            x = x + self.attend(block.self_attention, h, key, value)[0]
-            image_key, image_value = cross[2 * layer], cross[2 * layer + 1]
-            attended, layer_weights = self.attend(
-                block.cross_attention, block.cross_norm(x), image_key, image_value
-            )
-            x = x + attended
+            mixed, _ = self.attend(h[:, 0], key, value)  # (rows, H, 1, E)
+            x = x + block.self_attention.out(mixed.reshape(-1, 1, width))
+            # An image's rows query it together: (images, H, rows per image, E).
+            query = block.cross_attention.query(block.cross_norm(x))
+            query = query.reshape(images, -1, heads, head_width).transpose(1, 2)
+            mixed, layer_weights = self.attend(query, cross[2 * layer], cross[2 * layer + 1])
+            x = x + block.cross_attention.out(mixed.transpose(1, 2).reshape(-1, 1, width))
             x = x + block.mlp(block.mlp_norm(x))
-            weights.append(layer_weights[:, :, 0])  # (batch, H, T)
+            weights.append(layer_weights.transpose(1, 2).reshape(-1, heads, tokens))
         logits = decoder.final_norm(x) @ decoder.token_embedding.weight.T
         return logits[:, 0], *present, torch.stack(weights, 1)
 
     def attend(
-        self, attention: nn.Module, x: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One query per row against (batch, H, S, E) keys and values: the output (batch, 1, d)
-        and the weights (batch, H, 1, S)."""
-        query = attention.query(x).reshape(-1, self.heads, 1, self.head_width)
+        """(n, H, Q, E) queries against (n, H, S, E) keys and values: the output (n, H, Q, E)
+        and the weights (n, H, Q, S)."""
         scores = query @ key.transpose(-2, -1) / math.sqrt(self.head_width)
         weights = scores.softmax(dim=-1)
-        mixed = (weights @ value).reshape(-1, 1, self.width)
-        return attention.out(mixed), weights
+        return weights @ value, weights
+
+
+def _stacked(*layers: nn.Linear) -> nn.Linear:
+    """One Linear computing `layers` side by side (their outputs concatenated)."""
+    weight = torch.cat([layer.weight for layer in layers])
+    stacked = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        stacked.weight.copy_(weight)
+        stacked.bias.copy_(torch.cat([layer.bias for layer in layers]))
+    return stacked
 
 
 def export_decoder(
@@ -202,7 +223,9 @@ class _QuantizerAdvice(logging.Filter):
 
 
 def quantize(source: Path, target: Path) -> None:
-    """int8 weights for every MatMul/Gemm, activations quantised per call (dynamic)."""
+    """int8 weights for every MatMul/Gemm, activations quantised per call (dynamic), and int8
+    lookup tables (`quantize_lookups`)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     advice = _QuantizerAdvice()
@@ -216,6 +239,52 @@ def quantize(source: Path, target: Path) -> None:
         )
     finally:
         logging.getLogger().removeFilter(advice)
+    model = onnx.load(str(target))
+    if quantize_lookups(model.graph):
+        onnx.save(model, str(target))
+
+
+def quantize_lookups(graph) -> int:
+    """Every Gather from a float32 table (the token embedding) reads int8 rows instead, each
+    row with its own scale (largest magnitude / 127), then multiplied back: a quarter of the
+    bytes (the embedding is a quarter of the int8 step graph otherwise). How many it changed."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    tables = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    changed, nodes = 0, []
+    for node in graph.node:
+        table = tables.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or len(table.dims) != 2 or axis != 0:
+            nodes.append(node)
+            continue
+        values = numpy_helper.to_array(table)
+        scale = np.abs(values).max(axis=1, keepdims=True) / 127
+        scale[scale == 0] = 1
+        rows = np.round(values / scale).astype(np.int8)
+        name, (out,) = table.name, node.output
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(rows, f"{name}_int8"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+            ]
+        )
+        nodes += [
+            helper.make_node("Gather", [f"{name}_int8", node.input[1]], [f"{out}_int8"]),
+            helper.make_node("Gather", [f"{name}_scale", node.input[1]], [f"{out}_scale"]),
+            helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out]),
+        ]
+        changed += 1
+    if changed:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {name for node in graph.node for name in node.input}
+        kept = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return changed
 
 
 def token_pieces(tokenizer: CaptionTokenizer) -> list[str]:

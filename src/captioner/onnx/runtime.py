@@ -31,6 +31,7 @@ from captioner.decoder import CaptionDecoder, DecoderOutput
 from captioner.onnx.export import (
     FILES,
     FORMAT_VERSION,
+    GRAPHS_REVISION,
     export_decoder,
     kv_names,
     kv_shape,
@@ -88,12 +89,12 @@ class OnnxCache:
     def length(self) -> int:
         return 0 if self.past is None else self.past[0].shape[2]
 
-    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
-        """Keep rows `index` (beam search). The image's rows follow the `image` of the next
-        call; `cross` is accepted for KVCache's interface."""
+    def reorder(self, rows: torch.Tensor, image_rows: torch.Tensor | None = None) -> None:
+        """Keep the self-attention rows `rows` (beam search). The image's rows follow the
+        `image` of the next call; `image_rows` is accepted for KVCache's interface."""
         if self.past is not None:
-            rows = index.cpu().numpy()
-            self.past = [tensor[rows] for tensor in self.past]
+            kept = rows.cpu().numpy()
+            self.past = [tensor[kept] for tensor in self.past]
 
     def image_inputs(self, image: torch.Tensor) -> list[np.ndarray]:
         """`image` (batch, L, 2, H, T, E) as per-layer contiguous arrays, split again only when
@@ -190,7 +191,8 @@ def weights_key(decoder: CaptionDecoder) -> str:
     import onnxruntime
 
     digest = hashlib.sha256()
-    facts = [vars(decoder.config), FORMAT_VERSION, torch.__version__, onnxruntime.__version__]
+    facts = [vars(decoder.config), FORMAT_VERSION, GRAPHS_REVISION]
+    facts += [torch.__version__, onnxruntime.__version__]
     digest.update(json.dumps(facts, sort_keys=True).encode())
     for name, tensor in decoder.state_dict().items():
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
