@@ -121,7 +121,9 @@ def _step_log_probs(
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """Log-probabilities of the next token for each row, with banned tokens masked out."""
-    logits = decoder(last[:, None], image, cache).logits[:, -1].float() / temperature
+    logits = decoder(last[:, None], image, cache).logits[:, -1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     logits[:, list(special.banned)] = float("-inf")
     if step < config.min_new_tokens:  # every live row has `step` tokens so far
         logits[:, special.end] = float("-inf")
@@ -155,17 +157,19 @@ def _sample(decoder, image, special, config, max_new) -> list[Hypothesis]:
 
 def _token_by_token(decoder, image, special, config, max_new, generator) -> list[Hypothesis]:
     """Greedy (no generator) or nucleus sampling: one hypothesis per image. Ended captions leave
-    the batch (see _worth_compacting), so the decoder mostly runs the captions still going."""
+    the batch (see _worth_compacting), so the decoder mostly runs the captions still going. The
+    bookkeeping per step is plain Python on the chosen tokens: a few rows' worth of tensor ops
+    would cost more than the lists."""
     batch = image.shape[0]
     cache = decoder.new_cache()
     last = torch.full((batch,), special.start, dtype=torch.long, device=image.device)
     history: list[list[int]] = [[] for _ in range(batch)]
-    scores = torch.zeros(batch)
-    live = torch.arange(batch)  # the image of each row the decoder runs
-    ended = torch.zeros(batch, dtype=torch.bool)  # rows whose caption ended, not yet dropped
+    scores = [0.0] * batch
+    live = list(range(batch))  # the image of each row the decoder runs
+    ended = [False] * batch  # rows whose caption ended, not yet dropped
     temperature = config.temperature if generator is not None else 1.0
     for step in range(max_new):
-        live_history = [history[i] for i in live.tolist()]
+        live_history = [history[i] for i in live]
         log_probs = _step_log_probs(
             decoder, last, image, cache, special, live_history, config, step, temperature
         )
@@ -173,27 +177,29 @@ def _token_by_token(decoder, image, special, config, max_new, generator) -> list
             chosen = log_probs.argmax(dim=-1)
         else:
             chosen = _nucleus(log_probs, config.top_p, generator)
-        chosen_log_prob = log_probs.gather(1, chosen[:, None])[:, 0].cpu()
-        chosen = torch.where(ended.to(chosen.device), special.end, chosen)
-        scores[live] += torch.where(ended, 0.0, chosen_log_prob)
-        for ids, token in zip(live_history, chosen.tolist()):
-            if token != special.end:
+        tokens = chosen.tolist()
+        chosen_log_probs = log_probs.gather(1, chosen[:, None])[:, 0].tolist()
+        for row, (ids, token, log_prob) in enumerate(zip(live_history, tokens, chosen_log_probs)):
+            if ended[row]:
+                tokens[row] = special.end
+                continue
+            scores[live[row]] += log_prob
+            if token == special.end:
+                ended[row] = True
+            else:
                 ids.append(token)
-        ended |= (chosen == special.end).cpu()
-        if ended.all():
+        dead = sum(ended)
+        if dead == len(ended):
             break
-        if _worth_compacting(int(ended.sum()), len(ended)):
-            rows = (~ended).nonzero()[:, 0]
-            on_device = rows.to(image.device)
-            cache.reorder(on_device, on_device)
-            image, chosen, live, ended = (
-                image[on_device],
-                chosen[on_device],
-                live[rows],
-                ended[rows],
-            )
-        last = chosen
-    return [Hypothesis(ids, float(score)) for ids, score in zip(history, scores)]
+        if _worth_compacting(dead, len(ended)):
+            kept = [row for row, done in enumerate(ended) if not done]
+            rows = torch.tensor(kept, device=image.device)
+            cache.reorder(rows, rows)
+            image = image[rows]
+            live, tokens = [live[row] for row in kept], [tokens[row] for row in kept]
+            ended = [False] * len(kept)
+        last = torch.tensor(tokens, device=image.device)
+    return [Hypothesis(ids, score) for ids, score in zip(history, scores)]
 
 
 def _worth_compacting(dead_rows: int, rows: int) -> bool:

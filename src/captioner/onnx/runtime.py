@@ -169,7 +169,9 @@ class OnnxDecoder:
             logits.append(step_logits)
             weights.append(attention)
         cross_attention = torch.from_numpy(np.stack(weights, 3)) if need_weights else None
-        return DecoderOutput(torch.from_numpy(np.stack(logits, 1)), cross_attention)
+        # (batch, length, V); one step (generation) needs no copy
+        logits = logits[0][:, None] if len(logits) == 1 else np.stack(logits, 1)
+        return DecoderOutput(torch.from_numpy(logits), cross_attention)
 
     def _step_session(self, rows: int) -> onnxruntime.InferenceSession:
         threads = 1 if rows <= ONE_THREAD_ROWS else self._threads
