@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "onnx", "onnx-fp32", "torch")
 DEFAULT_RUNTIME = "auto"
 # Up to this many rows a decoding step runs faster on one thread than on two (measured on 2
-# cores: 0.76 against 0.98 ms at 1 row, 5.6 against 5.8 ms at 32, 9.6 against 6.8 ms at 48):
+# cores: 0.75 against 0.95 ms at 1 row, 2.9 against 3.0 ms at 16, 9.0 against 6.5 ms at 48):
 # waking the second thread costs more than it saves on so little work.
 ONE_THREAD_ROWS = 32
 
