@@ -334,3 +334,35 @@ def test_two_cpu_processes_caption_the_same_rows_as_one(model_dir, tmp_path):
     done = subprocess.run(distributed, env=env, capture_output=True, text=True, timeout=300)
     assert "11 already done" in done.stderr and double.read_text().count("\n") == 12
     assert sorted(before.splitlines()) == sorted(double.read_text().splitlines())
+
+
+def test_pipelined_runs_the_next_items_first_stage_during_this_ones_second():
+    """The encoder of batch n + 1 runs while batch n decodes; results come in order, and an
+    error in either stage reaches the caller."""
+    import threading
+
+    from captioner.collection.job import pipelined
+
+    started = {item: threading.Event() for item in range(4)}
+    seen = []
+
+    def first(item: int) -> int:
+        started[item].set()
+        return item * 10
+
+    def then(item: int, result: int) -> None:
+        overlapped = item + 1 not in started or started[item + 1].wait(timeout=10)
+        seen.append((item, result, overlapped))
+
+    pipelined(range(4), first, then)
+    assert seen == [(0, 0, True), (1, 10, True), (2, 20, True), (3, 30, True)]
+
+    def failing(item: int) -> int:
+        if item == 2:
+            raise OSError("disk gone")
+        return item
+
+    done = []
+    with pytest.raises(OSError, match="disk gone"):
+        pipelined(range(4), failing, lambda item, _: done.append(item))
+    assert done == [0, 1]
