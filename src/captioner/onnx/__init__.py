@@ -24,5 +24,5 @@ the layers 0..L-1, keys and values as separate tensors so no graph slices a pack
     decoder_step.int8.onnx    dynamic quantisation); the int8 variant shares encoder.onnx
 
 `runtime` runs these graphs inside `Captioner` (`runtime="auto"`: the int8 decoder on CPU when
-onnxruntime is installed). /work/notes/onnx-format.md and the README describe the same format.
+onnxruntime is installed). The README ("Exported model (ONNX)") describes the same format.
 """
