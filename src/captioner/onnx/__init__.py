@@ -21,7 +21,8 @@ the layers 0..L-1, keys and values as separate tensors so no graph slices a pack
                               (one token per row at position P, taken from the past's shape;
                               P = 0 is a zero-length past; P + 1 <= max_length)
     decoder_image.int8.onnx   the same graphs with int8 MatMul/Gemm weights (ONNX Runtime's
-    decoder_step.int8.onnx    dynamic quantisation); the int8 variant shares encoder.onnx
+    decoder_step.int8.onnx    dynamic quantisation) and int8 token-embedding rows with a scale
+                              each; the int8 variant shares encoder.onnx
 
 `runtime` runs these graphs inside `Captioner` (`runtime="auto"`: the int8 decoder on CPU when
 onnxruntime is installed). The README ("Exported model (ONNX)") describes the same format.
