@@ -265,3 +265,40 @@ def test_step_graph_shares_an_image_among_its_consecutive_rows(tiny_model, tmp_p
     want = step.run(None, {**inputs, **dict(zip(kv_names("cross", layers), repeated))})
     for mine, theirs in zip(got, want, strict=True):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def test_int8_step_graph_looks_tokens_up_in_int8_rows(tiny_model, tmp_path):
+    """The token embedding is stored once as int8 rows with a scale each (no float32 copy for
+    the lookup), and a graph whose lookup alone is quantised stays within rounding of fp32."""
+    import onnx
+
+    from captioner.onnx.export import FILES, export_decoder, quantize_lookups
+    from captioner.onnx.runtime import cpu_session
+
+    decoder = tiny_model.decoder
+    config = decoder.config
+    export_decoder(decoder, tmp_path, ["fp32", "int8"])
+    table = [config.vocab_size, config.d_model]
+    int8 = onnx.load(str(tmp_path / FILES["int8"]["step"])).graph
+    floats = [t for t in int8.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert not [t.name for t in floats if list(t.dims) == table]
+    assert [t.data_type for t in int8.initializer if t.name.endswith("_int8")] == [
+        onnx.TensorProto.INT8
+    ]
+    fp32 = onnx.load(str(tmp_path / FILES["fp32"]["step"]))
+    assert quantize_lookups(fp32.graph) == 1
+    layers = config.n_layers
+    inputs = {
+        "ids": np.arange(3, 7).reshape(4, 1),
+        **{n: np.zeros(kv_shape(config, 4, 0), np.float32) for n in kv_names("past", layers)},
+        **{
+            n: np.random.default_rng(1)
+            .normal(size=kv_shape(config, 4, config.image_tokens))
+            .astype(np.float32)
+            for n in kv_names("cross", layers)
+        },
+    }
+    exact = cpu_session(tmp_path / FILES["fp32"]["step"], 1).run(["logits"], inputs)[0]
+    looked_up = cpu_session(fp32.SerializeToString(), 1).run(["logits"], inputs)[0]
+    np.testing.assert_allclose(looked_up, exact, atol=0.02)
+    assert not np.array_equal(looked_up, exact)
