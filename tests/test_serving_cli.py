@@ -44,6 +44,24 @@ def test_flags_reach_the_settings(
     assert capsys.readouterr().out == f"captioner: serving on http://127.0.0.1:{served['port']}\n"
 
 
+def test_the_model_is_warm_before_serving_on(
+    tiny_model: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoder graphs are exported and the sessions open before the port is announced, so
+    the first request does not wait for them."""
+    tiny_model.save_pretrained(tmp_path)
+    monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path / "cache"))
+    warm: dict = {}
+
+    def run(server: uvicorn.Server, sockets=None) -> None:
+        model = server.config.app.state.serving.model
+        warm.update(decoder=model._onnx is not None, encoder=model.encoder._session is not None)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    assert main(["serve", "--model", str(tmp_path), "--port", "0"]) == 0
+    assert warm == {"decoder": True, "encoder": True}
+
+
 def test_environment_variables_under_the_flags(
     tiny_model: Captioner, tmp_path: Path, served: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

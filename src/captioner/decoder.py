@@ -46,6 +46,21 @@ class KVCache:
                 )
 
 
+def check_image_tokens(config: DecoderConfig, features: torch.Tensor) -> None:
+    """ValueError unless `features` (batch, tokens, dim) has the grid this decoder was built for."""
+    if features.shape[1] != config.image_tokens:
+        raise ValueError(
+            f"the decoder was built for {config.image_tokens} image tokens, "
+            f"got {features.shape[1]}: wrong encoder for this model?"
+        )
+
+
+def check_length(config: DecoderConfig, offset: int, length: int) -> None:
+    """ValueError unless `length` more tokens after `offset` fit the learned positions."""
+    if offset + length > config.max_length:
+        raise ValueError(f"sequence of {offset + length} exceeds max_length {config.max_length}")
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
@@ -200,11 +215,7 @@ class CaptionDecoder(nn.Module):
 
     def encode_image(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder grid (batch, tokens, image_dim) to the decoder's memory (batch, tokens, d)."""
-        if features.shape[1] != self.config.image_tokens:
-            raise ValueError(
-                f"the decoder was built for {self.config.image_tokens} image tokens, "
-                f"got {features.shape[1]}: wrong encoder for this model?"
-            )
+        check_image_tokens(self.config, features)
         memory = self.dropout(self.image_projection(features) + self.image_positions)
         for block in self.image_blocks:
             memory = block(memory)
@@ -225,10 +236,7 @@ class CaptionDecoder(nn.Module):
         projection (training on all captions)."""
         offset = 0 if cache is None else cache.length
         length = ids.shape[1]
-        if offset + length > self.config.max_length:
-            raise ValueError(
-                f"sequence of {offset + length} exceeds max_length {self.config.max_length}"
-            )
+        check_length(self.config, offset, length)
         x = self.token_embedding(ids) + self.positions[:, offset : offset + length]
         x = self.dropout(x)
         mask = None

@@ -223,6 +223,13 @@ class Captioner(nn.Module):
             captions += self.generate_from_features(features, generation, return_attention)
         return captions
 
+    def warm_up(self) -> None:
+        """Do now what the first caption would otherwise do (export the decoder graphs into
+        the cache, open the ONNX Runtime sessions): a server's first request waits for none of
+        it."""
+        size = self.encoder.preprocess.crop_size
+        self.caption(np.zeros((size, size, 3), np.uint8), beam_size=1, max_new_tokens=1)
+
     # ---- persistence ----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """config.json + model.safetensors (decoder only: the frozen encoder is referenced by

@@ -27,7 +27,12 @@ import numpy as np
 import torch
 
 from captioner.config import DecoderConfig
-from captioner.decoder import CaptionDecoder, DecoderOutput
+from captioner.decoder import (
+    CaptionDecoder,
+    DecoderOutput,
+    check_image_tokens,
+    check_length,
+)
 from captioner.onnx.export import (
     FILES,
     FORMAT_VERSION,
@@ -131,11 +136,7 @@ class OnnxDecoder:
         return OnnxCache()
 
     def encode_image(self, features: torch.Tensor) -> torch.Tensor:
-        if features.shape[1] != self.config.image_tokens:
-            raise ValueError(
-                f"the decoder was built for {self.config.image_tokens} image tokens, "
-                f"got {features.shape[1]}: wrong encoder for this model?"
-            )
+        check_image_tokens(self.config, features)
         outputs = self._image.run(None, {"features": features.float().contiguous().numpy()})
         layers = [np.stack(outputs[i : i + 2], 1) for i in range(0, len(outputs), 2)]
         return torch.from_numpy(np.stack(layers, 1))
@@ -150,11 +151,7 @@ class OnnxDecoder:
         """As `CaptionDecoder.forward`: `ids` (batch, length) follow what `cache` holds; a
         longer `ids` runs one step per position (the teacher-forced pass for attention maps)."""
         cache = cache if cache is not None else self.new_cache()
-        if cache.length + ids.shape[1] > self.config.max_length:
-            raise ValueError(
-                f"sequence of {cache.length + ids.shape[1]} exceeds max_length "
-                f"{self.config.max_length}"
-            )
+        check_length(self.config, cache.length, ids.shape[1])
         if cache.past is None:
             empty = np.zeros(kv_shape(self.config, ids.shape[0], 0), np.float32)
             cache.past = [empty] * len(self._past_names)

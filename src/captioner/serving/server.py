@@ -90,10 +90,11 @@ def uvicorn_server(app: Any, configure_logging: bool = True) -> uvicorn.Server:
 
 
 def serve(settings: ServerSettings) -> None:
-    """Bind, load the model, say where it is served, serve until interrupted."""
+    """Bind, load the model and warm it up, say where it is served, serve until interrupted."""
     sock = bind(settings.host, settings.port)
     try:
         app = create_app(settings)
+        app.state.serving.model.warm_up()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"captioner: serving on http://{shown}:{port}", flush=True)
