@@ -122,3 +122,9 @@ def test_an_image_shared_by_its_consecutive_rows_equals_repeating_it(decoder):
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_rows_that_cannot_share_the_images_are_refused(decoder):
+    image = decoder.encode_image(torch.randn(2, 9, 24))
+    with pytest.raises(ValueError, match="5 rows of tokens for 2 images"):
+        decoder(torch.randint(0, 50, (5, 3)), image)

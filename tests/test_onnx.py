@@ -302,3 +302,11 @@ def test_int8_step_graph_looks_tokens_up_in_int8_rows(tiny_model, tmp_path):
     looked_up = cpu_session(fp32.SerializeToString(), 1).run(["logits"], inputs)[0]
     np.testing.assert_allclose(looked_up, exact, atol=0.02)
     assert not np.array_equal(looked_up, exact)
+
+
+def test_onnx_decoder_refuses_rows_that_cannot_share_the_images(tiny_dir):
+    decoder = Captioner.from_pretrained(tiny_dir, runtime="onnx").inference_decoder()
+    config = decoder.config
+    memory = decoder.encode_image(torch.randn(2, config.image_tokens, config.image_dim))
+    with pytest.raises(ValueError, match="5 rows of tokens for 2 images"):
+        decoder(torch.ones(5, 1, dtype=torch.long), memory)

@@ -55,6 +55,16 @@ def check_image_tokens(config: DecoderConfig, features: torch.Tensor) -> None:
         )
 
 
+def check_rows(rows: int, images: int) -> None:
+    """ValueError unless `rows` of tokens can share `images` image rows, each image the same
+    number of consecutive rows (one each, or its beams)."""
+    if images < 1 or rows % images:
+        raise ValueError(
+            f"{rows} rows of tokens for {images} images: each image needs the same number of "
+            "consecutive rows"
+        )
+
+
 def check_length(config: DecoderConfig, offset: int, length: int) -> None:
     """ValueError unless `length` more tokens after `offset` fit the learned positions."""
     if offset + length > config.max_length:
@@ -237,6 +247,8 @@ class CaptionDecoder(nn.Module):
         offset = 0 if cache is None else cache.length
         length = ids.shape[1]
         check_length(self.config, offset, length)
+        if image_index is None:
+            check_rows(ids.shape[0], image.shape[0])
         x = self.token_embedding(ids) + self.positions[:, offset : offset + length]
         x = self.dropout(x)
         mask = None

@@ -32,6 +32,7 @@ from captioner.decoder import (
     DecoderOutput,
     check_image_tokens,
     check_length,
+    check_rows,
 )
 from captioner.onnx.export import (
     FILES,
@@ -152,6 +153,7 @@ class OnnxDecoder:
         longer `ids` runs one step per position (the teacher-forced pass for attention maps)."""
         cache = cache if cache is not None else self.new_cache()
         check_length(self.config, cache.length, ids.shape[1])
+        check_rows(ids.shape[0], image.shape[0])
         if cache.past is None:
             empty = np.zeros(kv_shape(self.config, ids.shape[0], 0), np.float32)
             cache.past = [empty] * len(self._past_names)
