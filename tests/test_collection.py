@@ -366,3 +366,17 @@ def test_pipelined_runs_the_next_items_first_stage_during_this_ones_second():
     with pytest.raises(OSError, match="disk gone"):
         pipelined(range(4), failing, lambda item, _: done.append(item))
     assert done == [0, 1]
+
+
+def test_distributed_ranks_start_loader_workers_without_forking_themselves(tiny_model, tmp_path):
+    """A rank's process runs the process group's threads: its loader workers come from a clean
+    server process, not a fork of it (a forked child can hang on a lock a thread held)."""
+    from captioner.collection.job import CollectionJob
+
+    make_folder(tmp_path, 2)
+    job = CollectionJob(tiny_model, [tmp_path], CollectionConfig(num_workers=1, progress=False))
+    share = job.start()
+    fresh = job.loader(share, fresh_workers=True).multiprocessing_context
+    assert fresh is not None and fresh.get_start_method() in ("forkserver", "spawn")
+    assert job.loader(share).multiprocessing_context is None  # one process: fork is fine
+    job.finish()

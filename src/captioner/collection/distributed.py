@@ -34,7 +34,7 @@ class CollectionPredictor(L.LightningModule):
         self.share = self.job.start(self.global_rank, self.trainer.world_size, strategy.barrier)
 
     def predict_dataloader(self):
-        return self.job.loader(self.share)
+        return self.job.loader(self.share, fresh_workers=True)
 
     def transfer_batch_to_device(self, batch: LoadedBatch, device, dataloader_idx: int):
         return batch  # the job moves the pixels; the rest stays on the host

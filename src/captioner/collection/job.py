@@ -3,6 +3,7 @@ works on the previous batch, and each batch's rows written as soon as it is capt
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -278,15 +279,24 @@ class CollectionJob:
         )
         return self.share
 
-    def loader(self, share: list[ImageItem]) -> DataLoader:
+    def loader(self, share: list[ImageItem], fresh_workers: bool = False) -> DataLoader:
+        """Batches of `share`, decoded in worker processes. `fresh_workers` starts them from a
+        clean server process instead of forking this one: for a process that runs threads of
+        its own (a distributed rank's process group), where a forked child can wait forever on
+        a lock one of them held at the fork (CPython gh-112275, fixed in later releases)."""
         workers = self.config.num_workers
         workers = default_workers() if workers is None else workers
+        context = None
+        if workers and fresh_workers:
+            methods = multiprocessing.get_all_start_methods()
+            context = "forkserver" if "forkserver" in methods else "spawn"
         return DataLoader(
             _LoadImages(share, self.model.encoder.preprocess, bool(self.attention_folders)),
             batch_size=self.config.batch_size,
             num_workers=workers,
             collate_fn=_collate,
             prefetch_factor=2 if workers else None,
+            multiprocessing_context=context,
         )
 
     @torch.inference_mode()
