@@ -51,10 +51,11 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnx", "onnx-fp32", "torch")
 DEFAULT_RUNTIME = "auto"
-# Up to this many rows a decoding step runs faster on one thread than on two (measured on 2
-# cores: 0.75 against 0.95 ms at 1 row, 2.9 against 3.0 ms at 16, 9.0 against 6.5 ms at 48):
-# waking the second thread costs more than it saves on so little work.
-ONE_THREAD_ROWS = 32
+# Per variant: up to this many rows a decoding step runs faster on one thread than on more
+# (`bench/decoder_step.py`, 2 cores: int8 0.85 against 1.03 ms at 1 row, 2.4 against 2.6 ms at
+# 16, 9.2 against 6.8 ms at 48; waking a second thread costs more than it saves on so little
+# work). The float32 graphs read four times the weights: two threads win from one row.
+ONE_THREAD_ROWS = {"int8": 32, "fp32": 0}
 
 
 def check_runtime(runtime: str) -> str:
@@ -128,8 +129,7 @@ class OnnxDecoder:
         self._image = cpu_session(directory / FILES[variant]["image"], threads)
         self._step_file = directory / FILES[variant]["step"]
         self._threads = threads
-        # thread count -> step session; the one for large batches is opened when first needed
-        self._steps = {1: cpu_session(self._step_file, 1)}
+        self._steps: dict[int, onnxruntime.InferenceSession] = {}  # by threads, opened on need
         self._past_names = kv_names("past", config.n_layers)
         self._cross_names = kv_names("cross", config.n_layers)
 
@@ -173,7 +173,7 @@ class OnnxDecoder:
         return DecoderOutput(torch.from_numpy(logits), cross_attention)
 
     def _step_session(self, rows: int) -> onnxruntime.InferenceSession:
-        threads = 1 if rows <= ONE_THREAD_ROWS else self._threads
+        threads = 1 if rows <= ONE_THREAD_ROWS[self.variant] else self._threads
         if threads not in self._steps:
             self._steps[threads] = cpu_session(self._step_file, threads)
         return self._steps[threads]

@@ -4,8 +4,9 @@ The site is the built page (frontend/, `make frontend`), which already holds ONN
 WASM (gzip-compressed by the build), and the model's int8 ONNX export under `model/`
 (`captioner.json` + graphs), where the page looks for it. The graphs are stored gzip-compressed
 (`<name>.gz`, named so in the site's `captioner.json`) where that saves enough: the page
-decompresses them in the browser, and the site stays small enough to host. Any static file server serves it (`python -m http.server --directory DIR`); no API
-is needed and photos never leave the device. `captioner serve --page-dir DIR` serves the same
+decompresses them in the browser, and the site stays small enough to host. Any static file
+server serves it (`python -m http.server --directory DIR`); no API is needed and photos never
+leave the device. `captioner serve --page-dir DIR` serves the same
 page with both: it then offers "on this device" and "server".
 """
 
