@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 
 START_OF_TEXT = 49406
 END_OF_TEXT = 49407
@@ -72,15 +72,15 @@ class CaptionTokenizer:
             return ids
         return [self._to_model.get(i, self.unknown_id) for i in ids]
 
-    def batch(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    def batch(self, texts: Sequence[str], max_length: int) -> np.ndarray:
         """(batch, length) ids padded with the end token; captions longer than `max_length` are
         cut, keeping a final end token so the model still learns to stop."""
         rows = [self.encode(text)[:max_length] for text in texts]
         rows = [row if row[-1] == self.end_id else row[:-1] + [self.end_id] for row in rows]
         length = max(len(row) for row in rows)
-        out = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        out = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         for i, row in enumerate(rows):
-            out[i, : len(row)] = torch.tensor(row)
+            out[i, : len(row)] = row
         return out
 
     def _to_clip(self, ids: Iterable[int]) -> list[int]:

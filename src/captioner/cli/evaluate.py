@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.evaluation.evaluate import DEFAULT_SPLIT
-from captioner.features import CACHE_ROOT
+from captioner.cache import FEATURES_DIR
+
+DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--beam", type=int, help="beam size (default: the model's own, from its config.json)"
     )
     parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
-    parser.add_argument("--cache-dir", help=f"feature cache folder (default: {CACHE_ROOT})")
+    parser.add_argument("--cache-dir", help=f"feature cache folder (default: {FEATURES_DIR})")
     parser.add_argument(
         "--predictions",
         type=Path,

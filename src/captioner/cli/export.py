@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from captioner.onnx.export import VARIANTS
+from captioner.runtime.onnx import VARIANTS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from captioner.cli import UsageError
-    from captioner.model import Captioner
+    from captioner.torch_model import CaptionModel
 
     if args.output is None and args.onnx is None and args.web is None:
         raise UsageError(
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("export: --half applies to the re-saved folder (OUTPUT); none given")
     if args.variants and args.onnx is None:
         raise UsageError("export: --variants applies to --onnx DIR; none given")
-    model = Captioner.from_pretrained(args.model, runtime="torch")
+    model = CaptionModel.from_pretrained(args.model)
     if args.output is not None:
         model.save_pretrained(args.output, dtype=torch.float16 if args.half else None)
         print(f"saved {args.output} ({_megabytes(args.output):.1f} MB)")

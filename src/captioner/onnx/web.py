@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
+from captioner.runtime.onnx import DESCRIPTION_FILE
 
 if TYPE_CHECKING:
-    from captioner.model import Captioner
+    from captioner.torch_model import CaptionModel
 
 # Where `npm run build` in frontend/ puts the page (an editable install runs from the checkout).
 DEFAULT_PAGE_DIR = Path(__file__).resolve().parents[3] / "frontend" / "dist"
@@ -43,12 +43,14 @@ def site_size(directory: str | Path) -> int:
 
 
 def write_site(
-    model: Captioner, directory: str | Path, page_dir: str | Path = DEFAULT_PAGE_DIR
+    model: CaptionModel, directory: str | Path, page_dir: str | Path = DEFAULT_PAGE_DIR
 ) -> Path:
     """The page from `page_dir` and `model`'s int8 ONNX export, as a static site in `directory`.
 
     `directory` must be new, empty or a site written before (it is then replaced whole), so a
     typo never overwrites an unrelated folder. ValueError says what is wrong."""
+    from captioner.onnx.export import export_onnx
+
     directory, page_dir = Path(directory), Path(page_dir)
     if not (page_dir / "index.html").is_file():
         raise ValueError(

@@ -13,7 +13,6 @@ from fastapi.staticfiles import StaticFiles
 
 from captioner import __version__
 from captioner.config import MAX_BEAM_SIZE
-from captioner.generation import max_new_tokens_limit
 from captioner.model import Captioner
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import caption_batch
@@ -69,21 +68,21 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
 
 
 def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
-    config, encoder = model.config, model.encoder
+    config = model.config
     return ModelInfo(
         source=settings.model or "bundled",
         encoder=EncoderInfo(
             name=config.encoder.name,
-            grid_h=encoder.grid_h,
-            grid_w=encoder.grid_w,
-            image_size=encoder.preprocess.crop_size,
+            grid_h=model.grid[0],
+            grid_w=model.grid[1],
+            image_size=model.preprocess.crop_size,
         ),
         decoder=DecoderInfo(
             layers=config.decoder.n_layers,
             heads=config.decoder.n_heads,
             d_model=config.decoder.d_model,
             vocab_size=config.decoder.vocab_size,
-            parameters=sum(p.numel() for p in model.decoder.parameters()),
+            parameters=model.runtime.parameters,
         ),
         generation=config.generation,
         metadata=config.metadata,
@@ -96,7 +95,7 @@ def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
             max_queue=settings.max_queue,
             request_timeout_s=settings.request_timeout_s,
             max_beam_size=MAX_BEAM_SIZE,
-            max_new_tokens=max_new_tokens_limit(model.decoder),
+            max_new_tokens=model.max_new_tokens_limit,
         ),
     )
 
