@@ -137,7 +137,10 @@ class _TokenByToken(_Step):
         for step in range(self.max_new):
             logits, weights = decoding.step(np.array(tokens, np.int64))
             log_probs = self.log_probs(logits, [history[i] for i in live], step)
-            chosen = log_probs.argmax(-1) if self.rng is None else self._nucleus(log_probs)
+            if self.rng is None:
+                chosen = log_probs.argmax(-1)
+            else:
+                chosen = nucleus(log_probs, self.config.top_p, self.rng)
             tokens = chosen.tolist()
             chosen_log_probs = log_probs[np.arange(len(tokens)), chosen].tolist()
             for row, (token, log_prob) in enumerate(zip(tokens, chosen_log_probs)):
@@ -164,22 +167,23 @@ class _TokenByToken(_Step):
             for ids, score, weights in zip(history, scores, attention)
         ]
 
-    def _nucleus(self, log_probs: np.ndarray) -> np.ndarray:
-        """Sample from the smallest set of tokens whose probability mass reaches `top_p`: one
-        uniform draw per row against the cumulative distribution (inverse CDF); with top_p >= 1
-        no sort at all (self-critical training samples thousands of captions)."""
-        probs = np.exp(log_probs)
-        order = None
-        if self.config.top_p < 1.0:
-            order = np.argsort(-probs, axis=-1, kind="stable")
-            probs = np.take_along_axis(probs, order, -1)
-            mass_before = probs.cumsum(-1) - probs
-            probs[mass_before >= self.config.top_p] = 0.0
-        cumulative = probs.cumsum(-1)
-        draw = self.rng.random((len(probs), 1)) * cumulative[:, -1:]
-        # The first token whose cumulative mass exceeds the draw; tokens of zero mass never are.
-        picked = np.minimum((cumulative <= draw).sum(-1), probs.shape[-1] - 1)
-        return picked if order is None else order[np.arange(len(order)), picked]
+
+def nucleus(log_probs: np.ndarray, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """Sample from the smallest set of tokens whose probability mass reaches `top_p`: one
+    uniform draw per row against the cumulative distribution (inverse CDF); with top_p >= 1
+    no sort at all (self-critical training samples thousands of captions)."""
+    probs = np.exp(log_probs)
+    order = None
+    if top_p < 1.0:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        probs = np.take_along_axis(probs, order, -1)
+        mass_before = probs.cumsum(-1) - probs
+        probs[mass_before >= top_p] = 0.0
+    cumulative = probs.cumsum(-1)
+    draw = rng.random((len(probs), 1)) * cumulative[:, -1:]
+    # The first token whose cumulative mass exceeds the draw; tokens of zero mass never are.
+    picked = np.minimum((cumulative <= draw).sum(-1), probs.shape[-1] - 1)
+    return picked if order is None else order[np.arange(len(order)), picked]
 
 
 def _stacked(weights: list[np.ndarray]) -> np.ndarray:
