@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from captioner.onnx.runtime import DEFAULT_RUNTIME
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
 from captioner import Captioner, CaptionerConfig, EncoderConfig
 from captioner.encoders.clip import CLIPEncoder
 from captioner.hub import BUNDLED_DIR
-from captioner.onnx.runtime import DEFAULT_RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K_IMAGES = REPO.parent / "shared" / "datasets" / "flickr8k" / "images"

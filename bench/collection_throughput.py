@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from _common import FLICKR8K_IMAGES, header, median, model_source, synthetic_jpeg
+from captioner.onnx.runtime import DEFAULT_RUNTIME, RUNTIMES
 
 from captioner import Captioner
 from captioner.collection import CollectionConfig, caption_collection
 from captioner.collection.job import default_workers, pipelined
-from captioner.onnx.runtime import DEFAULT_RUNTIME, RUNTIMES
 
 
 def photo_folder(count: int) -> Path:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from _common import header, load_bundled, measure, median
+from captioner.onnx.runtime import cpu_session
 
 from captioner.onnx.export import FILES, export_decoder, kv_names, kv_shape
-from captioner.onnx.runtime import cpu_session
 
 # (rows, images): one caption; one image's 3 beams; a greedy batch; a beam-3 batch; and the same
 # rows with the image repeated per beam (what beam search fed before images were shared)

@@ -8,9 +8,9 @@ from PIL import Image
 from safetensors import safe_open
 
 from captioner import Captioner, ImageLoadError
-from captioner.torch_model import CaptionModel
 from captioner.attention import colourise, overlay, save_token_heatmaps, select_map
 from captioner.hub import BUNDLED_MODELS, ModelNotFoundError, resolve_model_dir
+from captioner.torch_model import CaptionModel
 
 
 def test_caption_accepts_every_input_kind_and_batches(tiny_model, photo, tmp_path):

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner import Captioner
-from captioner.torch_model import CaptionModel
 from captioner.serving.app import create_app
 from captioner.serving.settings import ServerSettings
+from captioner.torch_model import CaptionModel
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 import uvicorn
 
 from captioner.cli import main
-from captioner.torch_model import CaptionModel
 from captioner.serving.settings import ServerSettings
+from captioner.torch_model import CaptionModel
 
 
 @pytest.fixture

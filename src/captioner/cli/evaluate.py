@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from captioner.cli import UsageError
     from captioner.data import load_records
     from captioner.evaluation.evaluate import evaluate, save_predictions
-    from captioner.model import Captioner
+    from captioner.torch_model import CaptionModel
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be 1 or more, got {args.limit}")
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if not records:
         raise UsageError(f"no images in split {split!r} of {args.data}")
-    model = Captioner.from_pretrained(args.model)
+    model = CaptionModel.from_pretrained(args.model)
     options = {"beam_size": args.beam, "cache_dir": args.cache_dir}
     try:
         scores, predictions = evaluate(
