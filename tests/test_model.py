@@ -188,3 +188,26 @@ def test_several_captions_per_image_hang_off_the_best(tiny_model, photo):
     assert [c.text for c in [samples, *samples.alternatives]] == [
         c.text for c in [again, *again.alternatives]
     ]
+
+
+def test_a_folder_only_pytorch_can_run_needs_the_training_extra(tiny_model, photo, tmp_path):
+    """Without torch, a saved folder that has no ONNX graphs is one line naming the extra, exit
+    code 2, from the CLI; the bundled model (which has its graphs) needs no torch."""
+    import subprocess
+    import sys
+
+    directory = tiny_model.save_pretrained(tmp_path / "model")
+    photo.save(tmp_path / "photo.png")
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # `import torch` fails, as without the extra
+        "from captioner.cli import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, "caption", "--model", str(directory), str(tmp_path / "photo.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and "pip install 'captioner[train]'" in run.stderr
