@@ -112,10 +112,17 @@ def clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+# Undo the BPE's word-end spacing around punctuation: regexes applied in order, the replacements
+# in JavaScript's syntax ($1), since captioner.json hands the same rules to the page.
+DETOKENIZE = ((" ([.,!?;:])", "$1"), (" '(s|t|re|ve|m|ll|d)\\b", "'$1"))
+
+
 def detokenize(text: str) -> str:
-    """Undo the BPE's word-end spacing around punctuation: "it 's a dog ." -> "it's a dog."."""
-    text = re.sub(r" ([.,!?;:])", r"\1", clean(text))
-    return re.sub(r" '(s|t|re|ve|m|ll|d)\b", r"'\1", text)
+    """"it 's a dog ." -> "it's a dog."."""
+    text = clean(text)
+    for pattern, replacement in DETOKENIZE:
+        text = re.sub(pattern, replacement.replace("$1", r"\1"), text)
+    return text
 
 
 def _until_end(ids: Iterable[int], end_id: int) -> list[int]:

@@ -30,6 +30,7 @@ from captioner.runtime.onnx import (
     VARIANTS,
     kv_names,
 )
+from captioner.tokenizer import DETOKENIZE
 
 if TYPE_CHECKING:
     from captioner.tokenizer import CaptionTokenizer
@@ -46,9 +47,6 @@ FILES = {
     "fp32": {"image": "decoder_image.onnx", "step": "decoder_step.onnx"},
     "int8": {"image": "decoder_image.int8.onnx", "step": "decoder_step.int8.onnx"},
 }
-# The caption text from the pieces: regexes applied in order (JavaScript replacement syntax);
-# what `tokenizer.detokenize` does.
-DETOKENIZE = ((" ([.,!?;:])", "$1"), (" '(s|t|re|ve|m|ll|d)\\b", "'$1"))
 
 
 def trace_to_onnx(

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from captioner import __version__
 from captioner.config import MAX_BEAM_SIZE
+from captioner.hub import DEFAULT_MODEL
 from captioner.model import Captioner
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import caption_batch
@@ -70,7 +71,7 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
 def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
     config = model.config
     return ModelInfo(
-        source=settings.model or "bundled",
+        source=settings.model or DEFAULT_MODEL,
         encoder=EncoderInfo(
             name=config.encoder.name,
             grid_h=model.grid[0],

@@ -27,6 +27,8 @@ from captioner.data import CaptionRecord, load_records
 from captioner.decoding import max_new_tokens_limit
 from captioner.encoders import build_encoder
 from captioner.features import FeatureCache, build_cache, cached_records, image_source
+from captioner.hub import CONFIG_FILE as MODEL_CONFIG_FILE
+from captioner.hub import TOKENIZER_FILE
 from captioner.tokenizer import CaptionTokenizer
 from captioner.torch_model import CaptionModel
 from captioner.training.averaging import DecoderAverage
@@ -50,7 +52,6 @@ from captioner.training.scst import SelfCriticalModule
 log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
-TOKENIZER_FILE = "tokenizer.json"
 NON_TTY_REFRESH_STEPS = 50
 
 
@@ -350,7 +351,7 @@ def _log_wandb_artifact(trainer: L.Trainer, best: Path) -> None:
     artifact = wandb.Artifact(
         "captioner-model",
         type="model",
-        metadata=json.loads((best / "config.json").read_text())["metadata"],
+        metadata=json.loads((best / MODEL_CONFIG_FILE).read_text())["metadata"],
     )
     artifact.add_dir(str(best))
     trainer.logger.experiment.log_artifact(artifact)
