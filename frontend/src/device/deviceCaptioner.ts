@@ -35,7 +35,7 @@ export class Cancelled extends Error {}
 
 /** Bytes of the files being downloaded: `report` hears the sum so far, and the total once every
  * file's size is known. */
-function downloadTracker(report: (loaded: number, total: number | null) => void) {
+export function downloadTracker(report: (loaded: number, total: number | null) => void) {
   const files = new Map<string, { loaded: number; total: number | null | undefined }>();
   return (name: string) => {
     files.set(name, { loaded: 0, total: undefined });
@@ -105,9 +105,9 @@ export class DeviceCaptioner {
     const files = graphFiles(this.exported);
     const names = [files.encoder, files.image, files.step];
     const download = (url: string) => fetchFile(url, track(url));
-    const [wasm, ...graphs] = await Promise.all([
+    const [wasm, graphs] = await Promise.all([
       needsWasm ? download(new URL(ORT_WASM_FILE, document.baseURI).href) : null,
-      ...names.map((name) => download(this.directory + name)),
+      Promise.all(names.map((name) => download(this.directory + name))),
     ]);
     if (wasm) ort.env.wasm.wasmBinary = wasm;
     this.setLoad({ phase: "starting", loadedBytes: downloaded });
@@ -116,7 +116,7 @@ export class DeviceCaptioner {
       graphOptimizationLevel: "all",
     };
     const [encoder, image, step] = await Promise.all(
-      graphs.map((graph) => ort.InferenceSession.create(graph!, options)),
+      graphs.map((graph) => ort.InferenceSession.create(graph, options)),
     );
     this.setLoad({ phase: "ready", loadedBytes: downloaded, ms: performance.now() - started });
     return { ort, encoder, image, step };
