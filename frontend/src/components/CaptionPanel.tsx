@@ -45,10 +45,15 @@ function Progress({ load }: { load: ModelLoad | null }) {
       ? Math.min(100, Math.round((100 * load.loadedBytes) / load.totalBytes))
       : null
     : 100;
-  const label = downloading
+  // The figures change with every chunk: out of the live region's announcements (the bar
+  // carries them as its value).
+  const figures = downloading
     ? load.totalBytes
-      ? `Downloading the model: ${(load.loadedBytes / 1e6).toFixed(1)} of ${megabytes(load.totalBytes)}`
-      : `Downloading the model: ${megabytes(load.loadedBytes)}`
+      ? `${(load.loadedBytes / 1e6).toFixed(1)} of ${megabytes(load.totalBytes)}`
+      : megabytes(load.loadedBytes)
+    : null;
+  const label = downloading
+    ? "Downloading the model"
     : starting
       ? `Starting the model (${megabytes(load.loadedBytes)})…`
       : "Writing a caption…";
@@ -56,7 +61,10 @@ function Progress({ load }: { load: ModelLoad | null }) {
     <div role="status" className="space-y-2">
       <p className="flex items-center gap-2 text-slate-600">
         <span className="h-4 w-4 shrink-0 animate-spin rounded-full border-2 border-amber-500 border-t-transparent" />
-        {label}
+        <span>
+          {label}
+          {figures && <span aria-hidden="true">: {figures}</span>}
+        </span>
       </p>
       {(downloading || starting) && (
         <div
@@ -65,6 +73,7 @@ function Progress({ load }: { load: ModelLoad | null }) {
           aria-valuemin={0}
           aria-valuemax={100}
           aria-valuenow={percent ?? undefined}
+          aria-valuetext={figures ?? undefined}
           className="h-2 overflow-hidden rounded-full bg-slate-200"
         >
           <div
