@@ -12,8 +12,8 @@ export const CHROMIUM = "/usr/bin/chromium";
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 // The data set beside the checkout, or where E2E_FLICKR8K says (a git worktree elsewhere).
 const FLICKR8K = join(process.env.E2E_FLICKR8K ?? join(ROOT, "../shared/datasets/flickr8k"), "images");
-// The repository's venv, or the Python E2E_PYTHON names (with captioner importable from it).
-export const PYTHON = process.env.E2E_PYTHON ?? join(ROOT, ".venv/bin/python");
+// The repository's venv, or the Python CAPTIONER_PYTHON names (with captioner importable from it).
+export const PYTHON = process.env.CAPTIONER_PYTHON ?? join(ROOT, ".venv/bin/python");
 // Flickr8k photos where the data set is here; else (or with E2E_GENERATED_PHOTOS=1) photos drawn
 // by Pillow, so the tests run on a machine without the data too.
 export const PHOTOS =

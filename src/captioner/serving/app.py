@@ -122,7 +122,9 @@ def mount_page(app: FastAPI, settings: ServerSettings) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page_missing() -> str:
         return (
-            "<!doctype html><title>captioner</title><h1>captioner</h1>"
+            # No icon to ask for: the browser's /favicon.ico request would only 404.
+            "<!doctype html><title>captioner</title><link rel='icon' href='data:,'>"
+            "<h1>captioner</h1>"
             f"<p>The page is not built ({settings.page_dir} has no index.html): run "
             "<code>make frontend</code>. The API is up: see <a href='/docs'>/docs</a>.</p>"
         )
