@@ -184,6 +184,32 @@ def test_page_missing_explains_how_to_build(tiny_captioner: Captioner, tmp_path:
     assert response.status_code == 200 and "make frontend" in response.text
 
 
+def test_page_json_tells_the_page_a_server_is_behind_it(client: TestClient) -> None:
+    response = client.get("/page.json")
+    assert response.status_code == 200
+    assert response.json() == {"format": "captioner-page", "server": True, "device_model": False}
+
+
+def test_a_site_served_offers_its_model_and_the_browser_revalidates_it(
+    tiny_model: Captioner, tmp_path: Path
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><title>captioner site</title>")
+    (tmp_path / "page.json").write_text('{"format": "captioner-page", "server": false}')
+    (tmp_path / "model" / "captioner.json").write_text('{"format": "captioner-onnx"}')
+    (tmp_path / "model" / "step.onnx.gz").write_bytes(b"\x1f\x8b graph bytes")
+    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=tiny_model)) as client:
+        assert client.get("/page.json").json()["server"] is True  # not the static site's file
+        assert client.get("/page.json").json()["device_model"] is True
+        graph = client.get("/model/step.onnx.gz")
+        assert graph.content == b"\x1f\x8b graph bytes"
+        assert graph.headers["cache-control"] == "no-cache" and graph.headers["etag"]
+        again = client.get("/model/step.onnx.gz", headers={"if-none-match": graph.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["cache-control"] == "no-cache"
+        assert "cache-control" not in client.get("/").headers
+
+
 def test_unknown_api_path_is_json_404(client: TestClient) -> None:
     response = client.get("/api/nothing")
     assert response.status_code == 404 and "error" in response.json()

@@ -8,12 +8,18 @@ import gzip
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from captioner.cli import main
+from captioner.collection.job import CollectionConfig
 from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
 from captioner.onnx.web import MODEL_DIR, compress_graphs, site_size, write_site
+from captioner.page import DEVICE_MODEL_FILE, PAGE_FILE, page_description
+
+# Cases the page's sentence rule (frontend/src/sentence.ts, its Vitest test) is checked on too.
+SENTENCE_CASES = Path(__file__).resolve().parents[1] / "frontend/src/sentence-case.cases.json"
 
 pytest.importorskip("onnxruntime")
 
@@ -119,3 +125,16 @@ def test_export_web_usage_errors_are_one_line(tiny_model, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("captioner: export: ") and "\n" not in error
     assert (folder / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_the_site_tells_the_page_it_is_static_with_the_model_beside_it(site):
+    assert json.loads((site / PAGE_FILE).read_text()) == page_description(
+        server=False, device_model=True
+    )
+    assert (site / DEVICE_MODEL_FILE).is_file()
+    assert f"{MODEL_DIR}/{DESCRIPTION_FILE}" == DEVICE_MODEL_FILE
+
+
+@pytest.mark.parametrize("caption, sentence", json.loads(SENTENCE_CASES.read_text())["cases"])
+def test_sentence_case_writes_captions_as_the_page_shows_them(caption, sentence):
+    assert CollectionConfig(sentence_case=True).finish_text(caption) == sentence

@@ -8,7 +8,8 @@ import { cropBox, cropRegion, normalise, resizeAndCrop } from "./preprocess";
 import type { Pixels, PreprocessConfig } from "./preprocess";
 
 const ROOT = resolve(__dirname, "../../..");
-const PYTHON = join(ROOT, ".venv/bin/python");
+// The repository's venv, or the Python CAPTIONER_PYTHON names (as for the e2e tests).
+const PYTHON = process.env.CAPTIONER_PYTHON ?? join(ROOT, ".venv/bin/python");
 
 const PYTHON_SIDE = `
 import json, sys

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from captioner.page import PAGE_FILE, page_description
 from captioner.runtime.onnx import DESCRIPTION_FILE
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ def write_site(
             raise ValueError(f"{page_dir} already has a {MODEL_DIR}/ folder: not a built page")
         export_onnx(model, site / MODEL_DIR, WEB_VARIANTS)
         compress_graphs(site / MODEL_DIR)
+        # Tells the page it is static: it then never asks for the API a static host lacks.
+        description = page_description(server=False, device_model=True)
+        (site / PAGE_FILE).write_text(json.dumps(description) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
         site.rename(directory)

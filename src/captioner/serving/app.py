@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 from captioner import __version__
 from captioner.config import MAX_BEAM_SIZE
 from captioner.hub import DEFAULT_MODEL
 from captioner.model import Captioner
+from captioner.page import DEVICE_MODEL_DIR, DEVICE_MODEL_FILE, PAGE_FILE, page_description
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import caption_batch
 from captioner.serving.errors import UploadLimit, add_error_handlers, upload_too_large_message
@@ -102,15 +107,37 @@ def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
 
 
 def mount_page(app: FastAPI, settings: ServerSettings) -> None:
-    """The built page at `/`, or a page saying how to build it."""
+    """The built page at `/`, or a page saying how to build it; and `page.json`, which tells the
+    page that this server is behind it (and whether a model is beside it)."""
+
+    @app.get(f"/{PAGE_FILE}", include_in_schema=False)
+    async def page_info() -> dict[str, Any]:
+        device_model = (settings.page_dir / DEVICE_MODEL_FILE).is_file()
+        return page_description(server=True, device_model=device_model)
+
     if (settings.page_dir / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=settings.page_dir, html=True), name="page")
+        app.mount("/", PageFiles(directory=settings.page_dir, html=True), name="page")
         return
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page_missing() -> str:
         return (
-            "<!doctype html><title>captioner</title><h1>captioner</h1>"
+            # No icon to ask for: the browser's /favicon.ico request would only 404.
+            "<!doctype html><title>captioner</title><link rel='icon' href='data:,'>"
+            "<h1>captioner</h1>"
             f"<p>The page is not built ({settings.page_dir} has no index.html): run "
             "<code>make frontend</code>. The API is up: see <a href='/docs'>/docs</a>.</p>"
         )
+
+
+class PageFiles(StaticFiles):
+    """The page's files. Those of the exported model (`model/`, tens of MB) go out with
+    `Cache-Control: no-cache`: the browser keeps them and asks again with their ETag on each
+    load, so a reload costs a 304 instead of the download, and a model exported again is
+    picked up at once."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if path.replace(os.sep, "/").startswith(f"{DEVICE_MODEL_DIR}/"):
+            response.headers["Cache-Control"] = "no-cache"
+        return response

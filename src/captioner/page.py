@@ -1,0 +1,24 @@
+"""`page.json`: what the web page reads beside itself about where it runs.
+
+The page asks for it before anything else. `captioner serve` answers it (there is a server; a
+model beside the page when its page folder holds one), and `captioner export --web` writes it
+into the static site (no server; the model under `model/`). The page then asks only for what is
+there, so neither host logs a 404 for the other's files. Without it (`npm run dev`, the bare
+build on some other host) the page tries both (frontend/src/pageInfo.ts reads it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PAGE_FILE = "page.json"
+PAGE_FORMAT = "captioner-page"
+# Where the page looks for an exported model, relative to itself (frontend/src/device/).
+DEVICE_MODEL_DIR = "model"
+DEVICE_MODEL_FILE = f"{DEVICE_MODEL_DIR}/captioner.json"
+
+
+def page_description(*, server: bool, device_model: bool) -> dict[str, Any]:
+    """`page.json`'s content: whether a `captioner serve` API is behind the page, and whether an
+    exported model is beside it."""
+    return {"format": PAGE_FORMAT, "server": server, "device_model": device_model}
