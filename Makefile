@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint frontend site test-frontend bundled-model
+.PHONY: install demo test lint frontend site test-frontend bundled-model wheel
 FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src -type f)) \
 	frontend/index.html frontend/vite.config.ts frontend/tsconfig.json
 
@@ -27,6 +27,12 @@ frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 	cd frontend && npm run build
 
 frontend: frontend/dist/index.html
+
+# The wheel, with the built page inside (setup.py copies frontend/dist into it): dist/*.whl.
+# build/ goes first, so that no module deleted since the last build stays in the wheel.
+wheel: install frontend
+	rm -rf build
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 
 # The static site (page + the bundled model's int8 ONNX export) that captions in the browser:
 # `python -m http.server --directory frontend/site`, or `captioner serve --page-dir` it.

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
+from captioner.page_location import default_page_dir
 
 if TYPE_CHECKING:
     from captioner.model import Captioner
 
-# Where `npm run build` in frontend/ puts the page (an editable install runs from the checkout).
-DEFAULT_PAGE_DIR = Path(__file__).resolve().parents[3] / "frontend" / "dist"
+DEFAULT_PAGE_DIR = default_page_dir()  # the wheel's packaged page, or frontend/dist in a checkout
 # The folder of the site the page reads the model from (frontend/src/device/deviceBackend.ts).
 MODEL_DIR = "model"
 WEB_VARIANTS = ("int8",)
