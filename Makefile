@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint frontend site test-frontend bundled-model wheel
+.PHONY: install demo test lint frontend site test-frontend bundled-model wheel plain-venv
 FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src -type f)) \
 	frontend/index.html frontend/vite.config.ts frontend/tsconfig.json
 
@@ -31,8 +31,16 @@ frontend: frontend/dist/index.html
 # The wheel, with the built page inside (setup.py copies frontend/dist into it): dist/*.whl.
 # build/ goes first, so that no module deleted since the last build stays in the wheel.
 wheel: install frontend
-	rm -rf build
+	rm -rf build dist/captioner-*.whl
 	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
+
+# The wheel `pip install`ed (no extras) into a fresh venv, as a user gets it; for
+# `bench/startup.py --venv $(PLAIN)`. An existing PLAIN is left alone.
+PLAIN ?= /tmp/captioner-plain
+plain-venv: wheel
+	@test ! -e $(PLAIN) || { echo "$(PLAIN) exists: remove it or give PLAIN=DIR"; exit 2; }
+	python3 -m venv $(PLAIN)
+	$(PLAIN)/bin/pip install -q dist/captioner-*.whl
 
 # The static site (page + the bundled model's int8 ONNX export) that captions in the browser:
 # `python -m http.server --directory frontend/site`, or `captioner serve --page-dir` it.
