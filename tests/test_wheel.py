@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import site
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tiny_model import save_tiny_model
 
 pytestmark = pytest.mark.install
 
@@ -108,6 +110,28 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+@pytest.fixture(scope="module")
+def venv_with_training(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel in a fresh venv, with the training extra's packages borrowed from this
+    environment (a .pth file naming its site-packages, read after the venv's own) rather than
+    downloaded: enough to run `captioner export` from the installed wheel."""
+    venv = tmp_path_factory.mktemp("venv") / "training"
+    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=venv.parent)
+    run(
+        [*PIP, "--python", venv / "bin" / "python", "install", "-q", "--no-deps", wheel],
+        venv.parent,
+    )
+    (site_packages,) = venv.glob("lib/python*/site-packages")
+    (site_packages / "borrowed-training-extra.pth").write_text("\n".join(site.getsitepackages()))
+    return venv
+
+
+def installed_package(venv: Path, cwd: Path) -> Path:
+    """Where the venv's `captioner` package is imported from."""
+    script = "import captioner; print(captioner.__file__)"
+    return Path(run([venv / "bin" / "python", "-c", script], cwd).stdout.strip()).parent
+
+
 @pytest.fixture
 def photo_file(photo, tmp_path: Path) -> Path:
     path = tmp_path / "photo.jpg"
@@ -122,6 +146,7 @@ def test_the_plain_install_has_the_wheels_package_and_no_training_packages(venv,
     )
     location, installed = json.loads(run([venv / "bin" / "python", "-c", script], tmp_path).stdout)
     assert Path(location).is_relative_to(venv)  # the installed wheel, not the checkout
+    assert (Path(location).parent / "page" / "index.html").is_file()
     assert not TRAINING_DISTRIBUTIONS & {normalised(name) for name in installed}
 
 
@@ -185,3 +210,14 @@ def test_serve_from_the_plain_install_answers_the_page_and_the_api(venv, photo_f
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_export_web_from_the_installed_wheel_writes_the_packaged_page(venv_with_training, tmp_path):
+    assert installed_package(venv_with_training, tmp_path).is_relative_to(venv_with_training)
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    site_dir = tmp_path / "site"
+    run(
+        [venv_with_training / "bin" / "captioner", "export", model_dir, "--web", site_dir], tmp_path
+    )
+    assert (site_dir / "index.html").read_bytes() == (BUILT_PAGE / "index.html").read_bytes()
+    assert (site_dir / "model" / "captioner.json").is_file()
