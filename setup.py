@@ -1,6 +1,6 @@
 """The build step pyproject.toml cannot say: a wheel carries the built web page.
 
-`frontend/dist` (`make frontend`) is copied into the wheel as `captioner/page/`, where
+`frontend/dist` (`make frontend`) is copied into the wheel as `captioner/built_page/`, where
 `captioner.page_location` finds it, so `captioner serve` and `captioner export --web` work from
 an installed wheel. A build without the page fails in one line rather than making a wheel
 whose server has no page. An editable install copies nothing: it reads `frontend/dist` itself.
@@ -15,7 +15,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 BUILT_PAGE = Path(__file__).resolve().parent / "frontend" / "dist"
-PACKAGED_PAGE = Path("captioner") / "page"  # inside the wheel; see captioner/page_location.py
+# Inside the wheel, where captioner/page_location.py looks first.
+PACKAGED_PAGE = Path("captioner") / "built_page"
 
 
 class BuildWithPage(build_py):

@@ -146,7 +146,7 @@ def test_the_plain_install_has_the_wheels_package_and_no_training_packages(venv,
     )
     location, installed = json.loads(run([venv / "bin" / "python", "-c", script], tmp_path).stdout)
     assert Path(location).is_relative_to(venv)  # the installed wheel, not the checkout
-    assert (Path(location).parent / "page" / "index.html").is_file()
+    assert (Path(location).parent / "built_page" / "index.html").is_file()
     assert not TRAINING_DISTRIBUTIONS & {normalised(name) for name in installed}
 
 

@@ -1,7 +1,7 @@
 """Where the built web page is, for `captioner serve` and `captioner export --web`.
 
-A wheel carries the page inside the package, in `captioner/page/` (setup.py's build step copies
-`frontend/dist` there); a checkout (an editable install) has it in `frontend/dist` after
+A wheel carries the page inside the package, in `captioner/built_page/` (setup.py's build step
+copies `frontend/dist` there); a checkout (an editable install) has it in `frontend/dist` after
 `make frontend`. Only the standard library here: the server imports this before any model.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGED_PAGE_DIR = Path(__file__).resolve().parent / "page"
+PACKAGED_PAGE_DIR = Path(__file__).resolve().parent / "built_page"
 CHECKOUT_PAGE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
 
 
