@@ -10,10 +10,11 @@ FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src 
 install: $(STAMP)
 
 # torch is pinned to the CPU wheel first, so that the project's `torch>=2.4` is already satisfied
-# and pip never pulls a multi-GB CUDA build on a CPU machine.
+# and pip never pulls a multi-GB CUDA build on a CPU machine. `make wheel` and tests/test_wheel.py
+# build offline with this venv's setuptools, hence the build-system floor of pyproject.toml here.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77.0.1"
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
