@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -129,7 +128,7 @@ def serve_ready(captioner: Path, cwd: Path, env: dict[str, str]) -> float:
                 with urllib.request.urlopen(url, timeout=5) as answer:
                     if answer.status == 200:
                         return time.perf_counter() - started
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # not listening yet, refused, or no answer within the timeout
                 pass
             if server.poll() is not None:
                 sys.exit(f"captioner serve exited ({server.returncode}): {server.stderr.read()}")
