@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -93,7 +94,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh venv with a plain `pip install` of the wheel."""
     training = [
         r
@@ -107,11 +108,12 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=here)
     # The test's pip installs into it (`--python`), so the venv needs no pip of its own.
     run([*PIP, "--python", venv / "bin" / "python", "install", "-q", wheel], here, timeout=600)
-    return venv
+    yield venv
+    shutil.rmtree(venv)  # about 300 MB, which pytest would keep for three runs
 
 
 @pytest.fixture(scope="module")
-def venv_with_training(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def venv_with_training(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The wheel in a fresh venv, with the training extra's packages borrowed from this
     environment (a .pth file naming its site-packages, read after the venv's own) rather than
     downloaded: enough to run `captioner export` from the installed wheel."""
@@ -123,7 +125,8 @@ def venv_with_training(wheel: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
     (site_packages,) = venv.glob("lib/python*/site-packages")
     (site_packages / "borrowed-training-extra.pth").write_text("\n".join(site.getsitepackages()))
-    return venv
+    yield venv
+    shutil.rmtree(venv)
 
 
 def installed_package(venv: Path, cwd: Path) -> Path:
