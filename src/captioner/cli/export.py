@@ -41,6 +41,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from captioner.cli.extras import require_training_extra
+
+    require_training_extra("export")  # before any work or import of the extra
     import torch
 
     from captioner.cli import UsageError

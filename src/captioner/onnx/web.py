@@ -19,14 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from captioner.page import PAGE_FILE, page_description
+from captioner.page import PAGE_FILE, default_page_dir, page_description
 from captioner.runtime.onnx import DESCRIPTION_FILE
 
 if TYPE_CHECKING:
     from captioner.torch_model import CaptionModel
 
-# Where `npm run build` in frontend/ puts the page (an editable install runs from the checkout).
-DEFAULT_PAGE_DIR = Path(__file__).resolve().parents[3] / "frontend" / "dist"
+DEFAULT_PAGE_DIR = default_page_dir()  # the wheel's packaged page, or frontend/dist in a checkout
 # The folder of the site the page reads the model from (frontend/src/device/deviceBackend.ts).
 MODEL_DIR = "model"
 WEB_VARIANTS = ("int8",)
