@@ -99,7 +99,13 @@ def load_tokenizer(directory: Path) -> CaptionTokenizer:
 
 
 def _from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise MissingExtraError(
+            f"{repo_id}: models from the Hugging Face hub need huggingface_hub: "
+            "pip install 'captioner[hub]'"
+        ) from None
 
     try:
         patterns = ["*.json", "*.safetensors", "*.onnx"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
-TRAINING_EXTRA = "train"  # pyproject.toml's [project.optional-dependencies]
+from captioner.hub import TRAIN_EXTRA
+
 # The training extra's top-level modules that each command imports.
 NEEDED_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("torch", "lightning", "pycocoevalcap"),  # validation scores CIDEr-D every epoch
@@ -25,6 +26,5 @@ def require_training_extra(command: str) -> None:
     missing = [name for name in NEEDED_MODULES[command] if find_spec(name) is None]
     if missing:
         raise UsageError(
-            f"{command} needs the training extra: pip install 'captioner[{TRAINING_EXTRA}]' "
-            f"(missing: {', '.join(missing)})"
+            f"{command} needs the training extra: {TRAIN_EXTRA} (missing: {', '.join(missing)})"
         )
