@@ -54,8 +54,9 @@ site: install frontend/site/index.html
 
 # The web app with the bundled model at http://127.0.0.1:8000, captioning on the server or,
 # switched, in the browser
+PORT ?= 8000
 demo: install site
-	$(VENV)/bin/captioner serve --page-dir frontend/site
+	$(VENV)/bin/captioner serve --page-dir frontend/site --port $(PORT)
 
 # Component tests (Vitest), then end to end in headless Chromium (skipped where it is missing):
 # the page under `captioner serve`, and the exported static site under `python -m http.server`.

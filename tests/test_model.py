@@ -87,7 +87,9 @@ def test_half_precision_checkpoint_is_smaller_and_close(tiny_model, photo, tmp_p
     assert (half / "model.safetensors").stat().st_size < 0.6 * (
         full / "model.safetensors"
     ).stat().st_size
-    features = torch.from_numpy(tiny_model.captioner().encode(tiny_model.captioner().pixels([photo])))
+    features = torch.from_numpy(
+        tiny_model.captioner().encode(tiny_model.captioner().pixels([photo]))
+    )
     ids = torch.tensor([[1, 3, 4, 5]])
     with torch.inference_mode():
         expected = tiny_model(features, ids)
@@ -204,10 +206,61 @@ def test_a_folder_only_pytorch_can_run_needs_the_training_extra(tiny_model, phot
         "raise SystemExit(main(sys.argv[1:]))\n"
     )
     run = subprocess.run(
-        [sys.executable, "-c", script, "caption", "--model", str(directory), str(tmp_path / "photo.png")],
+        [
+            sys.executable,
+            "-c",
+            script,
+            "caption",
+            "--model",
+            str(directory),
+            str(tmp_path / "photo.png"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and "pip install 'captioner[train]'" in run.stderr
+
+
+def test_a_training_run_folder_means_its_best_model(tiny_model, tmp_path, caplog):
+    best = tiny_model.save_pretrained(tmp_path / "run" / "best")
+    assert resolve_model_dir(tmp_path / "run") == best
+    assert "is a training run: using its best model" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "config.json").unlink(), "no config.json here"),
+        (
+            lambda d: (d / "config.json").write_text("{not json"),
+            "config.json: not a readable model config",
+        ),
+        (
+            lambda d: (d / "config.json").write_text('{"decoder": {"n_layerz": 2}}'),
+            "unknown DecoderConfig fields",
+        ),
+        (
+            lambda d: (d / "tokenizer.json").write_text('{"kind": "clip-bpe", "vocab": [1, 2]}'),
+            "tokenizer.json: not a readable tokenizer",
+        ),
+        (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json: not a readable tokenizer"),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"\0" * 100),
+            "model.safetensors: not readable weights",
+        ),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors: not readable weights"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_line_and_exit_code_2(
+    tiny_model, photo, tmp_path, capsys, damage, message
+):
+    from captioner.cli import main
+
+    directory = tiny_model.save_pretrained(tmp_path / "model")
+    damage(directory)
+    photo.save(tmp_path / "photo.png")
+    assert main(["caption", "--model", str(directory), str(tmp_path / "photo.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
