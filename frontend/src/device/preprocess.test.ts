@@ -25,7 +25,7 @@ for width, height in request["sizes"]:
     image = Image.frombytes("RGB", (width, height), data[offset : offset + width * height * 3])
     offset += width * height * 3
     sys.stdout.buffer.write(np.asarray(config.resize_and_crop(image)).tobytes())
-    sys.stdout.buffer.write(config(image).numpy().astype("<f4").tobytes())
+    sys.stdout.buffer.write(config(image).astype("<f4").tobytes())
 `;
 
 /** A smooth gradient with noise (seeded), so that filters have something to get wrong. */
