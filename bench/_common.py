@@ -24,7 +24,7 @@ import onnxruntime
 from PIL import Image
 
 from captioner import Captioner, CaptionerConfig, EncoderConfig
-from captioner.hub import BUNDLED_DIR, load_config, resolve_model_dir
+from captioner.hub import BUNDLED_DIR
 from captioner.runtime.base import DEFAULT_RUNTIME
 from captioner.runtime.onnx import OnnxRuntime, available_threads
 
@@ -125,12 +125,10 @@ def model_name(source: str | None) -> str:
 def load_torch_model(source: str | None) -> tuple[CaptionModel, str]:
     """The PyTorch model of `source` (see `model_source`), its encoder in PyTorch too (an
     EfficientNet encoder would otherwise run in ONNX Runtime)."""
-    from captioner.encoders import build_encoder
     from captioner.torch_model import CaptionModel
 
     source = model_source(source)
-    encoder = build_encoder(load_config(resolve_model_dir(source)).encoder, runtime="torch")
-    return CaptionModel.from_pretrained(source, encoder), model_name(source)
+    return CaptionModel.from_pretrained(source, encoder_runtime="torch"), model_name(source)
 
 
 def load_bundled(

@@ -167,4 +167,7 @@ class Captioner:
             from captioner.torch_model import CaptionModel
         except ImportError:
             raise missing_extra(f"running {directory} (it has no {DESCRIPTION_FILE})") from None
-        return CaptionModel.from_pretrained(directory).captioner(runtime)
+        encoder_runtime = "torch" if runtime == "torch" else DEFAULT_RUNTIME
+        return CaptionModel.from_pretrained(directory, encoder_runtime=encoder_runtime).captioner(
+            runtime
+        )

@@ -28,7 +28,7 @@ from captioner.hub import (
 from captioner.images import ImageInput
 from captioner.model import Caption, Captioner, special_tokens
 from captioner.model_card import write_model_card
-from captioner.runtime.base import check_runtime, decoder_variant
+from captioner.runtime.base import DEFAULT_RUNTIME, check_runtime, decoder_variant
 from captioner.runtime.torch import TorchRuntime
 from captioner.tokenizer import CaptionTokenizer
 
@@ -39,10 +39,13 @@ class CaptionModel(nn.Module):
         config: CaptionerConfig,
         tokenizer: CaptionTokenizer | None = None,
         encoder: ImageEncoder | None = None,
+        encoder_runtime: str = DEFAULT_RUNTIME,
     ):
+        """`encoder_runtime` (see `captioner.runtime.base`): "torch" keeps the encoder in
+        PyTorch too; otherwise an EfficientNet encoder runs in ONNX Runtime on CPU."""
         super().__init__()
         self.tokenizer = tokenizer or CaptionTokenizer()
-        self.encoder = encoder or build_encoder(config.encoder)
+        self.encoder = encoder or build_encoder(config.encoder, encoder_runtime)
         # The decoder's input sizes follow from the encoder and tokenizer: one source of truth.
         config.decoder = dataclasses.replace(
             config.decoder,
@@ -126,14 +129,17 @@ class CaptionModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path | None = None, encoder: ImageEncoder | None = None
+        cls,
+        source: str | Path | None = None,
+        encoder: ImageEncoder | None = None,
+        encoder_runtime: str = DEFAULT_RUNTIME,
     ) -> CaptionModel:
         """As `Captioner.from_pretrained` takes it (a name, folder, hub id or wandb: artifact),
         with its PyTorch weights. ModelLoadError (one line) for a folder it cannot read."""
         from captioner.hub import resolve_model_dir
 
         directory = resolve_model_dir(source)
-        model = cls(load_config(directory), load_tokenizer(directory), encoder)
+        model = cls(load_config(directory), load_tokenizer(directory), encoder, encoder_runtime)
         path = directory / WEIGHTS_FILE
         try:
             state = load_file(path)
