@@ -191,14 +191,14 @@ def test_page_json_tells_the_page_a_server_is_behind_it(client: TestClient) -> N
 
 
 def test_a_site_served_offers_its_model_and_the_browser_revalidates_it(
-    tiny_model: Captioner, tmp_path: Path
+    tiny_captioner: Captioner, tmp_path: Path
 ) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "index.html").write_text("<!doctype html><title>captioner site</title>")
     (tmp_path / "page.json").write_text('{"format": "captioner-page", "server": false}')
     (tmp_path / "model" / "captioner.json").write_text('{"format": "captioner-onnx"}')
     (tmp_path / "model" / "step.onnx.gz").write_bytes(b"\x1f\x8b graph bytes")
-    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=tiny_model)) as client:
+    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=tiny_captioner)) as client:
         assert client.get("/page.json").json()["server"] is True  # not the static site's file
         assert client.get("/page.json").json()["device_model"] is True
         graph = client.get("/model/step.onnx.gz")
