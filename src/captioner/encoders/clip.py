@@ -46,15 +46,18 @@ class CLIPEncoder(ImageEncoder):
 @contextmanager
 def quiet_loading() -> Iterator[None]:
     """One tower from a whole CLIP checkpoint: transformers would list every weight of the
-    other tower as unexpected."""
+    other tower as unexpected, and draw a progress bar for loading a few hundred tensors."""
     from transformers.utils import logging
 
-    level = logging.get_verbosity()
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def clip_preprocess(image_size: int) -> Preprocess:

@@ -11,6 +11,7 @@ import torch
 
 from captioner.batch import CaptionCollator
 from captioner.data import CaptionRecord
+from captioner.evaluation.clipscore import CLIPScorer
 from captioner.evaluation.metrics import caption_metrics
 from captioner.features import CACHE_ROOT, build_cache, cached_records, image_source, record_key
 from captioner.model import Captioner
@@ -28,11 +29,13 @@ def evaluate(
     batch_size: int = 50,
     meteor: bool = True,
     progress: bool = True,
+    clip: CLIPScorer | None = None,
 ) -> tuple[dict, dict[str, str]]:
-    """Metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, teacher-forced token accuracy) and the
-    prediction per image id, decoding with the model's own settings (`beam_size` overrides its
-    beam). Encoder grids come from (and go into) the feature cache. Records whose image cannot
-    be read are left out; a ValueError if none is left."""
+    """Metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, teacher-forced token accuracy; with
+    `clip`, CLIPScore and RefCLIPScore) and the prediction per image id, decoding with the
+    model's own settings (`beam_size` overrides its beam). Encoder grids come from (and go into)
+    the feature cache. Records whose image cannot be read are left out; a ValueError if none is
+    left."""
     started = time.perf_counter()
     generation = model.config.generation
     if beam_size is not None:
@@ -63,6 +66,14 @@ def evaluate(
     references = {r.image_id: r.captions for r in records}
     scores = caption_metrics(predictions, references, meteor=meteor)
     scores["token_accuracy"] = correct / max(counted, 1)
+    if clip is not None:
+        clip_scores = clip.score(
+            [r.image for r in records],
+            [predictions[r.image_id] for r in records],
+            [r.captions for r in records],
+        )
+        scores["clip_score"] = clip_scores.clip_score
+        scores["refclip_score"] = clip_scores.refclip_score
     scores["images"] = len(records)
     scores["seconds"] = round(time.perf_counter() - started, 2)
     return scores, predictions
