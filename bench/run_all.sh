@@ -9,3 +9,4 @@ for script in encoder_paths caption_latency decoder_step onnx_parity server_load
     .venv/bin/python "bench/$script.py" 2>&1 | tee "$out/$script.txt"
 done
 .venv/bin/python bench/training_throughput.py --bf16 2>&1 | tee "$out/training_throughput_bf16.txt"
+.venv/bin/python bench/original_setup.py 2>&1 | tee "$out/original_setup.txt"

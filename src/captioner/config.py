@@ -49,6 +49,11 @@ class DecoderConfig:
     # Hub id or folder of the CLIP model those come from (None: the CLIP encoder's source when
     # the encoder is CLIP, else openai/clip-vit-base-patch32). Needed whenever the model is built.
     token_embedding_source: str | None = None
+    # The CLIP id of each model id under a compact vocabulary (-1: the "unknown" token), so the
+    # CLIP token input reads the right rows; set when the model is built from its tokenizer
+    # (None: the model's ids are CLIP's own). Kept here, not among the weights, so that no dtype
+    # conversion of the weights can touch it.
+    clip_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.token_embedding not in TOKEN_EMBEDDINGS:
@@ -61,6 +66,12 @@ class DecoderConfig:
             raise ValueError(
                 f"decoder.token_embedding_source must be a hub id or folder, got {source!r}"
             )
+        ids = self.clip_ids
+        if ids is not None and (
+            not isinstance(ids, list)
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= -1 for i in ids)
+        ):
+            raise ValueError("decoder.clip_ids must be a list of CLIP ids (-1: unknown) or none")
 
 
 TOKEN_EMBEDDINGS = ("learned", "clip", "clip-contextual")

@@ -261,12 +261,14 @@ class CaptionDecoder(nn.Module):
                 f"positions of the CLIP text tower from {source}"
             )
         # Model id -> CLIP id: the identity for CLIP's own vocabulary; a compact vocabulary's
-        # is set by `map_clip_ids` and saved with the weights.
-        full = config.vocab_size == self.clip_text.vocab_size
-        ids = (
-            torch.arange(config.vocab_size) if full else torch.full((config.vocab_size,), UNMAPPED)
+        # comes from config.clip_ids, which `map_clip_ids` sets.
+        self.register_buffer(
+            "clip_ids", torch.full((config.vocab_size,), UNMAPPED), persistent=False
         )
-        self.register_buffer("clip_ids", ids)
+        if config.clip_ids is not None:
+            self._set_clip_ids(config.clip_ids)
+        elif config.vocab_size == self.clip_text.vocab_size:
+            self._set_clip_ids(range(config.vocab_size))
         # The compact vocabulary's "unknown" has no CLIP row: it reads this learned one.
         self.unknown_token = nn.Parameter(torch.zeros(self.clip_text.width))
         self.token_projection = nn.Linear(self.clip_text.width, config.d_model)
@@ -274,9 +276,14 @@ class CaptionDecoder(nn.Module):
 
     def map_clip_ids(self, clip_ids: Sequence[int]) -> None:
         """The CLIP id of each model id (a compact vocabulary's list, -1 for "unknown"), so the
-        CLIP token input reads the right rows; ValueError for a list that does not fit."""
+        CLIP token input reads the right rows; kept in the config. ValueError for a list that
+        does not fit."""
         if self.config.token_embedding == "learned":
             return
+        self._set_clip_ids(clip_ids)
+        self.config.clip_ids = self.clip_ids.tolist()  # saved in config.json
+
+    def _set_clip_ids(self, clip_ids: Sequence[int]) -> None:
         ids = torch.as_tensor(list(clip_ids), dtype=torch.long)
         if ids.shape != self.clip_ids.shape:
             raise ValueError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,30 @@ class CLIPEncoder(ImageEncoder):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self.net(pixel_values=pixels).last_hidden_state
         return hidden[:, 1:, :]
+
+    def export_onnx(self, file: str | Path | IO[bytes]) -> None:
+        """`pixels` (batch, 3, size, size) -> `features` (batch, tokens, dim), any batch: the
+        graph `export_onnx` writes as `encoder.onnx` for the EfficientNet encoders."""
+        from captioner.onnx.export import trace_to_onnx
+
+        size = self.preprocess.crop_size
+        trace_to_onnx(
+            _Features(self),
+            (torch.zeros(1, 3, size, size),),
+            file,
+            ["pixels"],
+            ["features"],
+            {"pixels": {0: "batch"}, "features": {0: "batch"}},
+        )
+
+
+class _Features(nn.Module):
+    def __init__(self, encoder: CLIPEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder.features(pixels)
 
 
 @contextmanager

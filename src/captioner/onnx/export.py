@@ -181,6 +181,14 @@ def token_table(decoder: CaptionDecoder) -> torch.Tensor:
         return decoder.token_projection(rows) if kind == "clip" else rows
 
 
+def _check_text_cache(decoder: CaptionDecoder, text_cache: bool) -> None:
+    if decoder.config.token_embedding == "clip-contextual" and not text_cache:
+        raise ValueError(
+            "a clip-contextual decoder's step graph needs the CLIP text tower's cache, which "
+            "the ONNX runtime does not feed yet: decode it in PyTorch (runtime='torch')"
+        )
+
+
 def text_kv_shape(decoder: CaptionDecoder, batch: int, length: int) -> tuple[int, ...]:
     """The shape of each of the CLIP text tower's past and present tensors (clip-contextual)."""
     text = decoder.clip_text
@@ -198,12 +206,20 @@ def _stacked(*layers: nn.Linear) -> nn.Linear:
 
 
 def export_decoder(
-    decoder: CaptionDecoder, directory: str | Path, variants: Sequence[str] = VARIANTS
+    decoder: CaptionDecoder,
+    directory: str | Path,
+    variants: Sequence[str] = VARIANTS,
+    text_cache: bool = False,
 ) -> None:
-    """decoder_image and decoder_step, in each of `variants`, into `directory`."""
+    """decoder_image and decoder_step, in each of `variants`, into `directory`. A
+    clip-contextual decoder's step graph also takes and returns the CLIP text tower's cache
+    (`text_tower_description`), which `captioner.onnx.runtime` does not feed yet: it is
+    exported only when `text_cache` says the caller feeds it (ValueError otherwise, so that the
+    "auto" runtime decodes such a model in PyTorch)."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
         raise ValueError(f"ONNX variants must be among {', '.join(VARIANTS)}, got {variants}")
+    _check_text_cache(decoder, text_cache)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = decoder.config
