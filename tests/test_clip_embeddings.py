@@ -219,6 +219,21 @@ def test_clip_token_input_trains_saves_loads_and_exports(clip_dir, tmp_path, mod
     assert description.get("text_layers", 0) == text_layers
 
 
+def test_a_token_source_that_cannot_be_loaded_is_a_setup_error(tmp_path):
+    from captioner.training.run import TrainingSetupError
+
+    dataset = make_colour_dataset(tmp_path / "colours")
+    missing = tmp_path / "no-clip-here"
+    config = tiny_config(
+        dataset,
+        tmp_path,
+        decoder={"token_embedding": "clip", "token_embedding_source": str(missing)},
+    )
+    with pytest.raises(TrainingSetupError, match="cannot build the model"):
+        train(config, progress=False)
+    assert not (tmp_path / "run" / "best").exists()
+
+
 def test_the_original_set_up_preset():
     config = preset("flickr30k-clip-original")
     assert config.encoder.name == "clip" and config.encoder.source == "openai/clip-vit-base-patch32"

@@ -216,7 +216,11 @@ def train(
     else:
         tokenizer = _tokenizer(config, records[config.train_split], output_dir, resume)
         decoder = with_token_source(config.decoder, config.encoder)
-        model = Captioner(CaptionerConfig(encoder=config.encoder, decoder=decoder), tokenizer)
+        try:
+            model = Captioner(CaptionerConfig(encoder=config.encoder, decoder=decoder), tokenizer)
+        except OSError as error:  # a CLIP hub id or folder (token input) that cannot be loaded
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise TrainingSetupError(f"cannot build the model: {reason}") from None
         if tokenizer.vocab is not None:  # CLIP token input reads the compact ids' CLIP rows
             model.decoder.map_clip_ids(tokenizer.vocab)
         # The exported model's default decoding must fit its decoder (a short max_length).
