@@ -43,26 +43,41 @@ def features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+class Independent:
+    """Unit embeddings straight from the tiny CLIP, one image or caption at a time."""
+
+    def __init__(self, clip_dir, scorer: CLIPScorer):
+        self.model = CLIPModel.from_pretrained(clip_dir).eval()
+        self.bpe = CaptionTokenizer()
+        self.preprocess = scorer.preprocess
+
+    @torch.no_grad()
+    def text(self, text: str) -> torch.Tensor:
+        ids = torch.tensor([self.bpe.clip_ids(f"A photo depicts {text}")])  # alone: no padding
+        vector = features(self.model.get_text_features(input_ids=ids))[0]
+        return vector / vector.norm()
+
+    @torch.no_grad()
+    def image(self, image: Image.Image) -> torch.Tensor:
+        pixels = self.preprocess(image)[None]
+        vector = features(self.model.get_image_features(pixel_values=pixels))[0]
+        return vector / vector.norm()
+
+    def clip_s(self, image: Image.Image, caption: str) -> float:
+        return 2.5 * max(float(torch.dot(self.text(caption), self.image(image))), 0.0)
+
+
 def test_scores_match_the_papers_formulas(clip_dir):
     scorer = CLIPScorer(str(clip_dir), batch_size=2)  # batches of 2 pad captions of any length
     got = scorer.score(images(), CAPTIONS, REFERENCES)
 
-    model = CLIPModel.from_pretrained(clip_dir).eval()
-    bpe = CaptionTokenizer()
-
-    def text_vector(text: str) -> torch.Tensor:
-        ids = torch.tensor([bpe.clip_ids(f"A photo depicts {text}")])  # alone: no padding
-        vector = features(model.get_text_features(input_ids=ids))[0]
-        return vector / vector.norm()
-
+    independent = Independent(clip_dir, scorer)
+    text_vector = independent.text
     clip_s, ref_clip_s = [], []
     with torch.no_grad():
         for image, caption, references in zip(images(), CAPTIONS, REFERENCES):
-            pixels = scorer.preprocess(image)[None]
-            v = features(model.get_image_features(pixel_values=pixels))[0]
-            v = v / v.norm()
             c = text_vector(caption)
-            score = 2.5 * max(float(torch.dot(c, v)), 0.0)
+            score = independent.clip_s(image, caption)
             best = max(max(float(torch.dot(c, text_vector(r))) for r in references), 0.0)
             clip_s.append(score)
             ref_clip_s.append(2 * score * best / (score + best) if score + best > 0 else 0.0)
@@ -74,6 +89,16 @@ def test_scores_match_the_papers_formulas(clip_dir):
 
     without = scorer.score(images(), CAPTIONS)
     assert without.refclip_score is None and without.per_image == pytest.approx(clip_s, abs=1e-5)
+
+
+def test_rerank_picks_each_images_best_clip_score(clip_dir):
+    scorer = CLIPScorer(str(clip_dir))
+    independent = Independent(clip_dir, scorer)
+    candidates = [[c, *r] for c, r in zip(CAPTIONS, REFERENCES)]
+    chosen = scorer.rerank(images(), candidates)
+    for image, group, k in zip(images(), candidates, chosen):
+        scores = [independent.clip_s(image, text) for text in group]
+        assert k == scores.index(max(scores))  # the first of equal maxima
 
 
 def test_mismatched_inputs_are_refused(clip_dir):
@@ -100,6 +125,19 @@ def test_eval_reports_clip_scores(clip_dir, tiny_model, tmp_path, capsys):
     assert scores["clip_score"] == pytest.approx(expected.clip_score, abs=1e-6)
     assert scores["refclip_score"] == pytest.approx(expected.refclip_score, abs=1e-6)
     assert "cider" in scores and scores["images"] == 4
+
+    # re-ranked by CLIP-S, each image's CLIP-S can only rise: its top beam was a candidate
+    assert main([*arguments, "--beam", "3", "--clip", str(clip_dir), "--clip-rerank"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    reranked = scores["clip_reranked"]
+    assert reranked["clip_score"] >= scores["clip_score"] - 1e-6
+    assert {"cider", "bleu4", "refclip_score"} <= set(reranked) and 0 <= reranked["changed"] <= 4
+    for extra, message in [
+        (["--clip-rerank"], "--clip-rerank needs --clip MODEL"),
+        (["--clip", str(clip_dir), "--clip-rerank", "--beam", "1"], "a beam of 2 or more"),
+    ]:
+        assert main([*arguments, *extra]) == 2
+        assert message in capsys.readouterr().err
 
     capsys.readouterr()
     code = main([*arguments, "--clip", str(tmp_path / "no-such-clip")])

@@ -265,6 +265,7 @@ class CaptionDecoder(nn.Module):
         self.register_buffer(
             "clip_ids", torch.full((config.vocab_size,), UNMAPPED), persistent=False
         )
+        self.clip_ids_mapped = False
         if config.clip_ids is not None:
             self._set_clip_ids(config.clip_ids)
         elif config.vocab_size == self.clip_text.vocab_size:
@@ -292,15 +293,16 @@ class CaptionDecoder(nn.Module):
         if ((ids < NO_CLIP_TOKEN) | (ids >= self.clip_text.vocab_size)).any():
             raise ValueError(f"CLIP ids must be -1 or below {self.clip_text.vocab_size}")
         self.clip_ids.copy_(ids)
+        self.clip_ids_mapped = True
 
     def clip_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """The CLIP table's row (width of the text tower) for each model id in `ids`."""
-        clip_ids = self.clip_ids[ids]
-        if (clip_ids == UNMAPPED).any():
+        if not self.clip_ids_mapped:  # checked here, not by reading the buffer back each step
             raise ValueError(
                 "the decoder's compact vocabulary is not mapped to CLIP ids: "
                 "call map_clip_ids(tokenizer.vocab) after building it"
             )
+        clip_ids = self.clip_ids[ids]
         rows = self.clip_text.table[clip_ids.clamp(min=0)]
         unknown = (clip_ids == NO_CLIP_TOKEN).unsqueeze(-1)
         return torch.where(unknown, self.unknown_token.to(rows.dtype), rows)

@@ -40,6 +40,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="also score CLIPScore and RefCLIPScore (Hessel et al. 2021) with this CLIP: a "
         "Hugging Face hub id such as openai/clip-vit-base-patch32, or a saved folder",
     )
+    parser.add_argument(
+        "--clip-rerank",
+        action="store_true",
+        help="also re-rank the final beams by CLIPScore and score the winners (needs --clip "
+        "and a beam of 2 or more); both sets of scores are printed",
+    )
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.set_defaults(run=run)
 
@@ -59,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if not records:
         raise UsageError(f"no images in split {split!r} of {args.data}")
+    if args.clip_rerank and args.clip is None:
+        raise UsageError("--clip-rerank needs --clip MODEL: the CLIP that scores the beams")
     clip = None
     if args.clip is not None:
         from captioner.evaluation.clipscore import CLIPScorer
@@ -71,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
                 f"--clip {args.clip}: cannot load a CLIP model: {first_line}"
             ) from None
     model = Captioner.from_pretrained(args.model)
-    options = {"beam_size": args.beam, "cache_dir": args.cache_dir, "clip": clip}
+    options = {
+        "beam_size": args.beam,
+        "cache_dir": args.cache_dir,
+        "clip": clip,
+        "clip_rerank": args.clip_rerank,
+    }
     try:
         scores, predictions = evaluate(
             model, records, **{key: value for key, value in options.items() if value is not None}
@@ -83,7 +96,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(scores))
     else:
-        for name, value in scores.items():
+        rows = [(name, value) for name, value in scores.items() if not isinstance(value, dict)]
+        for group, values in scores.items():  # clip_reranked: the same metrics, re-ranked
+            if isinstance(values, dict):
+                rows += [(f"{group}.{name}", value) for name, value in values.items()]
+        for name, value in rows:
             shown = (
                 "n/a (Java not found)"
                 if value is None

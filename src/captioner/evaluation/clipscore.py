@@ -137,6 +137,24 @@ class CLIPScorer:
             per_image_ref.tolist(),
         )
 
+    def rerank(
+        self, images: Sequence[ImageInput], candidates: Sequence[Sequence[str]]
+    ) -> list[int]:
+        """For each image, the index of its candidate caption with the highest CLIP-S; a tie
+        (every candidate clamped to 0, say) keeps the earliest: the captioner's own order."""
+        if len(images) != len(candidates) or any(not c for c in candidates):
+            raise ValueError("every image needs at least one candidate caption")
+        image_vectors = self.image_embeddings(images)
+        caption_vectors = self.text_embeddings([c for group in candidates for c in group])
+        chosen, start = [], 0
+        for image, group in zip(image_vectors, candidates):
+            scores = clip_s(
+                image.expand(len(group), -1), caption_vectors[start : start + len(group)]
+            )
+            chosen.append(int(scores.argmax()))  # the first of equal maxima
+            start += len(group)
+        return chosen
+
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
     return (vectors / vectors.norm(dim=-1, keepdim=True)).float()
