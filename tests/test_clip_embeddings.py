@@ -242,3 +242,22 @@ def test_the_original_set_up_preset():
     assert decoder.token_embedding == "clip"
     assert config.captions_per_image == "random" and config.min_token_count == 0
     assert "flickr30k-clip-original" in PRESETS
+
+
+def test_the_clip_vision_tower_exports_to_onnx(clip_dir):
+    import io
+
+    from captioner.config import EncoderConfig
+    from captioner.encoders import build_encoder
+    from captioner.encoders.clip import CLIPEncoder
+    from captioner.onnx.runtime import cpu_session
+
+    encoder = build_encoder(EncoderConfig("clip", str(clip_dir)))
+    assert isinstance(encoder, CLIPEncoder)
+    buffer = io.BytesIO()
+    encoder.export_onnx(buffer)
+    session = cpu_session(buffer.getvalue(), 1)
+    pixels = torch.randn(3, 3, 32, 32)  # any batch
+    (got,) = session.run(["features"], {"pixels": pixels.numpy()})
+    np.testing.assert_allclose(got, encoder(pixels).tokens.numpy(), atol=1e-4)
+    assert got.shape == (3, 16, 32)
