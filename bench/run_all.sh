@@ -11,3 +11,4 @@ for script in encoder_paths caption_latency decoder_step onnx_parity server_load
     "$python" "bench/$script.py" 2>&1 | tee "$out/$script.txt"
 done
 "$python" bench/training_throughput.py --bf16 2>&1 | tee "$out/training_throughput_bf16.txt"
+"$python" bench/original_setup.py 2>&1 | tee "$out/original_setup.txt"

@@ -41,6 +41,40 @@ class DecoderConfig:
     mlp_ratio: int = 4
     max_length: int = 40
     dropout: float = 0.1
+    # What the decoder reads for each caption token: "learned" (its own embedding, also the
+    # output layer), "clip" (CLIP's frozen text-tower token-embedding table) or
+    # "clip-contextual" (the frozen causal text tower's per-token hidden states); the CLIP ones
+    # go through a learned projection to d_model, with a learned output layer.
+    token_embedding: str = "learned"
+    # Hub id or folder of the CLIP model those come from (None: the CLIP encoder's source when
+    # the encoder is CLIP, else openai/clip-vit-base-patch32). Needed whenever the model is built.
+    token_embedding_source: str | None = None
+    # The CLIP id of each model id under a compact vocabulary (-1: the "unknown" token), so the
+    # CLIP token input reads the right rows; set when the model is built from its tokenizer
+    # (None: the model's ids are CLIP's own). Kept here, not among the weights, so that no dtype
+    # conversion of the weights can touch it.
+    clip_ids: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_embedding not in TOKEN_EMBEDDINGS:
+            raise ValueError(
+                f"decoder.token_embedding must be one of {', '.join(TOKEN_EMBEDDINGS)}, "
+                f"got {self.token_embedding!r}"
+            )
+        source = self.token_embedding_source
+        if source is not None and (not isinstance(source, str) or not source.strip()):
+            raise ValueError(
+                f"decoder.token_embedding_source must be a hub id or folder, got {source!r}"
+            )
+        ids = self.clip_ids
+        if ids is not None and (
+            not isinstance(ids, list)
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= -1 for i in ids)
+        ):
+            raise ValueError("decoder.clip_ids must be a list of CLIP ids (-1: unknown) or none")
+
+
+TOKEN_EMBEDDINGS = ("learned", "clip", "clip-contextual")
 
 
 # The widest beam and the most captions per image a caller may ask for: each beam or sample is a

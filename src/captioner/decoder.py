@@ -2,21 +2,30 @@
 
 Each block is causal self-attention, cross-attention to the projected image tokens, then an MLP,
 each behind a LayerNorm and a residual. Optional `ImageBlock`s first let the image tokens attend
-to each other. Positions are learned; the output layer is the token embedding (tied). A
+to each other. Positions are learned. Tokens come in through `config.token_embedding`: a
+learned embedding that is also the output layer (tied), or CLIP's frozen text tower (its token
+table, or its causal per-token states) through a learned projection, with a learned output layer
+(`CLIPTextTokens`, built from `config.token_embedding_source`). A
 `KVCache` makes generation cost one token's work per step, and any call can hand back the
 cross-attention weights of every layer and head (for attention maps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.config import DecoderConfig
+from captioner.config import DecoderConfig, EncoderConfig
+
+# `clip_ids` marks model ids with no CLIP token (the compact vocabulary's "unknown") by -1, and
+# ids not mapped yet by -2.
+NO_CLIP_TOKEN, UNMAPPED = -1, -2
 
 
 class KVCache:
@@ -26,6 +35,8 @@ class KVCache:
     def __init__(self, n_layers: int):
         self.self_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+        # CLIP text tower's keys and values, each layer's key then value (clip-contextual)
+        self.text_kv: list[torch.Tensor] | None = None
 
     @property
     def length(self) -> int:
@@ -38,6 +49,8 @@ class KVCache:
         for i, kv in enumerate(self.self_kv):
             if kv is not None:
                 self.self_kv[i] = (kv[0].index_select(0, rows), kv[1].index_select(0, rows))
+        if self.text_kv is not None:
+            self.text_kv = [t.index_select(0, rows) for t in self.text_kv]
         for i, kv in enumerate(self.cross_kv):
             if kv is not None and image_rows is not None:
                 self.cross_kv[i] = (
@@ -69,6 +82,19 @@ def check_length(config: DecoderConfig, offset: int, length: int) -> None:
     """ValueError unless `length` more tokens after `offset` fit the learned positions."""
     if offset + length > config.max_length:
         raise ValueError(f"sequence of {offset + length} exceeds max_length {config.max_length}")
+
+
+def with_token_source(decoder: DecoderConfig, encoder: EncoderConfig) -> DecoderConfig:
+    """`decoder` with CLIP token input reading the CLIP encoder's own hub id or folder where
+    it names none of its own."""
+    if (
+        decoder.token_embedding != "learned"
+        and decoder.token_embedding_source is None
+        and encoder.name == "clip"
+        and encoder.source is not None
+    ):
+        return dataclasses.replace(decoder, token_embedding_source=encoder.source)
+    return decoder
 
 
 class Attention(nn.Module):
@@ -211,7 +237,10 @@ class CaptionDecoder(nn.Module):
         self.image_blocks = nn.ModuleList(ImageBlock(config) for _ in range(config.image_layers))
         # Pre-norm blocks leave their sum unnormalised; without blocks the projection's norm holds.
         self.image_norm = nn.LayerNorm(d) if config.image_layers else nn.Identity()
-        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        if config.token_embedding == "learned":
+            self.token_embedding = nn.Embedding(config.vocab_size, d)
+        else:
+            self._build_clip_tokens(config)
         self.positions = nn.Parameter(torch.zeros(1, config.max_length, d))
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
@@ -219,6 +248,84 @@ class CaptionDecoder(nn.Module):
         self.apply(_init_weights)
         nn.init.normal_(self.positions, std=0.02)
         nn.init.normal_(self.image_positions, std=0.02)
+
+    def _build_clip_tokens(self, config: DecoderConfig) -> None:
+        from captioner.encoders.clip import DEFAULT_CLIP, CLIPTextTokens
+
+        source = config.token_embedding_source or DEFAULT_CLIP
+        contextual = config.token_embedding == "clip-contextual"
+        self.clip_text = CLIPTextTokens(source, contextual)
+        if contextual and config.max_length > self.clip_text.max_positions:
+            raise ValueError(
+                f"decoder.max_length {config.max_length} exceeds the {self.clip_text.max_positions} "
+                f"positions of the CLIP text tower from {source}"
+            )
+        # Model id -> CLIP id: the identity for CLIP's own vocabulary; a compact vocabulary's
+        # comes from config.clip_ids, which `map_clip_ids` sets.
+        self.register_buffer(
+            "clip_ids", torch.full((config.vocab_size,), UNMAPPED), persistent=False
+        )
+        self.clip_ids_mapped = False
+        if config.clip_ids is not None:
+            self._set_clip_ids(config.clip_ids)
+        elif config.vocab_size == self.clip_text.vocab_size:
+            self._set_clip_ids(range(config.vocab_size))
+        # The compact vocabulary's "unknown" has no CLIP row: it reads this learned one.
+        self.unknown_token = nn.Parameter(torch.zeros(self.clip_text.width))
+        self.token_projection = nn.Linear(self.clip_text.width, config.d_model)
+        self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def map_clip_ids(self, clip_ids: Sequence[int]) -> None:
+        """The CLIP id of each model id (a compact vocabulary's list, -1 for "unknown"), so the
+        CLIP token input reads the right rows; kept in the config. ValueError for a list that
+        does not fit."""
+        if self.config.token_embedding == "learned":
+            return
+        self._set_clip_ids(clip_ids)
+        self.config.clip_ids = self.clip_ids.tolist()  # saved in config.json
+
+    def _set_clip_ids(self, clip_ids: Sequence[int]) -> None:
+        ids = torch.as_tensor(list(clip_ids), dtype=torch.long)
+        if ids.shape != self.clip_ids.shape:
+            raise ValueError(
+                f"{len(ids)} CLIP ids for a decoder of {self.config.vocab_size} tokens"
+            )
+        if ((ids < NO_CLIP_TOKEN) | (ids >= self.clip_text.vocab_size)).any():
+            raise ValueError(f"CLIP ids must be -1 or below {self.clip_text.vocab_size}")
+        self.clip_ids.copy_(ids)
+        self.clip_ids_mapped = True
+
+    def clip_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The CLIP table's row (width of the text tower) for each model id in `ids`."""
+        if not self.clip_ids_mapped:  # checked here, not by reading the buffer back each step
+            raise ValueError(
+                "the decoder's compact vocabulary is not mapped to CLIP ids: "
+                "call map_clip_ids(tokenizer.vocab) after building it"
+            )
+        clip_ids = self.clip_ids[ids]
+        rows = self.clip_text.table[clip_ids.clamp(min=0)]
+        unknown = (clip_ids == NO_CLIP_TOKEN).unsqueeze(-1)
+        return torch.where(unknown, self.unknown_token.to(rows.dtype), rows)
+
+    def embed_tokens(
+        self, ids: torch.Tensor, offset: int | torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """(rows, length, d) token vectors of `ids` at positions `offset`..., before the
+        position embedding. clip-contextual keeps the text tower's keys and values in `cache`."""
+        if self.config.token_embedding == "learned":
+            return self.token_embedding(ids)
+        past = None if cache is None else cache.text_kv
+        states, present = self.clip_text(self.clip_vectors(ids), offset, past)
+        if cache is not None and present:
+            cache.text_kv = present
+        return self.token_projection(states)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """(vocab, d): logits are the final states times its transpose."""
+        if self.config.token_embedding == "learned":
+            return self.token_embedding.weight
+        return self.output.weight
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
@@ -249,7 +356,7 @@ class CaptionDecoder(nn.Module):
         check_length(self.config, offset, length)
         if image_index is None:
             check_rows(ids.shape[0], image.shape[0])
-        x = self.token_embedding(ids) + self.positions[:, offset : offset + length]
+        x = self.embed_tokens(ids, offset, cache) + self.positions[:, offset : offset + length]
         x = self.dropout(x)
         mask = None
         if length > 1:  # a single new token may look at everything before it
@@ -260,7 +367,7 @@ class CaptionDecoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             x, layer_weights = block(x, image, mask, cache, layer, need_weights, image_index)
             weights.append(layer_weights)
-        logits = self.final_norm(x) @ self.token_embedding.weight.T
+        logits = self.final_norm(x) @ self.output_weight.T
         cross = torch.stack(weights, dim=1) if need_weights else None
         return DecoderOutput(logits, cross)
 

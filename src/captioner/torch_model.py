@@ -118,8 +118,13 @@ class CaptionModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG_FILE)
-        state = {
-            name: (tensor.to(dtype) if dtype is not None else tensor).detach().contiguous().cpu()
+        state = {  # `dtype` applies to the weights, never to integer tensors (ids, counts)
+            name: (
+                tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            )
+            .detach()
+            .contiguous()
+            .cpu()
             for name, tensor in self.decoder.state_dict().items()
         }
         save_file(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})

@@ -17,7 +17,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "eval",
         help="score a model on a dataset split",
         description="Caption a split and score it the coco-caption way: BLEU-1..4, METEOR "
-        "(needs Java), ROUGE-L, CIDEr-D, and teacher-forced token accuracy.",
+        "(needs Java), ROUGE-L, CIDEr-D, and teacher-forced token accuracy; with --clip, "
+        "CLIPScore and RefCLIPScore too.",
     )
     parser.add_argument(
         "--model", help="model folder, hub id or wandb: artifact (default: the bundled model)"
@@ -33,6 +34,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--predictions",
         type=Path,
         help="file for per-image predictions, JSONL (default: predictions-SPLIT.jsonl)",
+    )
+    parser.add_argument(
+        "--clip",
+        metavar="MODEL",
+        help="also score CLIPScore and RefCLIPScore (Hessel et al. 2021) with this CLIP: a "
+        "Hugging Face hub id such as openai/clip-vit-base-patch32, or a saved folder",
+    )
+    parser.add_argument(
+        "--clip-rerank",
+        action="store_true",
+        help="also re-rank the final beams by CLIPScore and score the winners (needs --clip "
+        "and a beam of 2 or more); both sets of scores are printed",
     )
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.set_defaults(run=run)
@@ -56,8 +69,26 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if not records:
         raise UsageError(f"no images in split {split!r} of {args.data}")
+    if args.clip_rerank and args.clip is None:
+        raise UsageError("--clip-rerank needs --clip MODEL: the CLIP that scores the beams")
+    clip = None
+    if args.clip is not None:
+        from captioner.evaluation.clipscore import CLIPScorer
+
+        try:
+            clip = CLIPScorer(args.clip)
+        except (OSError, ValueError) as error:  # no such folder or hub id, not a CLIP model
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else error
+            raise UsageError(
+                f"--clip {args.clip}: cannot load a CLIP model: {first_line}"
+            ) from None
     model = CaptionModel.from_pretrained(args.model)
-    options = {"beam_size": args.beam, "cache_dir": args.cache_dir}
+    options = {
+        "beam_size": args.beam,
+        "cache_dir": args.cache_dir,
+        "clip": clip,
+        "clip_rerank": args.clip_rerank,
+    }
     try:
         scores, predictions = evaluate(
             model, records, **{key: value for key, value in options.items() if value is not None}
@@ -69,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(scores))
     else:
-        for name, value in scores.items():
+        rows = [(name, value) for name, value in scores.items() if not isinstance(value, dict)]
+        for group, values in scores.items():  # clip_reranked: the same metrics, re-ranked
+            if isinstance(values, dict):
+                rows += [(f"{group}.{name}", value) for name, value in values.items()]
+        for name, value in rows:
             shown = (
                 "n/a (Java not found)"
                 if value is None

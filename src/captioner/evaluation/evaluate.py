@@ -12,6 +12,7 @@ import torch
 from captioner.batch import CaptionCollator
 from captioner.cache import FEATURES_DIR
 from captioner.data import CaptionRecord
+from captioner.evaluation.clipscore import CLIPScorer
 from captioner.evaluation.metrics import caption_metrics
 from captioner.features import build_cache, cached_records, image_source, record_key
 from captioner.objective import teacher_forced
@@ -27,15 +28,25 @@ def evaluate(
     batch_size: int = 50,
     meteor: bool = True,
     progress: bool = True,
+    clip: CLIPScorer | None = None,
+    clip_rerank: bool = False,
 ) -> tuple[dict, dict[str, str]]:
-    """Metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, teacher-forced token accuracy) and the
-    prediction per image id, decoding with the model's own settings (`beam_size` overrides its
-    beam). Encoder grids come from (and go into) the feature cache. Records whose image cannot
-    be read are left out; a ValueError if none is left."""
+    """Metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, teacher-forced token accuracy; with
+    `clip`, CLIPScore and RefCLIPScore) and the prediction per image id, decoding with the
+    model's own settings (`beam_size` overrides its beam). With `clip_rerank`, the final beams
+    are re-ranked by CLIPScore too, and `scores["clip_reranked"]` holds the same metrics for
+    the captions that wins. Encoder grids come from (and go into) the feature cache. Records
+    whose image cannot be read are left out; a ValueError if none is left."""
     started = time.perf_counter()
     generation = model.config.generation
     if beam_size is not None:
         generation = generation.replace(beam_size=beam_size)
+    if clip_rerank:
+        if clip is None:
+            raise ValueError("re-ranking by CLIPScore needs a CLIP model (--clip)")
+        if generation.do_sample or generation.beam_size < 2:
+            raise ValueError("re-ranking by CLIPScore needs beam search: a beam of 2 or more")
+        generation = generation.replace(num_return_sequences=generation.beam_size)
     generation.validate()
     if batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
@@ -47,6 +58,7 @@ def evaluate(
         raise ValueError("nothing to evaluate: none of the images could be read")
     collator = CaptionCollator(model.tokenizer, model.config.decoder.max_length)
     predictions: dict[str, str] = {}
+    beams: dict[str, list[str]] = {}  # each image's final beams, best first (re-ranking)
     correct = counted = 0
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
@@ -54,6 +66,7 @@ def evaluate(
         features = torch.from_numpy(np.stack(grids)).float().to(model.device)
         for record, caption in zip(chunk, model.generate_from_features(features, generation)):
             predictions[record.image_id] = caption.text
+            beams[record.image_id] = [caption.text, *(a.text for a in caption.alternatives)]
         # Teacher-forced accuracy over every reference caption.
         batch = collator.tokenize(features, [r.captions for r in chunk]).to(model.device)
         _, right, count = teacher_forced(model, batch)
@@ -62,9 +75,31 @@ def evaluate(
     references = {r.image_id: r.captions for r in records}
     scores = caption_metrics(predictions, references, meteor=meteor)
     scores["token_accuracy"] = correct / max(counted, 1)
+    if clip is not None:
+        scores.update(_clip_scores(clip, records, predictions))
+    if clip_rerank:
+        images = [r.image for r in records]
+        chosen = clip.rerank(images, [beams[r.image_id] for r in records])
+        reranked = {r.image_id: beams[r.image_id][k] for r, k in zip(records, chosen)}
+        scores["clip_reranked"] = {
+            **caption_metrics(reranked, references, meteor=meteor),
+            **_clip_scores(clip, records, reranked),
+            "changed": sum(k > 0 for k in chosen),  # images whose caption re-ranking replaced
+        }
     scores["images"] = len(records)
     scores["seconds"] = round(time.perf_counter() - started, 2)
     return scores, predictions
+
+
+def _clip_scores(
+    clip: CLIPScorer, records: list[CaptionRecord], predictions: dict[str, str]
+) -> dict[str, float | None]:
+    found = clip.score(
+        [r.image for r in records],
+        [predictions[r.image_id] for r in records],
+        [r.captions for r in records],
+    )
+    return {"clip_score": found.clip_score, "refclip_score": found.refclip_score}
 
 
 def save_predictions(

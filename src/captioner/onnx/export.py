@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from captioner.decoder import CaptionDecoder
@@ -106,19 +107,34 @@ class DecodingStep(nn.Module):
         self.query_key_value = nn.ModuleList(
             _stacked(b.self_attention.query, b.self_attention.key_value) for b in decoder.blocks
         )
+        self.token_table = token_table(decoder)
+
+    def embed(
+        self, ids: torch.Tensor, position: torch.Tensor, text_past: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`CaptionDecoder.embed_tokens` for one token a row, from `token_table`: (rows, 1, d)
+        and, with clip-contextual, the text tower's present keys and values."""
+        decoder = self.decoder
+        vectors = F.embedding(ids, self.token_table)
+        if decoder.config.token_embedding != "clip-contextual":
+            return vectors, []
+        states, present = decoder.clip_text(vectors, position, text_past)
+        return decoder.token_projection(states), present
 
     def forward(self, ids: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`ids` (rows, 1); `kv`: the past, then the cross tensors, each in `kv_names` order;
-        the cross tensors have a row per row, or a row per image whose rows are consecutive
-        and equally many (its beams, as `CaptionDecoder.forward` takes them). Returns logits
-        (rows, V), the present tensors, cross-attention (rows, L, H, T)."""
+        """`ids` (rows, 1); `kv`: the past, the cross tensors, then (clip-contextual) the text
+        tower's past, each in `kv_names` order; the cross tensors have a row per row, or a row
+        per image whose rows are consecutive and equally many (its beams, as
+        `CaptionDecoder.forward` takes them). Returns logits (rows, V), the present tensors,
+        the text tower's present tensors (clip-contextual), cross-attention (rows, L, H, T)."""
         decoder = self.decoder
         layers = len(decoder.blocks)
         heads, width, head_width = self.heads, self.width, self.head_width
-        past, cross = kv[: 2 * layers], kv[2 * layers :]
+        past, cross = kv[: 2 * layers], kv[2 * layers : 4 * layers]
         position, images = past[0].shape[2], cross[0].shape[0]
         tokens = decoder.config.image_tokens
-        x = decoder.token_embedding(ids) + decoder.positions[:, position : position + 1]
+        embedded, text_present = self.embed(ids, position, kv[4 * layers :])
+        x = embedded + decoder.positions[:, position : position + 1]
         present, weights = [], []
         for layer, block in enumerate(decoder.blocks):
             h = self.query_key_value[layer](block.self_norm(x))  # (rows, 1, 3d)
@@ -135,8 +151,8 @@ class DecodingStep(nn.Module):
             x = x + block.cross_attention.out(mixed.transpose(1, 2).reshape(-1, 1, width))
             x = x + block.mlp(block.mlp_norm(x))
             weights.append(layer_weights.transpose(1, 2).reshape(-1, heads, tokens))
-        logits = decoder.final_norm(x) @ decoder.token_embedding.weight.T
-        return logits[:, 0], *present, torch.stack(weights, 1)
+        logits = decoder.final_norm(x) @ decoder.output_weight.T
+        return logits[:, 0], *present, *text_present, torch.stack(weights, 1)
 
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -146,6 +162,24 @@ class DecodingStep(nn.Module):
         scores = query @ key.transpose(-2, -1) / math.sqrt(self.head_width)
         weights = scores.softmax(dim=-1)
         return weights @ value, weights
+
+
+def token_table(decoder: CaptionDecoder) -> torch.Tensor:
+    """What the step graph gathers each new token's input from, a row per model id: the learned
+    embedding; for clip, the projected CLIP rows (the projection done once here, not per step);
+    for clip-contextual, the CLIP rows that enter the text tower."""
+    kind = decoder.config.token_embedding
+    if kind == "learned":
+        return decoder.token_embedding.weight
+    with torch.no_grad():
+        rows = decoder.clip_vectors(torch.arange(decoder.config.vocab_size))
+        return decoder.token_projection(rows) if kind == "clip" else rows
+
+
+def text_kv_shape(decoder: CaptionDecoder, batch: int, length: int) -> tuple[int, ...]:
+    """The shape of each of the CLIP text tower's past and present tensors (clip-contextual)."""
+    text = decoder.clip_text
+    return (batch, text.n_heads, length, text.width // text.n_heads)
 
 
 def _stacked(*layers: nn.Linear) -> nn.Linear:
@@ -159,9 +193,13 @@ def _stacked(*layers: nn.Linear) -> nn.Linear:
 
 
 def export_decoder(
-    decoder: CaptionDecoder, directory: str | Path, variants: Sequence[str] = VARIANTS
+    decoder: CaptionDecoder,
+    directory: str | Path,
+    variants: Sequence[str] = VARIANTS,
 ) -> None:
-    """decoder_image and decoder_step, in each of `variants`, into `directory`."""
+    """decoder_image and decoder_step, in each of `variants`, into `directory`. A
+    clip-contextual decoder's step graph also takes and returns the CLIP text tower's cache
+    (`text_tower_description`), after the decoder's own."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
         raise ValueError(f"ONNX variants must be among {', '.join(VARIANTS)}, got {variants}")
@@ -191,16 +229,23 @@ def export_decoder(
         )
         # Traced at a past of 2 tokens: the position and the concatenation follow the past's shape.
         past = tuple(torch.zeros(kv_shape(config, 2, 2)) for _ in past_names)
+        text_layers = decoder.clip_text.n_layers if config.token_embedding != "learned" else 0
+        text_past_names = kv_names("text_past", text_layers)
+        text_present_names = kv_names("text_present", text_layers)
+        text_past = tuple(torch.zeros(text_kv_shape(decoder, 2, 2)) for _ in text_past_names)
         trace_to_onnx(
             DecodingStep(decoder),
-            (torch.zeros(2, 1, dtype=torch.long), *past, *cross),
+            (torch.zeros(2, 1, dtype=torch.long), *past, *cross, *text_past),
             fp32["step"],
-            ["ids", *past_names, *cross_names],
-            ["logits", *present_names, "cross_attention"],
+            ["ids", *past_names, *cross_names, *text_past_names],
+            ["logits", *present_names, *text_present_names, "cross_attention"],
             {
                 **{name: {0: "batch"} for name in ["ids", *cross_names, "logits"]},
-                **{name: {0: "batch", 2: "past"} for name in past_names},
-                **{name: {0: "batch", 2: "past_plus_one"} for name in present_names},
+                **{name: {0: "batch", 2: "past"} for name in [*past_names, *text_past_names]},
+                **{
+                    name: {0: "batch", 2: "past_plus_one"}
+                    for name in [*present_names, *text_present_names]
+                },
                 "cross_attention": {0: "batch"},
             },
         )
@@ -289,6 +334,20 @@ def token_pieces(tokenizer: CaptionTokenizer) -> list[str]:
     return [tokenizer._bpe.decode(tokenizer._to_clip([i])) for i in range(tokenizer.vocab_size)]
 
 
+def text_tower_description(decoder: CaptionDecoder) -> dict:
+    """clip-contextual's step graph also takes and returns the CLIP text tower's cache
+    (`text_past_*` in, `text_present_*` out, after the decoder's own): its layers, heads and
+    head width. Nothing for the other token inputs."""
+    if decoder.config.token_embedding != "clip-contextual":
+        return {}
+    _, heads, _, head_width = text_kv_shape(decoder, 1, 0)
+    return {
+        "text_layers": decoder.clip_text.n_layers,
+        "text_heads": heads,
+        "text_head_dim": head_width,
+    }
+
+
 def describe(model: CaptionModel, variants: Sequence[str] = VARIANTS) -> dict:
     """`captioner.json`: what a runtime without Python needs to caption with the graphs."""
     encoder, tokenizer, decoder = model.encoder, model.tokenizer, model.config.decoder
@@ -326,6 +385,8 @@ def describe(model: CaptionModel, variants: Sequence[str] = VARIANTS) -> dict:
             "max_length": decoder.max_length,
             "vocab_size": decoder.vocab_size,
             "parameters": sum(p.numel() for p in model.decoder.parameters()),
+            "token_embedding": decoder.token_embedding,
+            **text_tower_description(model.decoder),
         },
         "tokens": {
             "start_id": model.special.start,

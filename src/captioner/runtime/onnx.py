@@ -124,9 +124,15 @@ class OnnxRuntime:
         self._image = cpu_session(directory / files["image"], self.threads)
         self._step_file = directory / files["step"]
         self._steps: dict[int, onnxruntime.InferenceSession] = {}  # by threads, opened on need
-        self.past_names = kv_names("past", decoder["n_layers"])
+        # The decoder's self-attention cache, then (clip-contextual token input) the CLIP text
+        # tower's, each fed back as the step returns it: (heads, head width) of each tensor.
+        text_layers = decoder.get("text_layers", 0)
+        self.past_names = kv_names("past", decoder["n_layers"]) + kv_names("text_past", text_layers)
+        self.past_shapes = [(decoder["n_heads"], decoder["head_dim"])] * (2 * decoder["n_layers"])
+        self.past_shapes += [(decoder.get("text_heads"), decoder.get("text_head_dim"))] * (
+            2 * text_layers
+        )
         self.cross_names = kv_names("cross", decoder["n_layers"])
-        self.kv_shape = (decoder["n_heads"], decoder["head_dim"])
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         if self._encode is not None:
@@ -167,10 +173,10 @@ class OnnxDecoding:
     def __init__(self, runtime: OnnxRuntime, cross: list[np.ndarray], rows_per_image: int):
         self.runtime = runtime
         self.cross = cross
-        heads, width = runtime.kv_shape
         rows = cross[0].shape[0] * rows_per_image
-        empty = np.zeros((rows, heads, 0, width), np.float32)
-        self.past = [empty] * len(runtime.past_names)
+        self.past = [
+            np.zeros((rows, heads, 0, width), np.float32) for heads, width in runtime.past_shapes
+        ]
         self.length = 0
 
     def step(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -56,7 +56,8 @@ class TrainConfig:
     # Augmentation: each epoch, a random half of the training images are seen left-right
     # mirrored (their grids cached beside the originals), with "left" and "right" swapped.
     mirror_images: bool = False
-    min_token_count: int = 1  # compact vocabulary: CLIP tokens seen at least this often
+    # Compact vocabulary: CLIP tokens seen at least this often (0: CLIP's whole vocabulary).
+    min_token_count: int = 1
     epochs: int = 20
     steps_per_epoch: int | None = None  # validate (and checkpoint) after this many steps
     batch_size: int = 64  # images per step (each with one or all of its captions)
@@ -103,11 +104,17 @@ class TrainConfig:
         )
         precisions = "none (automatic) or one of " + ", ".join(PRECISIONS)
         _require("precision", self.precision, self.precision in (None, *PRECISIONS), precisions)
-        for key in ("epochs", "batch_size", "min_token_count", "num_nodes"):
+        for key in ("epochs", "batch_size", "num_nodes"):
             _integer(key, getattr(self, key), 1)
         for key in ("steps_per_epoch", "checkpoint_every_steps"):
             _integer(key, getattr(self, key), 1, optional=True)
-        for key in ("warmup_steps", "early_stopping_patience", "num_workers", "seed"):
+        for key in (
+            "warmup_steps",
+            "early_stopping_patience",
+            "num_workers",
+            "seed",
+            "min_token_count",
+        ):
             _integer(key, getattr(self, key), 0)
         _integer("scst_samples", self.scst_samples, 2)  # each sample's baseline is the others
         for key in ("weight_decay", "grad_clip", "scst_xe_weight"):
@@ -206,6 +213,16 @@ PRESETS["flickr30k-clip"] = {
     "epochs": 30,
     "batch_size": 128,
     "warmup_steps": 1000,
+}
+# The original system's set-up: CLIP ViT-B/32's vision tower, its text tower's frozen
+# token-embedding table (through a learned projection) as the decoder's input, a 512-wide,
+# 8-head, 6-layer decoder over CLIP's whole vocabulary, and one of each image's 5 Flickr30k
+# captions, drawn at random each epoch.
+PRESETS["flickr30k-clip-original"] = {
+    **PRESETS["flickr30k-clip"],
+    "decoder": {**_CLIP["decoder"], "token_embedding": "clip"},
+    "captions_per_image": "random",
+    "min_token_count": 0,
 }
 PRESETS["coco-clip"] = {
     **_CLIP,

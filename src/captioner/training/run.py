@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from captioner.batch import CaptionCollator
 from captioner.config import CaptionerConfig
 from captioner.data import CaptionRecord, load_records
+from captioner.decoder import with_token_source
 from captioner.decoding import max_new_tokens_limit
 from captioner.encoders import build_encoder
 from captioner.features import FeatureCache, build_cache, cached_records, image_source
@@ -163,13 +164,17 @@ class ExportBest(Callback):
 def _tokenizer(
     config: TrainConfig, records: list[CaptionRecord], output_dir: Path, resume: bool
 ) -> CaptionTokenizer:
-    """The compact vocabulary of the training captions; reused as saved when resuming."""
+    """The compact vocabulary of the training captions (CLIP's own with min_token_count 0);
+    reused as saved when resuming."""
     path = output_dir / TOKENIZER_FILE
     if resume and path.is_file():
         return CaptionTokenizer.load(path)
-    tokenizer = CaptionTokenizer.build_compact(
-        (c for r in records for c in r.captions), min_count=config.min_token_count
-    )
+    if config.min_token_count == 0:
+        tokenizer = CaptionTokenizer()
+    else:
+        tokenizer = CaptionTokenizer.build_compact(
+            (c for r in records for c in r.captions), min_count=config.min_token_count
+        )
     tokenizer.save(path)
     return tokenizer
 
@@ -211,9 +216,14 @@ def train(
         model.tokenizer.save(output_dir / TOKENIZER_FILE)
     else:
         tokenizer = _tokenizer(config, records[config.train_split], output_dir, resume)
-        model = CaptionModel(
-            CaptionerConfig(encoder=config.encoder, decoder=config.decoder), tokenizer
-        )
+        decoder = with_token_source(config.decoder, config.encoder)
+        try:
+            model = CaptionModel(CaptionerConfig(encoder=config.encoder, decoder=decoder), tokenizer)
+        except OSError as error:  # a CLIP hub id or folder (token input) that cannot be loaded
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise TrainingSetupError(f"cannot build the model: {reason}") from None
+        if tokenizer.vocab is not None:  # CLIP token input reads the compact ids' CLIP rows
+            model.decoder.map_clip_ids(tokenizer.vocab)
         # The exported model's default decoding must fit its decoder (a short max_length).
         generation = model.config.generation
         generation.max_new_tokens = min(
