@@ -24,6 +24,7 @@ from captioner.collection import (
     find_images,
 )
 from captioner.collection.job import attention_folders
+from captioner.collection.rows import SIDECAR_MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +197,12 @@ def test_sidecars_are_written_beside_each_image_and_resume(tiny_model, tmp_path)
     for image in images:
         lines = image.with_suffix(".txt").read_text().splitlines()
         assert len(lines) == 2 and all(lines)
-    assert not list((tmp_path / "photos").glob(".*"))  # no temporary files left behind
+    # no temporary files left behind; the manifest names the caption files captioner wrote
+    hidden = list((tmp_path / "photos").glob(".*"))
+    assert [path.name for path in hidden] == [SIDECAR_MANIFEST]
+    assert sorted(json.loads(line) for line in hidden[0].read_text().splitlines()) == [
+        f"img{i:03d}.txt" for i in range(3)
+    ]
     # The sidecars are outputs, not inputs: a rerun finds all three done and skips nothing else.
     images[1].with_suffix(".txt").unlink()
     summary = caption_collection(tiny_model, [tmp_path / "photos"], config)
@@ -209,9 +215,10 @@ def test_sidecars_that_would_collide_are_refused(tiny_model, tmp_path):
     make_image(tmp_path / "x.png", 1)
     with pytest.raises(ValueError, match="would share one .txt file"):
         caption_collection(tiny_model, [tmp_path], fast(sidecar=".txt"))
+    make_image(tmp_path / "x.dat", 2)  # an image whatever its suffix
     with pytest.raises(ValueError, match="would overwrite"):
         caption_collection(
-            tiny_model, [tmp_path / "x.jpg", tmp_path / "x.png"], fast(sidecar=".png")
+            tiny_model, [tmp_path / "x.jpg", tmp_path / "x.dat"], fast(sidecar=".dat")
         )
 
 
