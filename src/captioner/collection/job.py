@@ -520,6 +520,11 @@ def check_writable(path: Path, is_folder: bool) -> None:
     if path.exists() and path.is_dir() != is_folder:
         raise ValueError(f"{path} is not a {kind}: give a {kind} to write")
     folder = path if is_folder else path.parent
+    above = folder
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ValueError(f"cannot write {path}: {above} is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -172,13 +172,19 @@ class RowFile:
     def append(self, rows: list[Row]) -> None:
         """Write whole lines and flush them, so that they outlive a kill of this process."""
         if rows:
-            self._handle.write(self._encode(rows))
-            self._handle.flush()
+            try:
+                self._handle.write(self._encode(rows))
+                self._handle.flush()
+            except OSError as error:  # a full disk: say which file
+                raise OSError(error.errno, error.strerror, str(self.path)) from None
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()  # flushes what a failed write left in the buffer
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, str(self.path)) from None
 
     def rewrite(self, rows: list[Row]) -> None:
         """Replace the whole file at once (readers see the old one or the new one)."""
@@ -409,6 +415,9 @@ def write_atomically(path: Path, text: str) -> None:
         with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape", newline="") as file:
             file.write(text)
         os.replace(temporary, path)
+    except OSError as error:  # a full disk: say which file
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
