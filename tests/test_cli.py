@@ -230,3 +230,16 @@ def test_the_bundled_model_card_is_the_one_save_pretrained_writes():
     config = CaptionerConfig.load(BUNDLED_DIR / "config.json")
     assert card == model_card(config, "flickr8k-effnet", None)
     assert "Captioner.from_pretrained()" in card and card.rstrip().endswith(MARKER)
+
+
+def test_export_never_resaves_over_a_users_config(model_dir, tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "settings"}')
+    assert main(["export", str(model_dir), str(folder)]) == 2
+    assert "config.json exists and is not part of a saved captioner model" in (
+        capsys.readouterr().err
+    )
+    assert (folder / "config.json").read_text() == '{"my": "settings"}'
+    assert main(["export", str(model_dir), str(tmp_path / "copy")]) == 0
+    assert main(["export", str(model_dir), str(tmp_path / "copy"), "--half"]) == 0  # its own
