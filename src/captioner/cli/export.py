@@ -119,7 +119,10 @@ def _check_model_folder(directory: Path) -> None:
     if not present:
         return
     try:
-        CaptionerConfig.load(directory / CONFIG_FILE)
+        saved = json.loads((directory / CONFIG_FILE).read_text())
+        CaptionerConfig.from_dict(saved)
+        if not {"encoder", "decoder"} <= set(saved):
+            raise ValueError("not a captioner config")
     except Exception:  # noqa: BLE001 (any failure: not a captioner model's config)
         raise UsageError(
             f"export: {directory / present[0]} exists and is not part of a saved captioner "
