@@ -77,7 +77,7 @@ async def caption(
         return error_response(413, upload_too_large_message(settings.max_upload_mb))
     read = time.perf_counter()
     options = Options(generation.beam_size, generation.max_new_tokens, attention)
-    prepare = partial(prepare_image, model, data, settings.max_pixels)
+    prepare = partial(prepare_image, model, data, settings.max_pixels, settings.max_side)
     done = await state.batcher.submit(prepare, options, settings.request_timeout_s)
     image, result, stats = done.item, done.result, done.stats
     timings = Timings(
