@@ -176,9 +176,11 @@ def test_page_served_at_root(client: TestClient) -> None:
 
 
 def test_page_missing_explains_how_to_build(tiny_model: Captioner, tmp_path: Path) -> None:
-    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=tiny_model)) as client:
+    missing = tmp_path / "no-such-page"
+    with TestClient(create_app(ServerSettings(page_dir=missing), model=tiny_model)) as client:
         response = client.get("/")
     assert response.status_code == 200 and "make frontend" in response.text
+    assert str(tmp_path) not in response.text  # D22: the server's folders are not shown
 
 
 def test_unknown_api_path_is_json_404(client: TestClient) -> None:
@@ -426,8 +428,25 @@ def test_a_request_past_its_deadline_is_a_504(tiny_model: Captioner, model_on_ho
 
 def test_a_wrong_method_keeps_the_allow_header(client: TestClient) -> None:
     response = client.request("TRACE", "/api/health")
-    assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
     assert response.json() == {"error": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_the_api_answers_its_paths_not_the_page(client: TestClient, method: str) -> None:
+    # D20: with the page mounted at /, it used to answer 404, or 405 "Allow: GET, HEAD"
+    assert client.get("/").status_code == 200  # the page is there
+    response = client.request(method, "/api/caption")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json() == {"error": "Method Not Allowed"}
+
+
+def test_several_file_parts_are_refused_not_all_but_one_ignored(client: TestClient) -> None:
+    data = encode(photo(), "PNG")
+    files = [("file", ("a.png", data)), ("file", ("b.png", data))]
+    response = client.post("/api/caption", files=files)  # D21
+    assert response.status_code == 422
+    assert response.json() == {"error": "send one image a request: this one has several file parts"}
 
 
 # A part header without a colon: "Found invalid character 13 in header".

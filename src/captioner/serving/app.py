@@ -18,7 +18,7 @@ from captioner.model import Captioner
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import caption_batch
 from captioner.serving.errors import UploadLimit, add_error_handlers, upload_too_large_message
-from captioner.serving.routes import Serving, router
+from captioner.serving.routes import Serving, api_fallback, router
 from captioner.serving.schemas import DecoderInfo, EncoderInfo, ModelInfo, ServerInfo
 from captioner.serving.settings import ServerSettings
 
@@ -64,6 +64,7 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
         )
+    app.include_router(api_fallback)
     mount_page(app, settings)
     return app
 
@@ -111,6 +112,7 @@ def mount_page(app: FastAPI, settings: ServerSettings) -> None:
     async def page_missing() -> str:
         return (
             "<!doctype html><title>captioner</title><h1>captioner</h1>"
-            f"<p>The page is not built ({settings.page_dir} has no index.html): run "
-            "<code>make frontend</code>. The API is up: see <a href='/docs'>/docs</a>.</p>"
+            "<p>The page is not built (its folder has no index.html): run "
+            "<code>make frontend</code>, or give <code>--page-dir</code>. The API is up: see "
+            "<a href='/docs'>/docs</a>.</p>"
         )
