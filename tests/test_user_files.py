@@ -210,10 +210,13 @@ def test_a_sub_folder_that_cannot_be_read_is_an_error_row(tiny_model, tmp_path):
         summary = caption_collection(
             tiny_model, [tmp_path / "photos"], fast(recursive=True), rows.append
         )
+        named = []  # D10: a file named inside it, an error row rather than a traceback
+        caption_collection(tiny_model, [locked / "b.png"], fast(), named.append)
     finally:
         locked.chmod(0o755)
     assert summary.failed == 1
     assert "cannot read the folder" in next(r["error"] for r in rows if r["image"] == "locked/")
+    assert "cannot read it: Permission denied" in named[0]["error"]
 
 
 # ---- heatmaps ---------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def find_images(sources: Iterable[str | Path], recursive: bool = False) -> list[
     for source in sources:
         text = str(source)
         path = Path(text).expanduser()
-        if path.is_dir():
+        if os.path.isdir(path):  # False, not PermissionError, in a folder that is locked
             items += _walk(path, recursive)
         elif not os.path.lexists(path) and any(c in text for c in GLOB_CHARACTERS):
             matches = _glob(os.path.expanduser(text))
@@ -53,7 +53,7 @@ def find_images(sources: Iterable[str | Path], recursive: bool = False) -> list[
                 raise ValueError(f"no file matches the pattern {text!r}")
             for match in matches:
                 matched = Path(match)
-                items += _walk(matched, recursive) if matched.is_dir() else [_file(match)]
+                items += _walk(matched, recursive) if os.path.isdir(matched) else [_file(match)]
         else:
             items.append(_file(text))
     return unique(items)

@@ -517,20 +517,20 @@ def check_writable(path: Path, is_folder: bool) -> None:
     the wrong kind there, a folder above it that is a file, or no permission. Creates the
     folder it goes in."""
     kind = "folder" if is_folder else "file"
-    if path.exists() and path.is_dir() != is_folder:
+    if os.path.exists(path) and os.path.isdir(path) != is_folder:
         raise ValueError(f"{path} is not a {kind}: give a {kind} to write")
     folder = path if is_folder else path.parent
     above = folder
     while not os.path.lexists(above) and above != above.parent:
         above = above.parent
-    if not above.is_dir():
+    if not os.path.isdir(above):
         raise ValueError(f"cannot write {path}: {above} is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"cannot write {path}: {error.strerror}") from None
     writable = os.access(folder, os.W_OK | os.X_OK)
-    if not writable or (path.exists() and not os.access(path, os.W_OK)):
+    if not writable or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise ValueError(f"cannot write {path}: permission denied")
 
 

@@ -78,9 +78,9 @@ class RowFile:
     # ---- reading ---------------------------------------------------------------------------
     def read(self) -> tuple[list[Row], bool]:
         """The rows of its complete lines, and whether a cut-off last row was left out."""
-        if self.path.exists() and not self.path.is_file():
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
             raise ValueError(f"{self.path} is not a file: give a .jsonl or .csv file to write")
-        if not self.path.is_file():
+        if not os.path.isfile(self.path):
             return [], False
         try:
             data = self.path.read_bytes()
@@ -338,7 +338,7 @@ class Sidecars:
 
     def exists(self, item: ImageItem) -> bool:
         path = self.path(item)
-        return path.is_file() and self.ours(path)
+        return os.path.isfile(path) and self.ours(path)
 
     def check(self, items: list[ImageItem], overwrite: bool) -> None:
         """ValueError for a caption file path that is a folder, or a file captioner did not
@@ -347,7 +347,7 @@ class Sidecars:
             path = self.path(item)
             if not os.path.lexists(path):
                 continue
-            if path.is_dir() or not path.is_file():
+            if not os.path.isfile(path):
                 raise ValueError(f"the {self.suffix} file of {item.path}, {path}, is not a file")
             if not overwrite and not self.ours(path):
                 raise ValueError(
