@@ -102,7 +102,7 @@ def test_folder_to_csv_then_resume_and_sidecars(model_dir, photo, tmp_path, caps
     assert "captioned 2 of 3" in err and "skipped 1 file that is not an image" in err
     text = output.read_text().splitlines()
     assert text[0].startswith("image,caption,") and len(text) == 3
-    assert [line.split(",")[0] for line in text[1:]] == ["a.jpg", "sub/b.png"]
+    assert [line.split(",")[0] for line in text[1:]] == ['"a.jpg"', '"sub/b.png"']  # quoted
     assert main(args) == 0  # nothing left to do
     assert "2 already done" in capsys.readouterr().err
     assert len(output.read_text().splitlines()) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +43,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from captioner.cli import UsageError
     from captioner.model import Captioner
@@ -61,11 +61,20 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_model_folder(args.output)
     model = Captioner.from_pretrained(args.model, runtime="torch")
+    try:
+        _write(model, args)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile
+        where = f" {error.filename}" if error.filename else ""
+        print(f"captioner: export: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write(model, args: argparse.Namespace) -> None:
+    import torch
+
     if args.output is not None:
-        try:
-            model.save_pretrained(args.output, dtype=torch.float16 if args.half else None)
-        except OSError as error:
-            raise UsageError(f"export: cannot write {args.output}: {error.strerror}") from None
+        model.save_pretrained(args.output, dtype=torch.float16 if args.half else None)
         print(f"saved {args.output} ({_megabytes(args.output):.1f} MB)")
     if args.onnx is not None:
         with _onnx_errors("--onnx"):
@@ -77,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
         with _onnx_errors("--web"):
             write_site(model, args.web)
         print(f"saved {args.web}: a static site of {site_size(args.web) / 1e6:.1f} MB")
-    return 0
 
 
 def _export_onnx(model, directory: Path, variants) -> None:

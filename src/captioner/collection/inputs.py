@@ -168,7 +168,7 @@ def _walk(folder: Path, recursive: bool) -> list[ImageItem]:
 
     def unreadable(error: OSError) -> None:  # a folder that cannot be listed: an error row
         path = Path(error.filename)
-        name = path.relative_to(folder).as_posix() + "/"
+        name = f"{path.relative_to(folder).as_posix()}/" if path != folder else f"{folder}/"
         items.append(
             ImageItem(name, path, error=f"cannot read the folder {path}: {error.strerror}")
         )

@@ -271,9 +271,11 @@ class CollectionJob:
                 raise ValueError("sidecar files need image files; this dataset holds image bytes")
             suffix = self.sidecars.suffix.lower()
             items = [i for i in items if not (i.in_folder and i.path.suffix.lower() == suffix)]
-            images = {item.path.resolve() for item in items}
+            # An unreadable folder's error row has no caption file.
+            readable = [item for item in items if item.error is None]
+            images = {item.path.resolve() for item in readable}
             owners: dict[Path, ImageItem] = {}
-            for item in items:
+            for item in readable:
                 sidecar = self.sidecars.path(item).resolve()
                 if sidecar in images or sidecar in outputs:
                     raise ValueError(f"the {suffix} file of {item.path} would overwrite {sidecar}")
@@ -282,7 +284,7 @@ class CollectionJob:
                         f"{owners[sidecar].path} and {item.path} would share one {suffix} file"
                     )
                 owners[sidecar] = item
-            self.sidecars.check(items, self.config.overwrite)
+            self.sidecars.check(readable, self.config.overwrite)
         return [i for i in items if i.path is None or i.path.resolve() not in outputs]
 
     # ---- the three steps -------------------------------------------------------------------
