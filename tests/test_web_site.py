@@ -15,7 +15,14 @@ import pytest
 
 from captioner.cli import main
 from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
-from captioner.onnx.web import MODEL_DIR, SCRATCH_MARKER, compress_graphs, site_size, write_site
+from captioner.onnx.web import (
+    MODEL_DIR,
+    SCRATCH_MARKER,
+    SITE_MANIFEST,
+    compress_graphs,
+    site_size,
+    write_site,
+)
 
 pytest.importorskip("onnxruntime")
 
@@ -173,3 +180,14 @@ def test_export_web_usage_errors_are_one_line(tiny_model, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("captioner: export: ") and "\n" not in error
     assert (folder / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_a_tampered_manifest_never_reaches_outside_the_site(tiny_model, tmp_path, page_dir):
+    target = tmp_path / "site"
+    write_site(tiny_model, target, page_dir)
+    (tmp_path / "outside.txt").write_text("keep me")
+    manifest = target / SITE_MANIFEST
+    files = json.loads(manifest.read_text())["files"]
+    manifest.write_text(json.dumps({"files": [*files, "../outside.txt", str(tmp_path)]}))
+    write_site(tiny_model, target, page_dir)
+    assert (tmp_path / "outside.txt").read_text() == "keep me"

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
@@ -134,6 +134,8 @@ def install_export(built: Path, directory: Path, ours: set[str] | None) -> None:
         built.rename(directory)
         return
     files = sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file())
+    # A manifest is a file anyone can edit: nothing outside `directory` is ever touched.
+    ours = {file for file in ours if _inside(file)}
     for file in files:
         target = directory / file
         if file not in ours and os.path.lexists(target):
@@ -146,13 +148,19 @@ def install_export(built: Path, directory: Path, ours: set[str] | None) -> None:
         if old.is_file():
             old.unlink()
         for folder in old.parents:  # folders the old site's files leave empty
-            if folder == directory or any(folder.iterdir()):
+            if folder == directory or not folder.is_dir() or any(folder.iterdir()):
                 break
             folder.rmdir()
     for file in files:
         target = directory / file
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(built / file, target)
+
+
+def _inside(relative: str) -> bool:
+    """Whether a relative path from a manifest stays inside the folder it names files of."""
+    path = PurePosixPath(relative)
+    return bool(relative) and not path.is_absolute() and ".." not in path.parts
 
 
 def _scratch_prefix(directory: Path) -> str:
