@@ -28,6 +28,7 @@ from captioner.collection.rows import (
 )
 from captioner.config import check_int
 from captioner.images import ImageLoadError, UnsupportedImageError
+from captioner.launcher import launcher_rank
 from captioner.model import Caption, Captioner
 from captioner.transforms import Preprocess
 
@@ -232,7 +233,7 @@ class CollectionJob:
         # One job an output: a second on the same file is refused. Taken where the job is built
         # (by the process that becomes rank 0 of a distributed one), released by finish().
         self._lock = None
-        if self.output is not None and _launcher_rank() == 0:
+        if self.output is not None and launcher_rank() == 0:
             self._lock = OutputLock(self.output.path).acquire()
         # Read now, before any rank of a job over several processes can start writing; a file
         # that is not a captioner output is refused here, before any work.
@@ -534,15 +535,6 @@ def check_writable(path: Path, is_folder: bool) -> None:
     writable = os.access(folder, os.W_OK | os.X_OK)
     if not writable or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise ValueError(f"cannot write {path}: permission denied")
-
-
-def _launcher_rank() -> int:
-    """This process's rank as its launcher (torchrun, SLURM, Lightning) set it; 0 alone."""
-    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
-        value = os.environ.get(name, "0")
-        if value.isdigit() and int(value) != 0:
-            return int(value)
-    return 0
 
 
 def _items(sources: Iterable[ImageItem | str | Path], recursive: bool) -> list[ImageItem]:

@@ -28,6 +28,7 @@ from captioner.data import CaptionRecord, load_records
 from captioner.encoders import build_encoder
 from captioner.features import FeatureCache, build_cache, cached_records, image_source
 from captioner.generation import max_new_tokens_limit
+from captioner.launcher import launcher_rank
 from captioner.model import Captioner
 from captioner.tokenizer import CaptionTokenizer
 from captioner.training.averaging import DecoderAverage
@@ -190,7 +191,7 @@ def train(
     last = last_checkpoint(output_dir)
     if resume and not last.is_file():
         raise TrainingSetupError(f"nothing to resume: {last} does not exist")
-    if not resume:
+    if not resume and launcher_rank() == 0:  # the other ranks start once rank 0 has written
         _check_new_output_dir(output_dir)
     initial = Captioner.from_pretrained(config.init_from) if config.init_from else None
     if initial is not None:  # continue from a trained model: its encoder, decoder, vocabulary
