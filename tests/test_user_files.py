@@ -288,3 +288,15 @@ def test_a_write_that_fails_mid_run_is_one_line_and_exit_1(model_dir, tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert sorted(row["image"] for row in rows_of(output)) == [f"img{i:03d}.png" for i in range(3)]
+
+
+def test_temporary_files_a_killed_rewrite_left_are_removed(tiny_model, tmp_path):  # rule 4
+    make_folder(tmp_path / "photos", 1)
+    output = tmp_path / "out.csv"
+    left = [tmp_path / ".out.csv.abc123.tmp", tmp_path / ".out.part-1.csv.x.tmp"]
+    for path in left:
+        path.write_text("half a file")
+    mine = tmp_path / ".out.csv.notes"  # not one of the job's temporary files
+    mine.write_text("mine")
+    caption_collection(tiny_model, [tmp_path / "photos"], fast(output=output))
+    assert not any(path.exists() for path in left) and mine.read_text() == "mine"

@@ -299,6 +299,8 @@ class CollectionJob:
         barrier()  # every rank has read the files before any is changed
         if self.output is not None:
             own = self.output if world == 1 else self.output.part(rank)
+            if self._lock is not None:
+                self.output.remove_stale_temporaries()
             if rank == 0 and self.config.overwrite:
                 for stale in [self.output, *self.output.parts()]:
                     stale.delete()

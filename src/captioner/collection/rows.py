@@ -193,6 +193,14 @@ class RowFile:
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    def remove_stale_temporaries(self) -> None:
+        """Remove the temporary files `rewrite` left beside the file when killed mid-write (only
+        while holding its lock: no other job is writing one)."""
+        stem, suffix = glob.escape(self.path.stem), glob.escape(self.path.suffix)
+        for pattern in (f".{stem}{suffix}.*.tmp", f".{stem}.part-*{suffix}.*.tmp"):
+            for temporary in self.path.parent.glob(pattern):
+                temporary.unlink(missing_ok=True)
+
     def _encode(self, rows: list[Row], header: bool = False) -> str:
         if self.suffix == ".jsonl":
             return "".join(json_line(row) + "\n" for row in rows)
