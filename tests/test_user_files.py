@@ -258,8 +258,24 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_work(tiny_model, tmp_p
         caption_collection(tiny_model, [photo], fast(attention_dir=tmp_path / "file"))
     with pytest.raises(ValueError, match="cannot write /proc/captioner-heat"):
         caption_collection(tiny_model, [photo], fast(attention_dir=Path("/proc/captioner-heat")))
+    with pytest.raises(ValueError, match="cannot write /proc/captions.jsonl: No such file"):
+        caption_collection(tiny_model, [photo], fast(output=Path("/proc/captions.jsonl")))
     with pytest.raises(ValueError, match="out.jsonl: .*file is not a folder"):
         caption_collection(tiny_model, [photo], fast(output=tmp_path / "file" / "out.jsonl"))
+
+
+def test_names_that_are_not_utf8_print_on_standard_output(model_dir, tmp_path):  # D1
+    make_image(tmp_path / os.fsdecode(b"bad\xff.png"), 0)
+    make_image(tmp_path / "good.png", 1)  # two images: each line starts with its name
+    command = [sys.executable, "-m", "captioner", "caption", str(tmp_path), "-q"]
+    command += ["--model", str(model_dir), "--workers", "0"]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict, as a UTF-8 terminal is
+    plain = subprocess.run(command, capture_output=True, timeout=300, env=env)
+    assert plain.returncode == 0, plain.stderr.decode()
+    assert plain.stdout.decode("utf-8").startswith("bad\\xff.png\t")  # shown, escaped
+    lines = subprocess.run([*command, "--json"], capture_output=True, timeout=300, env=env)
+    first = lines.stdout.decode("utf-8").splitlines()[0]
+    assert json.loads(first)["image"] == os.fsdecode(b"bad\xff.png")
 
 
 def _file_size_limit(limit: int):

@@ -267,7 +267,10 @@ class OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         key = self.path.resolve()
         while True:
-            handle = os.open(self.path, os.O_RDWR | os.O_CREAT, _file_mode(self.path))
+            try:
+                handle = os.open(self.path, os.O_RDWR | os.O_CREAT, _file_mode(self.path))
+            except OSError as error:
+                raise ValueError(f"cannot write {self.output}: {error.strerror}") from None
             try:
                 if key in self._held:
                     raise BlockingIOError
