@@ -17,7 +17,7 @@ import pytest
 from test_collection import fast, make_folder, make_image, rows_of
 
 from captioner.cli import main
-from captioner.collection import CollectionJob, RowFile, caption_collection, find_images
+from captioner.collection import CollectionJob, RowFile, caption_collection, find_images, read_list
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +316,15 @@ def test_temporary_files_a_killed_rewrite_left_are_removed(tiny_model, tmp_path)
     mine.write_text("mine")
     caption_collection(tiny_model, [tmp_path / "photos"], fast(output=output))
     assert not any(path.exists() for path in left) and mine.read_text() == "mine"
+
+
+def test_a_list_file_keeps_any_name_whole(tmp_path, monkeypatch):  # rule 2, --from-list
+    names = ["line\u2028separator.png", os.fsdecode(b"bad\xff.png"), "form\x0cfeed.png"]
+    for i, name in enumerate(names):
+        make_image(tmp_path / name, i)
+    listing = "# three odd names\r\n" + "".join(f"  {name}\r\n" for name in names) + "\n"
+    (tmp_path / "list.txt").write_bytes(os.fsencode(listing))
+    monkeypatch.chdir(tmp_path)
+    sources = read_list("list.txt")
+    assert sources == names
+    assert [item.name for item in find_images(sources)] == names

@@ -95,15 +95,17 @@ def _glob_matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
 
 
 def read_list(path: str | Path) -> list[str]:
-    """The sources in a list file: one path, folder or pattern a line; blank lines and lines
-    starting with # are left out. Relative paths are taken from the current folder, as on the
-    command line."""
+    """The sources in a list file: one path, folder or pattern a line (ended by "\n" or "\r\n"
+    only: a name may hold any other character, U+2028 included); spaces and tabs around a line,
+    blank lines and lines starting with # are left out. A name that is not UTF-8 is read as its
+    bytes. Relative paths are taken from the current folder, as on the command line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read the list {path}: {error}") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as error:
+        raise ValueError(f"cannot read the list {path}: {error.strerror}") from None
+    lines = [line.removesuffix("\r").strip(" \t") for line in text.split("\n")]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def dataset_images(source: str | Path, split: str | None = None) -> list[ImageItem]:
