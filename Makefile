@@ -3,17 +3,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint frontend site test-frontend bundled-model
+.PHONY: install demo test lint frontend site test-frontend bundled-model wheel plain-venv
 FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src -type f)) \
 	frontend/index.html frontend/vite.config.ts frontend/tsconfig.json
 
 install: $(STAMP)
 
 # torch is pinned to the CPU wheel first, so that the project's `torch>=2.4` is already satisfied
-# and pip never pulls a multi-GB CUDA build on a CPU machine.
+# and pip never pulls a multi-GB CUDA build on a CPU machine. `make wheel` and tests/test_wheel.py
+# build offline with this venv's setuptools, hence the build-system floor of pyproject.toml here.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77.0.1"
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
@@ -28,6 +29,20 @@ frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 
 frontend: frontend/dist/index.html
 
+# The wheel, with the built page inside (setup.py copies frontend/dist into it): dist/*.whl.
+# build/ goes first, so that no module deleted since the last build stays in the wheel.
+wheel: install frontend
+	rm -rf build dist/captioner-*.whl
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
+
+# The wheel `pip install`ed (no extras) into a fresh venv, as a user gets it; for
+# `bench/startup.py --venv $(PLAIN)`. An existing PLAIN is left alone.
+PLAIN ?= /tmp/captioner-plain
+plain-venv: wheel
+	@test ! -e $(PLAIN) || { echo "$(PLAIN) exists: remove it or give PLAIN=DIR"; exit 2; }
+	python3 -m venv $(PLAIN)
+	$(PLAIN)/bin/pip install -q dist/captioner-*.whl
+
 # The static site (page + the bundled model's int8 ONNX export) that captions in the browser:
 # `python -m http.server --directory frontend/site`, or `captioner serve --page-dir` it.
 BUNDLED := src/captioner/pretrained/flickr8k-effnet
@@ -39,8 +54,9 @@ site: install frontend/site/index.html
 
 # The web app with the bundled model at http://127.0.0.1:8000, captioning on the server or,
 # switched, in the browser
+PORT ?= 8000
 demo: install site
-	$(VENV)/bin/captioner serve --page-dir frontend/site
+	$(VENV)/bin/captioner serve --page-dir frontend/site --port $(PORT)
 
 # Component tests (Vitest), then end to end in headless Chromium (skipped where it is missing):
 # the page under `captioner serve`, and the exported static site under `python -m http.server`.
@@ -55,8 +71,10 @@ bundled-model: install
 	$(VENV)/bin/captioner train --preset flickr8k-effnet-scst --data $(FLICKR8K) --output-dir runs/flickr8k-effnet-scst
 	$(VENV)/bin/captioner export runs/flickr8k-effnet-scst/best src/captioner/pretrained/flickr8k-effnet --half
 
-lint: install
+# Python (ruff), then the page (ESLint with the React hooks rules: frontend/eslint.config.js).
+lint: install frontend/node_modules/.installed
 	$(VENV)/bin/ruff check .
+	cd frontend && npm run lint
 
 test: install lint test-frontend
 	$(VENV)/bin/pytest -q

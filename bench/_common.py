@@ -17,24 +17,32 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+import onnxruntime
 from PIL import Image
-from transformers.utils import logging as hf_logging
 
 from captioner import Captioner, CaptionerConfig, EncoderConfig
-from captioner.encoders.clip import CLIPEncoder
 from captioner.hub import BUNDLED_DIR
-from captioner.onnx.runtime import DEFAULT_RUNTIME
+from captioner.runtime.base import DEFAULT_RUNTIME
+from captioner.runtime.onnx import OnnxRuntime, available_threads
+
+if TYPE_CHECKING:
+    from captioner.encoders.clip import CLIPEncoder
+    from captioner.torch_model import CaptionModel
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K_IMAGES = REPO.parent / "shared" / "datasets" / "flickr8k" / "images"
 TRAINED_RUN = REPO / "runs" / "flickr8k-effnet" / "best"
 
-# Peers and CLIP are built from configs: their load bars and notes are noise in a report.
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
+
+def quiet_transformers() -> None:
+    """Peers and CLIP are built from configs: their load bars and notes are noise in a report."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def header(title: str) -> None:
@@ -46,9 +54,17 @@ def header(title: str) -> None:
     print(f"# {title}")
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}")
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
-    )
+    versions = [
+        f"python {platform.python_version()}",
+        f"onnxruntime {onnxruntime.__version__} (threads {available_threads()})",
+    ]
+    try:
+        import torch
+
+        versions.append(f"torch {torch.__version__} (threads {torch.get_num_threads()})")
+    except ImportError:  # the base install runs the ONNX Runtime benches without torch
+        pass
+    print(", ".join(versions))
     print(f"command: python {' '.join(sys.argv)}")
     print()
 
@@ -102,29 +118,65 @@ def model_source(source: str | None) -> str | None:
     return source
 
 
-def load_bundled(source: str | None, runtime: str = DEFAULT_RUNTIME) -> tuple[Captioner, str]:
+def model_name(source: str | None) -> str:
+    return source or "bundled flickr8k-effnet"
+
+
+def load_torch_model(source: str | None) -> tuple[CaptionModel, str]:
+    """The PyTorch model of `source` (see `model_source`), its encoder in PyTorch too (an
+    EfficientNet encoder would otherwise run in ONNX Runtime)."""
+    from captioner.torch_model import CaptionModel
+
     source = model_source(source)
-    return Captioner.from_pretrained(source, runtime=runtime), source or "bundled flickr8k-effnet"
+    return CaptionModel.from_pretrained(source, encoder_runtime="torch"), model_name(source)
+
+
+def load_bundled(
+    source: str | None, runtime: str = DEFAULT_RUNTIME, threads: int | None = None
+) -> tuple[Captioner, str]:
+    """`Captioner.from_pretrained(source, runtime)`, except that "torch" runs all of the model
+    in PyTorch, and that ONNX Runtime runs on `threads` threads where given."""
+    if runtime == "torch":
+        model, name = load_torch_model(source)
+        return model.captioner("torch"), name
+    source = model_source(source)
+    return with_threads(Captioner.from_pretrained(source, runtime), threads), model_name(source)
+
+
+def with_threads(model: Captioner, threads: int | None) -> Captioner:
+    """`model` with its ONNX Runtime sessions on `threads` threads (None: as it is, on every
+    core this process may run on)."""
+    if not threads or not isinstance(model.runtime, OnnxRuntime):
+        return model
+    old = model.runtime  # the same graphs, and the same encoder where it runs in PyTorch (CLIP)
+    runtime = OnnxRuntime(old.directory, old.variant, threads, encoder=old._encode)
+    return Captioner(model.config, model.tokenizer, runtime)
 
 
 def random_clip_encoder() -> CLIPEncoder:
     """CLIP ViT-B/32's vision tower with random weights: speed does not depend on them."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
+    from captioner.encoders.clip import CLIPEncoder
+
+    quiet_transformers()
     folder = tempfile.mkdtemp(prefix="clip-vit-b32-random-")
     CLIPVisionModel(CLIPVisionConfig(patch_size=32, image_size=224)).save_pretrained(folder)
     return CLIPEncoder(folder)
 
 
-def random_clip_model(like: Captioner) -> Captioner:
-    """CLIP ViT-B/32 (random weights) under a decoder shaped like `like`'s, same vocabulary."""
+def random_clip_model(like: Captioner, runtime: str = DEFAULT_RUNTIME) -> Captioner:
+    """CLIP ViT-B/32 (random weights, in PyTorch) under a decoder shaped like `like`'s, same
+    vocabulary, its decoder run by `runtime` (by default its graphs, exported into the cache)."""
+    from captioner.torch_model import CaptionModel
+
     encoder = random_clip_encoder()
     config = CaptionerConfig(
         encoder=EncoderConfig("clip", encoder.source),
         decoder=dataclasses.replace(like.config.decoder),
         generation=like.config.generation,
     )
-    return Captioner(config, like.tokenizer, encoder).eval()
+    return CaptionModel(config, like.tokenizer, encoder).eval().captioner(runtime)
 
 
 def force_length(model: Captioner) -> None:

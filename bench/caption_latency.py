@@ -1,11 +1,12 @@
 """Caption latency (one image: p50/p95) and batch throughput on CPU, against two peers.
 
 Ours: the bundled model (EfficientNet-Lite2 + 3-layer decoder) as `Captioner.from_pretrained()`
-runs it (the encoder and the int8 decoder in ONNX Runtime), with the float32 decoder graphs
-(`runtime="onnx-fp32"`), all in PyTorch (`runtime="torch"`), and the same decoder over CLIP
-ViT-B/32 (PyTorch). Peers, built from their configs with random weights (speed does not depend on weights):
-Hugging Face `VisionEncoderDecoderModel` shaped like nlpconnect/vit-gpt2-image-captioning
-(ViT-base/16 at 224 + GPT-2 124M) and `BlipForConditionalGeneration` shaped like BLIP-base (384).
+runs it (the encoder and the int8 decoder graphs in ONNX Runtime), with the float32 decoder graphs
+(`runtime="onnx-fp32"`), all in PyTorch (`runtime="torch"`, the encoder too), and the same
+decoder (int8 graphs) over CLIP ViT-B/32 (in PyTorch). Peers, built from their configs with
+random weights (speed does not depend on weights): Hugging Face `VisionEncoderDecoderModel`
+shaped like nlpconnect/vit-gpt2-image-captioning (ViT-base/16 at 224 + GPT-2 124M) and
+`BlipForConditionalGeneration` shaped like BLIP-base (384).
 Every captioner generates exactly `--tokens` tokens (ours: end token banned; peers:
 min_new_tokens = max_new_tokens). Each timed call starts from JPEG bytes: decoding, resizing and
 normalising (the same PIL/numpy code for everyone, at each model's input size) are included.
@@ -24,9 +25,11 @@ from _common import (
     measure,
     median,
     percentile,
+    quiet_transformers,
     random_clip_model,
     sample_images,
     synthetic_jpeg,
+    with_threads,
 )
 
 from captioner import Captioner, GenerationConfig
@@ -54,7 +57,7 @@ def hf_peer(model: torch.nn.Module, preprocess: Preprocess, tokens: int, **extra
 
     def run(images: list[bytes], beams: int) -> object:
         with torch.inference_mode():
-            pixels = preprocess.batch([load_image(image) for image in images])
+            pixels = torch.from_numpy(preprocess.batch([load_image(image) for image in images]))
             return model.generate(
                 pixel_values=pixels,
                 num_beams=beams,
@@ -112,13 +115,13 @@ def split(model: Captioner, images: list[bytes], tokens: int, repeats: int, batc
     """Where one greedy caption's time goes: decode + preprocess, encoder, decoding. Returns
     the encoder's images/s alone on `batch` preprocessed images: the ceiling of any batch rate."""
     pixels = model.pixels(images[:1])
-    features = model.encoder(pixels).tokens
+    features = model.encode(pixels)
     generation = GenerationConfig(beam_size=1, max_new_tokens=tokens)
     phone = [synthetic_jpeg(4032, 3024)]
     parts = {
         "image decode + preprocess": lambda: model.pixels(images[:1]),
         "  the same for a 12 MP photo": lambda: model.pixels(phone),
-        "encoder": lambda: model.encoder(pixels),
+        "encoder": lambda: model.encode(pixels),
         f"decoding ({tokens} tokens, greedy)": lambda: model.generate_from_features(
             features, generation
         ),
@@ -126,7 +129,7 @@ def split(model: Captioner, images: list[bytes], tokens: int, repeats: int, batc
     for name, part in parts.items():
         print(f"    {name:32s} {median(measure(part, repeats)) * 1000:7.1f} ms")
     batch_pixels = model.pixels(images[:batch])
-    rate = batch / median(measure(lambda: model.encoder(batch_pixels), max(2, repeats // batch)))
+    rate = batch / median(measure(lambda: model.encode(batch_pixels), max(2, repeats // batch)))
     print(f"    encoder alone, batch {batch}: {rate:.2f} images/s (the ceiling of the batch rate)")
     return rate
 
@@ -139,18 +142,21 @@ def main() -> None:
     parser.add_argument("--peer-repeats", type=int, default=10, help="timed calls (peers)")
     parser.add_argument("--batch", type=int, default=8, help="images per call for throughput")
     parser.add_argument("--no-peers", action="store_true")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
+    parser.add_argument(
+        "--threads", type=int, help="intra-op threads, PyTorch's and ONNX Runtime's (default: all)"
+    )
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)  # ONNX Runtime sessions follow it
+        torch.set_num_threads(args.threads)  # the ONNX Runtime sessions are given it below
+    quiet_transformers()
 
     header("Caption latency and throughput, CPU")
     torch.manual_seed(0)
     images = sample_images(max(args.batch, 8))
-    bundled, source = load_bundled(args.model)
-    fp32, _ = load_bundled(args.model, runtime="onnx-fp32")
+    bundled, source = load_bundled(args.model, threads=args.threads)
+    fp32, _ = load_bundled(args.model, runtime="onnx-fp32", threads=args.threads)
     plain, _ = load_bundled(args.model, runtime="torch")  # what ONNX Runtime replaces
-    clip = random_clip_model(bundled)
+    clip = with_threads(random_clip_model(bundled), args.threads)
     # name -> (captioning, timed calls, our model for the time split)
     captioners: dict[str, tuple[Captioning, int, Captioner | None]] = {
         f"captioner ({source})": (ours(bundled, args.tokens), args.repeats, bundled),

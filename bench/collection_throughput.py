@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import FLICKR8K_IMAGES, header, median, model_source, synthetic_jpeg
+from _common import FLICKR8K_IMAGES, header, load_bundled, median, synthetic_jpeg
 
-from captioner import Captioner
 from captioner.collection import CollectionConfig, caption_collection
 from captioner.collection.job import default_workers, pipelined
-from captioner.onnx.runtime import DEFAULT_RUNTIME, RUNTIMES
+from captioner.runtime.base import DEFAULT_RUNTIME, RUNTIMES
 
 
 def photo_folder(count: int) -> Path:
@@ -55,9 +54,8 @@ def main() -> None:
     args = parser.parse_args()
 
     header("Collection captioning throughput")
-    source = model_source(args.model)
-    model = Captioner.from_pretrained(source, runtime=args.runtime)
-    name = f"{source or 'bundled flickr8k-effnet'}, runtime {args.runtime}"
+    model, source = load_bundled(args.model, args.runtime)
+    name = f"{source}, runtime {args.runtime} ({model.runtime.name})"
     folder = photo_folder(args.images)
     paths = sorted(folder.iterdir())
     output = folder.parent / f"{folder.name}.jsonl"
@@ -89,7 +87,7 @@ def main() -> None:
     def encoder_alone() -> float:
         started = time.perf_counter()
         for start in range(0, len(pixels), args.batch_size):
-            model.encoder(pixels[start : start + args.batch_size])
+            model.encode(pixels[start : start + args.batch_size])
         return len(paths) / (time.perf_counter() - started)
 
     def model_alone(beams: int) -> float:
@@ -98,7 +96,7 @@ def main() -> None:
         started = time.perf_counter()
         pipelined(
             batches,
-            lambda batch: model.encoder(batch).tokens,
+            model.encode,
             lambda _, features: model.generate_from_features(features, generation),
         )
         return len(paths) / (time.perf_counter() - started)

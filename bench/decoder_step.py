@@ -3,8 +3,9 @@ CPU: ms per step at several rows and images (beam search hands each image once f
 on one thread and on two, and the graph's nodes before and after ONNX Runtime's fusions.
 
 Each figure is the median over `--repeats` captions of 12 steps from an empty past, the step's
-inputs fed as `captioner.onnx.runtime` feeds them; the step's cross-attention keys and values
-are random (speed does not depend on them). `runtime.ONE_THREAD_ROWS` is chosen from these.
+inputs fed as `captioner.runtime.onnx` feeds them; the step's cross-attention keys and values
+are random (speed does not depend on them). `captioner.runtime.onnx.ONE_THREAD_ROWS` is chosen
+from these.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from _common import header, load_bundled, measure, median
+from _common import header, load_torch_model, measure, median
 
-from captioner.onnx.export import FILES, export_decoder, kv_names, kv_shape
-from captioner.onnx.runtime import cpu_session
+from captioner.onnx.export import FILES, export_decoder, kv_shape
+from captioner.runtime.onnx import cpu_session, kv_names
 
 # (rows, images): one caption; one image's 3 beams; a greedy batch; a beam-3 batch; and the same
 # rows with the image repeated per beam (what beam search fed before images were shared)
@@ -54,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
 
     header("Decoder step, ONNX Runtime on CPU")
-    model, name = load_bundled(args.model, runtime="torch")
+    model, name = load_torch_model(args.model)
     config = model.decoder.config
     print(f"model: {name}; {STEPS} steps a caption, medians over {args.repeats} captions\n")
     cross_names = kv_names("cross", config.n_layers)

@@ -2,8 +2,10 @@
 
 The encoder is most of a caption's cost on CPU, so each candidate is measured against the network
 as published (batch norms unfolded): batch-norm folding, channels_last, TorchScript trace +
-freeze, and ONNX Runtime when installed (`.[onnx]`). The library folds at load and runs ONNX
-Runtime on CPU (`EfficientNetLiteEncoder(runtime="auto")`).
+freeze, and ONNX Runtime. The library folds at load and runs ONNX Runtime on CPU, `ENCODER_CHUNK`
+images per call: the exported `encoder.onnx` in `Captioner`'s ONNX runtimes
+(`captioner.runtime.onnx`), the same graph exported in memory in `EfficientNetLiteEncoder`
+(`runtime="auto"`, for the feature cache and training).
 """
 
 from __future__ import annotations
@@ -14,12 +16,8 @@ import torch
 from _common import header, measure, median
 from torch import nn
 
-from captioner.encoders.efficientnet import (
-    ONNX_CHUNK,
-    EfficientNetLiteEncoder,
-    FeatureMap,
-    onnx_session,
-)
+from captioner.encoders.efficientnet import EfficientNetLiteEncoder, FeatureMap, onnx_session
+from captioner.runtime.onnx import ENCODER_CHUNK
 
 
 def lite2(fold_norms: bool = True) -> FeatureMap:
@@ -41,16 +39,12 @@ def candidates(size: int) -> dict[str, object]:
         "BN folded + channels_last": _ChannelsLast(lite2()),
         "BN folded + jit trace/freeze": traced,
     }
-    try:
-        session = onnx_session(folded.net, size, torch.get_num_threads())
-    except ImportError:
-        print("onnxruntime not installed: pip install -e '.[onnx]' to include it")
-        return runs
+    session = onnx_session(folded.net, size, torch.get_num_threads())
     runs["BN folded + ONNX Runtime, whole batch"] = lambda x: session.run(
         None, {"pixels": x.numpy()}
     )[0]
     library = EfficientNetLiteEncoder("efficientnet-lite2", runtime="onnx")
-    runs[f"BN folded + ONNX Runtime, {ONNX_CHUNK} per call (library)"] = library.features
+    runs[f"BN folded + ONNX Runtime, {ENCODER_CHUNK} per call (library)"] = library.features
     return runs
 
 

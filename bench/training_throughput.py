@@ -22,11 +22,13 @@ from collections.abc import Callable
 import torch
 from _common import FLICKR8K_IMAGES, header, random_clip_encoder, sample_images
 
-from captioner import Captioner, CaptionerConfig, CaptionTokenizer, EncoderConfig
+from captioner import CaptionerConfig, CaptionTokenizer, EncoderConfig
 from captioner.batch import CaptionCollator
 from captioner.data import CaptionRecord, load_records
 from captioner.features import build_cache, image_source
+from captioner.images import ImageInput
 from captioner.objective import token_loss_and_accuracy
+from captioner.torch_model import CaptionModel
 from captioner.training.config import preset
 from captioner.training.data import TrainCaptions
 
@@ -42,7 +44,15 @@ def records(count: int) -> list[CaptionRecord]:
     ]
 
 
-def trainer_step(model: Captioner, label_smoothing: float, bf16: bool) -> Callable:
+def encode(model: CaptionModel, images: list[ImageInput]) -> torch.Tensor:
+    """The frozen encoder's tokens of `images`, decoded and preprocessed as `Captioner.pixels`
+    does it; cloned out of inference mode, so that the decoder can train on them."""
+    preprocess = model.encoder.preprocess
+    pixels = preprocess.batch([preprocess.load(image) for image in images])
+    return model.encoder(pixels).tokens.clone()
+
+
+def trainer_step(model: CaptionModel, label_smoothing: float, bf16: bool) -> Callable:
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=1e-4)
 
     def step(batch) -> None:
@@ -90,7 +100,7 @@ def main() -> None:
     tokenizer = CaptionTokenizer.build_compact(c for r in data for c in r.captions)
     # CLIP's weights come from the hub; random ones run at the same speed.
     encoder = random_clip_encoder() if config.encoder.name == "clip" else None
-    model = Captioner(
+    model = CaptionModel(
         CaptionerConfig(
             encoder=EncoderConfig(config.encoder.name, encoder and encoder.source),
             decoder=config.decoder,
@@ -116,15 +126,14 @@ def main() -> None:
         dataset = TrainCaptions(data, cache)
 
         def cached(indices: list[int]) -> int:
-            batch = collator(
-                [dataset[(i, tuple(range(len(trained_captions(i)))))] for i in indices]
-            )
+            captions = [tuple(range(len(trained_captions(i)))) for i in indices]
+            # (image, its captions, not mirrored): the grids cached above
+            batch = collator([dataset[(i, c, False)] for i, c in zip(indices, captions)])
             step(batch)
             return len(batch.ids)
 
         def encoder_in_loop(indices: list[int]) -> int:
-            pixels = model.pixels([data[i].image for i in indices])
-            features = model.encoder(pixels).tokens
+            features = encode(model, [data[i].image for i in indices])
             batch = collator.tokenize(features, [trained_captions(i) for i in indices])
             step(batch)
             return len(batch.ids)
@@ -132,7 +141,7 @@ def main() -> None:
         def encoder_per_caption(indices: list[int]) -> int:
             """Caption-pair datasets: every (image, caption) example loads and encodes its image."""
             pairs = [(i, text) for i in indices for text in trained_captions(i)]
-            features = model.encoder(model.pixels([data[i].image for i, _ in pairs])).tokens
+            features = encode(model, [data[i].image for i, _ in pairs])
             batch = collator.tokenize(features, [[text] for _, text in pairs])
             step(batch)
             return len(batch.ids)

@@ -10,6 +10,7 @@ from PIL import Image
 from tiny_model import build_tiny_model
 
 from captioner import Captioner
+from captioner.torch_model import CaptionModel
 
 FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flickr8k"
 
@@ -31,8 +32,15 @@ def flickr8k() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> Captioner:
+def tiny_model() -> CaptionModel:
     return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tiny_model: CaptionModel) -> Captioner:
+    """The tiny model as the server and collections run a saved model: its graphs, exported
+    once into the (temporary) cache, in ONNX Runtime."""
+    return tiny_model.captioner("onnx")
 
 
 @pytest.fixture

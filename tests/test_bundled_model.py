@@ -9,17 +9,14 @@ current values in the form of `GOLDEN`.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-import captioner
 from captioner import Captioner
 from captioner.hub import BUNDLED_DIR
 
@@ -68,8 +65,9 @@ GOLDEN = {
             logits=(-1.0466, 8.8383, 5.5742, 0.7404, 3.8219, 1.3715, 0.4312, -2.7336, 0.4667),
         ),
     },
-    # The int8 decoder: the same captions, first-step logits within 0.05 of PyTorch's.
-    "auto": {
+    # The default ("auto"): the int8 decoder graphs. The same captions, first-step logits
+    # within 0.05 of PyTorch's.
+    "onnx-int8": {
         "1130369873_d80a1aa59c": Golden(
             greedy="a brown dog is swimming in the water.",
             beam3="a brown dog is splashing in the water.",
@@ -95,10 +93,7 @@ GOLDEN = {
 
 
 def load_bundled(runtime: str) -> Captioner:
-    model = Captioner.from_pretrained(runtime=runtime)
-    if runtime == "auto" and importlib.util.find_spec("onnxruntime") is None:
-        pytest.skip("onnxruntime is not installed: 'auto' decodes in PyTorch")
-    return model
+    return Captioner.from_pretrained("flickr8k-effnet", runtime=runtime)
 
 
 def generated_image() -> Image.Image:
@@ -121,18 +116,16 @@ def first_step_logits(model: Captioner, image: Image.Image | Path) -> list[float
     pieces = [model.tokenizer.encode(word) for word in LOGIT_WORDS]
     assert all(len(ids) == 3 for ids in pieces)  # start, one piece, end
     ids = [model.tokenizer.end_id, *(ids[1] for ids in pieces)]
-    with torch.inference_mode():
-        features = model.encoder(model.pixels([image])).tokens
-        decoder = model.inference_decoder()  # what this runtime decodes with
-        memory = decoder.encode_image(features.to(model.decoder_dtype))
-        start = torch.tensor([[model.tokenizer.start_id]])
-        logits = decoder(start, memory).logits[0, -1].float()
-    return logits[ids].tolist()
+    decoding = model.runtime.start(model.encode(model.pixels([image])), rows_per_image=1)
+    logits, _ = decoding.step(np.array([model.tokenizer.start_id]))
+    return logits[0, ids].tolist()
 
 
 @pytest.fixture(scope="module", params=RUNTIMES)
 def bundled(request) -> Captioner:
-    return load_bundled(request.param)
+    model = load_bundled(request.param)
+    assert model.runtime.name == {"torch": "torch", "auto": "onnx-int8"}[request.param]
+    return model
 
 
 def test_bundled_model_is_small_and_recorded(bundled):
@@ -145,7 +138,7 @@ def test_bundled_model_is_small_and_recorded(bundled):
 def test_bundled_model_sees_dogs(bundled, flickr8k):
     """Every reference of these dev photos mentions dogs; so must the model."""
     paths = [flickr8k / "images" / f"{name}.jpg" for name in DOG_PHOTOS]
-    for result in captioner.caption(paths, beam_size=3):
+    for result in bundled.caption(paths, beam_size=3):
         assert "dog" in result.text, result.text
 
 
@@ -155,9 +148,7 @@ def test_golden_captions_and_logits(bundled, name, request):
         image = generated_image()
     else:  # skips without the data
         image = request.getfixturevalue("flickr8k") / "images" / f"{name}.jpg"
-    if bundled.runtime == "auto":
-        assert bundled.inference_decoder().variant == "int8"
-    golden = GOLDEN[bundled.runtime][name]
+    golden = GOLDEN[bundled.runtime.name][name]
     assert bundled.caption(image, beam_size=1)[0].text == golden.greedy
     assert bundled.caption(image, beam_size=3)[0].text == golden.beam3
     np.testing.assert_allclose(first_step_logits(bundled, image), golden.logits, atol=1e-3)
@@ -165,7 +156,7 @@ def test_golden_captions_and_logits(bundled, name, request):
 
 def print_golden(flickr8k: Path, runtime: str) -> None:
     model = load_bundled(runtime)
-    print(f"    {runtime!r}: {{")
+    print(f"    {model.runtime.name!r}: {{")
     for name in [*GOLDEN_PHOTOS, GENERATED]:
         image = generated_image() if name == GENERATED else flickr8k / "images" / f"{name}.jpg"
         greedy = model.caption(image, beam_size=1)[0].text

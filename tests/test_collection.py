@@ -65,7 +65,7 @@ def model_dir(tiny_model, tmp_path_factory):
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-def test_folders_are_read_by_content_recursively_on_request(tiny_model, tmp_path):
+def test_folders_are_read_by_content_recursively_on_request(tiny_captioner, tmp_path):
     photos = tmp_path / "photos"
     make_image(photos / "a.png", 0)
     make_image(photos / "odd-name.data", 1)  # an image whatever its suffix
@@ -78,13 +78,13 @@ def test_folders_are_read_by_content_recursively_on_request(tiny_model, tmp_path
     shallow = find_images([photos])
     assert [item.name for item in shallow] == ["a.png", "notes.txt", "odd-name.data"]
     rows = []
-    summary = caption_collection(tiny_model, shallow, fast(), rows.append, beam_size=1)
+    summary = caption_collection(tiny_captioner, shallow, fast(), rows.append, beam_size=1)
     assert [row["image"] for row in rows] == ["a.png", "odd-name.data"]
     assert (summary.captioned, summary.not_images, summary.failed) == (2, 1, 0)
 
     rows = []
     summary = caption_collection(
-        tiny_model, [photos], fast(recursive=True), rows.append, beam_size=1
+        tiny_captioner, [photos], fast(recursive=True), rows.append, beam_size=1
     )
     names = [row["image"] for row in rows]
     assert names == ["a.png", "odd-name.data", "sub/b.jpg", "sub/deeper/c.png"]
@@ -118,7 +118,7 @@ def test_two_files_with_one_name_are_refused(tmp_path):
     assert names == ["a/x.png", "b/x.png"]
 
 
-def test_dataset_source_is_read_with_load_records(tiny_model, tmp_path):
+def test_dataset_source_is_read_with_load_records(tiny_captioner, tmp_path):
     data = tmp_path / "data"
     lines = []
     for i, split in enumerate(["train", "dev", "dev"]):
@@ -129,20 +129,20 @@ def test_dataset_source_is_read_with_load_records(tiny_model, tmp_path):
     items = dataset_images(data, "dev")
     assert [item.name for item in items] == ["images/p1.jpg", "images/p2.jpg"]
     rows = []
-    caption_collection(tiny_model, items, fast(), rows.append, beam_size=1)
+    caption_collection(tiny_captioner, items, fast(), rows.append, beam_size=1)
     assert [row["image"] for row in rows] == ["images/p1.jpg", "images/p2.jpg"]
     with pytest.raises(ValueError, match="no images in split 'test' of"):
         dataset_images(data, "test")  # a split the data set does not have, said as such
 
 
-def test_unreadable_images_are_error_rows_and_the_rest_go_on(tiny_model, tmp_path):
+def test_unreadable_images_are_error_rows_and_the_rest_go_on(tiny_captioner, tmp_path):
     good = make_image(tmp_path / "good.jpg", 0, (120, 90))
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(good.read_bytes()[:200])
     (tmp_path / "text.png").write_text("hello")
     output = tmp_path / "out.jsonl"
     sources = [good, cut, tmp_path / "text.png", tmp_path / "nope.png"]
-    summary = caption_collection(tiny_model, sources, fast(output=output), beam_size=1)
+    summary = caption_collection(tiny_captioner, sources, fast(output=output), beam_size=1)
     rows = {Path(row["image"]).name: row for row in rows_of(output)}
     assert rows["good.jpg"]["caption"]
     assert "truncated" in rows["cut.jpg"]["error"]
@@ -153,12 +153,12 @@ def test_unreadable_images_are_error_rows_and_the_rest_go_on(tiny_model, tmp_pat
 
 # ---- outputs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_output_formats_hold_one_row_an_image(tiny_model, tmp_path, suffix):
+def test_output_formats_hold_one_row_an_image(tiny_captioner, tmp_path, suffix):
     make_folder(tmp_path / "photos", 5)
     make_truncated(tmp_path / "photos" / "bad.png")
     output = tmp_path / f"captions{suffix}"
     config = fast(output=output, batch_size=2)
-    caption_collection(tiny_model, [tmp_path / "photos"], config, num_return_sequences=2)
+    caption_collection(tiny_captioner, [tmp_path / "photos"], config, num_return_sequences=2)
     text = output.read_text()
     if suffix == ".csv":
         assert (
@@ -177,22 +177,24 @@ def test_output_formats_hold_one_row_an_image(tiny_model, tmp_path, suffix):
     assert "error" in next(row for row in rows if row["image"] == "bad.png")
 
 
-def test_text_options_prefix_suffix_sentence_case(tiny_model, tmp_path):
+def test_text_options_prefix_suffix_sentence_case(tiny_captioner, tmp_path):
     make_image(tmp_path / "a.png", 0)
     plain, styled = [], []
-    caption_collection(tiny_model, [tmp_path / "a.png"], fast(), plain.append, beam_size=1)
+    caption_collection(tiny_captioner, [tmp_path / "a.png"], fast(), plain.append, beam_size=1)
     config = fast(prefix="sks, ", suffix=" [v1]", sentence_case=True)
-    caption_collection(tiny_model, [tmp_path / "a.png"], config, styled.append, beam_size=1)
+    caption_collection(tiny_captioner, [tmp_path / "a.png"], config, styled.append, beam_size=1)
     text = plain[0]["caption"]
     sentence = text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
     assert styled[0]["caption"] == f"sks, {sentence} [v1]"
     assert styled[0]["tokens"] == plain[0]["tokens"]
 
 
-def test_sidecars_are_written_beside_each_image_and_resume(tiny_model, tmp_path):
+def test_sidecars_are_written_beside_each_image_and_resume(tiny_captioner, tmp_path):
     images = make_folder(tmp_path / "photos", 3, ".jpg")
     config = fast(sidecar=".txt", recursive=True)
-    summary = caption_collection(tiny_model, [tmp_path / "photos"], config, num_return_sequences=2)
+    summary = caption_collection(
+        tiny_captioner, [tmp_path / "photos"], config, num_return_sequences=2
+    )
     assert summary.captioned == 3
     for image in images:
         lines = image.with_suffix(".txt").read_text().splitlines()
@@ -205,20 +207,20 @@ def test_sidecars_are_written_beside_each_image_and_resume(tiny_model, tmp_path)
     ]
     # The sidecars are outputs, not inputs: a rerun finds all three done and skips nothing else.
     images[1].with_suffix(".txt").unlink()
-    summary = caption_collection(tiny_model, [tmp_path / "photos"], config)
+    summary = caption_collection(tiny_captioner, [tmp_path / "photos"], config)
     assert (summary.already_done, summary.captioned, summary.not_images) == (2, 1, 0)
     assert images[1].with_suffix(".txt").read_text().strip()
 
 
-def test_sidecars_that_would_collide_are_refused(tiny_model, tmp_path):
+def test_sidecars_that_would_collide_are_refused(tiny_captioner, tmp_path):
     make_image(tmp_path / "x.jpg", 0)
     make_image(tmp_path / "x.png", 1)
     with pytest.raises(ValueError, match="would share one .txt file"):
-        caption_collection(tiny_model, [tmp_path], fast(sidecar=".txt"))
+        caption_collection(tiny_captioner, [tmp_path], fast(sidecar=".txt"))
     make_image(tmp_path / "x.dat", 2)  # an image whatever its suffix
     with pytest.raises(ValueError, match="would overwrite"):
         caption_collection(
-            tiny_model, [tmp_path / "x.jpg", tmp_path / "x.dat"], fast(sidecar=".dat")
+            tiny_captioner, [tmp_path / "x.jpg", tmp_path / "x.dat"], fast(sidecar=".dat")
         )
 
 
@@ -234,12 +236,12 @@ def test_attention_folders_mirror_the_relative_paths(tmp_path):
 
 # ---- resuming -------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_resume_skips_done_retries_failed_and_drops_a_cut_line(tiny_model, tmp_path, suffix):
+def test_resume_skips_done_retries_failed_and_drops_a_cut_line(tiny_captioner, tmp_path, suffix):
     photos = tmp_path / "photos"
     make_folder(photos, 4)
     make_truncated(photos / "broken.png")
     output = tmp_path / f"out{suffix}"
-    first = caption_collection(tiny_model, [photos], fast(output=output), beam_size=1)
+    first = caption_collection(tiny_captioner, [photos], fast(output=output), beam_size=1)
     assert (first.captioned, first.failed) == (4, 1)
     rows = rows_of(output)
     # Cut the last caption row in half, as a kill in the middle of a write would.
@@ -249,22 +251,22 @@ def test_resume_skips_done_retries_failed_and_drops_a_cut_line(tiny_model, tmp_p
     with open(output, "a") as file:
         file.write(torn[: len(torn) // 2])
     make_image(photos / "broken.png", 7)  # repaired since
-    second = caption_collection(tiny_model, [photos], fast(output=output), beam_size=1)
+    second = caption_collection(tiny_captioner, [photos], fast(output=output), beam_size=1)
     assert (second.already_done, second.captioned, second.failed) == (3, 2, 0)
     names = [row["image"] for row in rows_of(output)]
     assert sorted(names) == ["broken.png", *[f"img{i:03d}.png" for i in range(4)]]
     assert output.read_text().endswith("\n")
     # --overwrite captions everything again, still one row each
-    third = caption_collection(tiny_model, [photos], fast(output=output, overwrite=True))
+    third = caption_collection(tiny_captioner, [photos], fast(output=output, overwrite=True))
     assert third.captioned == 5 and len(rows_of(output)) == 5
 
 
-def test_a_file_that_is_not_ours_is_refused_not_appended_to(tiny_model, tmp_path):
+def test_a_file_that_is_not_ours_is_refused_not_appended_to(tiny_captioner, tmp_path):
     make_image(tmp_path / "a.png", 0)
     output = tmp_path / "notes.jsonl"
     output.write_text("my own notes\n")
     with pytest.raises(ValueError, match="not a caption row written by captioner"):
-        caption_collection(tiny_model, [tmp_path / "a.png"], fast(output=output))
+        caption_collection(tiny_captioner, [tmp_path / "a.png"], fast(output=output))
     assert output.read_text() == "my own notes\n"
 
 
@@ -375,15 +377,47 @@ def test_pipelined_runs_the_next_items_first_stage_during_this_ones_second():
     assert done == [0, 1]
 
 
-def test_distributed_ranks_start_loader_workers_without_forking_themselves(tiny_model, tmp_path):
+def test_distributed_ranks_start_loader_workers_without_forking_themselves(
+    tiny_captioner, tmp_path
+):
     """A rank's process runs the process group's threads: its loader workers come from a clean
     server process, not a fork of it (a forked child can hang on a lock a thread held)."""
     from captioner.collection.job import CollectionJob
 
     make_folder(tmp_path, 2)
-    job = CollectionJob(tiny_model, [tmp_path], CollectionConfig(num_workers=1, progress=False))
+    job = CollectionJob(tiny_captioner, [tmp_path], CollectionConfig(num_workers=1, progress=False))
     share = job.start()
-    fresh = job.loader(share, fresh_workers=True).multiprocessing_context
-    assert fresh is not None and fresh.get_start_method() in ("forkserver", "spawn")
-    assert job.loader(share).multiprocessing_context is None  # one process: fork is fine
+    assert job.loader(share, fresh_workers=True).start_method in ("forkserver", "spawn")
+    assert job.loader(share).start_method is None  # one process: fork is fine
     job.finish()
+
+
+def test_batch_loader_keeps_order_and_bounds_what_runs_ahead(tmp_path):
+    """Batches come back in order from worker processes; the reader being slow never lets more
+    than BATCHES_AHEAD batches a worker be loaded ahead (memory stays bounded)."""
+    from captioner.collection.loader import BATCHES_AHEAD, BatchLoader
+
+    started = tmp_path / "started"
+    started.mkdir()
+    loader = BatchLoader(_TouchAndReturn(started), count=23, batch_size=4, workers=2)
+    assert len(loader) == 6
+    seen = []
+    for batch in loader:
+        seen.append(batch)
+        if len(seen) == 1:
+            time.sleep(0.5)  # a slow reader: the workers must stop ahead
+            assert len(list(started.iterdir())) <= 1 + BATCHES_AHEAD * 2
+    assert seen == [list(range(i, min(i + 4, 23))) for i in range(0, 23, 4)]
+    in_process = BatchLoader(_TouchAndReturn(started), count=5, batch_size=2, workers=0)
+    assert list(in_process) == [[0, 1], [2, 3], [4]]
+
+
+class _TouchAndReturn:
+    """Records each batch it starts as a file (visible across processes), returns its indices."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __call__(self, indices: list[int]) -> list[int]:
+        (self.folder / f"batch-{indices[0]}").touch()
+        return indices

@@ -9,7 +9,8 @@ from safetensors import safe_open
 
 from captioner import Captioner, ImageLoadError
 from captioner.attention import colourise, overlay, save_token_heatmaps, select_map
-from captioner.hub import ModelNotFoundError, resolve_model_dir
+from captioner.hub import BUNDLED_MODELS, ModelNotFoundError, resolve_model_dir
+from captioner.torch_model import CaptionModel
 
 
 def test_caption_accepts_every_input_kind_and_batches(tiny_model, photo, tmp_path):
@@ -37,9 +38,8 @@ def test_attention_maps_shape_and_meaning(tiny_model, photo):
     assert result.mean_attention.shape == (len(result.tokens), 7, 7)
     # Row t of the attention is what the decoder saw while predicting token t: recompute it.
     with torch.inference_mode():
-        memory = tiny_model.decoder.encode_image(
-            tiny_model.encoder(tiny_model.pixels([photo])).tokens
-        )
+        pixels = torch.from_numpy(tiny_model.captioner().pixels([photo]))
+        memory = tiny_model.decoder.encode_image(tiny_model.encoder(pixels).tokens)
         ids = torch.tensor([[tiny_model.tokenizer.start_id, *result.token_ids]])
         weights = tiny_model.decoder(ids, memory, need_weights=True).cross_attention[0]
     last = len(result.token_ids) - 1
@@ -64,10 +64,19 @@ def test_save_and_load_round_trip(tiny_model, photo, tmp_path):
     with safe_open(directory / "model.safetensors", "pt") as weights:
         names = list(weights.keys())
     assert names and not any(name.startswith("encoder") or "_blocks" in name for name in names)
-    loaded = Captioner.from_pretrained(directory)
+    loaded = CaptionModel.from_pretrained(directory)
     for beam in (1, 3):
         assert (
             loaded.caption(photo, beam_size=beam)[0].text
+            == tiny_model.caption(photo, beam_size=beam)[0].text
+        )
+    # Without graphs in the folder, Captioner exports them into the cache: the float32 graphs
+    # write PyTorch's captions.
+    exported = Captioner.from_pretrained(directory, runtime="onnx-fp32")
+    assert exported.runtime.name == "onnx-fp32"
+    for beam in (1, 3):
+        assert (
+            exported.caption(photo, beam_size=beam)[0].text
             == tiny_model.caption(photo, beam_size=beam)[0].text
         )
 
@@ -78,19 +87,21 @@ def test_half_precision_checkpoint_is_smaller_and_close(tiny_model, photo, tmp_p
     assert (half / "model.safetensors").stat().st_size < 0.6 * (
         full / "model.safetensors"
     ).stat().st_size
-    features = tiny_model.encoder(tiny_model.pixels([photo])).tokens
+    features = torch.from_numpy(
+        tiny_model.captioner().encode(tiny_model.captioner().pixels([photo]))
+    )
     ids = torch.tensor([[1, 3, 4, 5]])
     with torch.inference_mode():
         expected = tiny_model(features, ids)
-        got = Captioner.from_pretrained(half)(features, ids)
+        got = CaptionModel.from_pretrained(half)(features, ids)
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=1e-2)
 
 
 def test_model_sources_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="not a model folder"):
         resolve_model_dir(tmp_path / "missing" / "deeper")
-    monkeypatch.setattr("captioner.hub.BUNDLED_DIR", tmp_path / "nothing")
-    with pytest.raises(ModelNotFoundError, match="no bundled default model"):
+    monkeypatch.setitem(BUNDLED_MODELS, "flickr8k-effnet", tmp_path / "nothing")
+    with pytest.raises(ModelNotFoundError, match="the bundled model flickr8k-effnet is not in"):
         Captioner.from_pretrained()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="Hugging Face hub"):
@@ -179,3 +190,77 @@ def test_several_captions_per_image_hang_off_the_best(tiny_model, photo):
     assert [c.text for c in [samples, *samples.alternatives]] == [
         c.text for c in [again, *again.alternatives]
     ]
+
+
+def test_a_folder_only_pytorch_can_run_needs_the_training_extra(tiny_model, photo, tmp_path):
+    """Without torch, a saved folder that has no ONNX graphs is one line naming the extra, exit
+    code 2, from the CLI; the bundled model (which has its graphs) needs no torch."""
+    import subprocess
+    import sys
+
+    directory = tiny_model.save_pretrained(tmp_path / "model")
+    photo.save(tmp_path / "photo.png")
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # `import torch` fails, as without the extra
+        "from captioner.cli import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "caption",
+            "--model",
+            str(directory),
+            str(tmp_path / "photo.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and "pip install 'captioner[train]'" in run.stderr
+
+
+def test_a_training_run_folder_means_its_best_model(tiny_model, tmp_path, caplog):
+    best = tiny_model.save_pretrained(tmp_path / "run" / "best")
+    assert resolve_model_dir(tmp_path / "run") == best
+    assert "is a training run: using its best model" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "config.json").unlink(), "no config.json here"),
+        (
+            lambda d: (d / "config.json").write_text("{not json"),
+            "config.json: not a readable model config",
+        ),
+        (
+            lambda d: (d / "config.json").write_text('{"decoder": {"n_layerz": 2}}'),
+            "unknown DecoderConfig fields",
+        ),
+        (
+            lambda d: (d / "tokenizer.json").write_text('{"kind": "clip-bpe", "vocab": [1, 2]}'),
+            "tokenizer.json: not a readable tokenizer",
+        ),
+        (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json: not a readable tokenizer"),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"\0" * 100),
+            "model.safetensors: not readable weights",
+        ),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors: not readable weights"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_line_and_exit_code_2(
+    tiny_model, photo, tmp_path, capsys, damage, message
+):
+    from captioner.cli import main
+
+    directory = tiny_model.save_pretrained(tmp_path / "model")
+    damage(directory)
+    photo.save(tmp_path / "photo.png")
+    assert main(["caption", "--model", str(directory), str(tmp_path / "photo.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -15,9 +14,11 @@ import torch
 from PIL import Image
 
 from captioner import Captioner
+from captioner.cache import cache_root
 from captioner.cli import main
-from captioner.onnx import runtime as onnx_runtime
-from captioner.onnx.export import DESCRIPTION_FILE, ImageMemory, kv_names, kv_shape
+from captioner.onnx.export import ImageMemory, kv_shape
+from captioner.runtime.onnx import DESCRIPTION_FILE, cpu_session, kv_names
+from captioner.torch_model import CaptionModel
 
 pytest.importorskip("onnxruntime")
 
@@ -56,7 +57,6 @@ def test_decoder_graphs_compute_what_pytorch_computes(tiny_model, tmp_path):
     """Cross keys/values, logits, the new cache and the attention weights, at several positions
     (the first step has an empty past), to float rounding."""
     from captioner.onnx.export import FILES, export_decoder
-    from captioner.onnx.runtime import cpu_session
 
     decoder = tiny_model.decoder
     layers = decoder.config.n_layers
@@ -99,7 +99,7 @@ def test_fp32_onnx_gives_pytorchs_captions_on_generated_images(tiny_dir, beam_si
     onnx_model = Captioner.from_pretrained(tiny_dir, runtime="onnx-fp32")
     expected = torch_model.caption(images, beam_size=beam_size, return_attention=True)
     got = onnx_model.caption(images, beam_size=beam_size, return_attention=True)
-    assert onnx_model._onnx is not None and onnx_model._onnx[1].variant == "fp32"
+    assert onnx_model.runtime.name == "onnx-fp32"
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
     for mine, theirs in zip(got, expected):
         assert mine.score == pytest.approx(theirs.score, abs=1e-4)
@@ -130,8 +130,9 @@ def test_int8_decoder_stays_within_0005_cider_d_of_fp32_on_flickr8k_dev(flickr8k
     references = {r.image_id: r.captions for r in records}
     models = {r: Captioner.from_pretrained(runtime=r) for r in ("onnx-fp32", "onnx")}
     sources = [image_source(r) for r in records]
-    cache = build_cache(models["onnx"].encoder, sources, tmp_path, progress=False)
-    features = torch.from_numpy(np.stack([cache[fingerprint(s)] for s in sources])).float()
+    encoder = CaptionModel.from_pretrained().encoder
+    cache = build_cache(encoder, sources, tmp_path, progress=False)
+    features = np.stack([cache[fingerprint(s)] for s in sources]).astype(np.float32)
     for beam in (1, 3):
         cider = {}
         for runtime, model in models.items():
@@ -143,7 +144,7 @@ def test_int8_decoder_stays_within_0005_cider_d_of_fp32_on_flickr8k_dev(flickr8k
             predictions = {r.image_id: text for r, text in zip(records, texts)}
             cider[runtime] = caption_metrics(predictions, references, meteor=False)["cider"]
         assert abs(cider["onnx"] - cider["onnx-fp32"]) <= 0.005, (beam, cider)
-    assert [m._onnx[1].variant for m in models.values()] == ["fp32", "int8"]
+    assert [m.runtime.name for m in models.values()] == ["onnx-fp32", "onnx-int8"]
 
 
 def test_export_command_writes_graphs_and_a_description_that_decodes_captions(
@@ -155,7 +156,7 @@ def test_export_command_writes_graphs_and_a_description_that_decodes_captions(
     description = json.loads((out / DESCRIPTION_FILE).read_text())
     for files in description["variants"].values():
         assert all((out / name).is_file() for name in files.values())
-    model = Captioner.from_pretrained(tiny_dir, runtime="torch")
+    model = CaptionModel.from_pretrained(tiny_dir)
     tokens = description["tokens"]
     assert (tokens["start_id"], tokens["end_id"]) == (model.special.start, model.special.end)
     assert tokens["banned_ids"] == list(model.special.banned)
@@ -170,13 +171,16 @@ def test_export_command_writes_graphs_and_a_description_that_decodes_captions(
             joined = re.sub(pattern, re.sub(r"\$(\d)", r"\\\1", replacement), joined)
         assert joined == model.tokenizer.decode(ids)
     # The encoder graph gives the encoder's tokens.
-    from captioner.onnx.runtime import cpu_session
-
-    pixels = model.pixels(generated_images(2))
+    pixels = model.captioner().pixels(generated_images(2))
     encoder = cpu_session(out / description["variants"]["int8"]["encoder"], 1)
-    grid = encoder.run(None, {"pixels": pixels.numpy()})[0]
-    np.testing.assert_allclose(grid, model.encoder(pixels).tokens.numpy(), atol=1e-4)
+    grid = encoder.run(None, {"pixels": pixels})[0]
+    np.testing.assert_allclose(grid, model.encoder(torch.from_numpy(pixels)).tokens, atol=1e-4)
     assert grid.shape[1:] == (description["decoder"]["image_tokens"], description["encoder"]["dim"])
+    # The folder is a whole model: captioned without PyTorch, as its cached export captions.
+    exported = Captioner.from_pretrained(out)
+    assert exported.runtime.name == "onnx-int8" and exported.runtime.directory == out
+    images = generated_images(3)
+    assert token_ids(exported, images) == token_ids(Captioner.from_pretrained(tiny_dir), images)
 
 
 def test_export_command_usage_errors_are_one_line(tiny_dir, tmp_path, capsys):
@@ -186,47 +190,51 @@ def test_export_command_usage_errors_are_one_line(tiny_dir, tmp_path, capsys):
     assert "--half" in capsys.readouterr().err
 
 
-def test_auto_runtime_decodes_loaded_weights_with_int8_and_changed_ones_with_pytorch(tiny_dir):
-    images = generated_images(3)
-    model = Captioner.from_pretrained(tiny_dir)
-    assert model.runtime == "auto"
-    model.caption(images, beam_size=1)
-    assert model.inference_decoder().variant == "int8"
-    with torch.no_grad():  # as an optimiser step would
-        model.decoder.final_norm.weight.mul_(1.5)
-    assert model.inference_decoder() is model.decoder
-    reference = Captioner.from_pretrained(tiny_dir, runtime="torch")
-    with torch.no_grad():
-        reference.decoder.final_norm.weight.mul_(1.5)
-    assert token_ids(model, images, beam_size=2) == token_ids(reference, images, beam_size=2)
+def test_a_folder_without_graphs_runs_its_cached_export_and_a_model_in_memory_pytorch(
+    tiny_dir, tiny_model
+):
+    assert Captioner.from_pretrained(tiny_dir).runtime.name == "onnx-int8"
+    assert Captioner.from_pretrained(tiny_dir, runtime="torch").runtime.name == "torch"
+    assert tiny_model.captioner().runtime.name == "torch"
 
 
 def test_onnx_runtime_reexports_changed_weights_and_reuses_the_cache(tiny_dir, monkeypatch):
-    model = Captioner.from_pretrained(tiny_dir, runtime="onnx-fp32")
-    first = model.inference_decoder()
-    again = Captioner.from_pretrained(tiny_dir, runtime="onnx-fp32")
-    monkeypatch.setattr("captioner.onnx.export.export_decoder", pytest.fail)  # cached: no export
-    again.inference_decoder()
+    model = CaptionModel.from_pretrained(tiny_dir)
+    first = model.captioner("onnx-fp32")
+    assert model.captioner("onnx-fp32") is first
+    again = CaptionModel.from_pretrained(tiny_dir)
+    monkeypatch.setattr("captioner.onnx.cache.export_onnx", pytest.fail)  # cached: no export
+    again.captioner("onnx-fp32")
     monkeypatch.undo()
-    with torch.no_grad():
+    with torch.no_grad():  # as an optimiser step would
         model.decoder.final_norm.bias.add_(0.5)
-    assert model.inference_decoder() is not first
+    changed = model.captioner("onnx-fp32")
+    assert changed is not first and changed.runtime.directory != first.runtime.directory
     images = generated_images(2)
-    reference = Captioner.from_pretrained(tiny_dir, runtime="torch")
+    reference = CaptionModel.from_pretrained(tiny_dir)
     with torch.no_grad():
         reference.decoder.final_norm.bias.add_(0.5)
-    assert token_ids(model, images, beam_size=1) == token_ids(reference, images, beam_size=1)
+    assert token_ids(changed, images, beam_size=1) == token_ids(reference, images, beam_size=1)
 
 
-def test_auto_runtime_falls_back_to_pytorch_without_onnxruntime(tiny_dir, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    model = Captioner.from_pretrained(tiny_dir)
+def test_a_damaged_cached_export_is_rebuilt_and_stale_scratch_folders_go(tiny_dir):
+    """A truncated graph (a full disk, a killed copy) must not fail every later call."""
+    import os
+    import time
+
+    from captioner.onnx.cache import STALE_EXPORT_S
+
     images = generated_images(2)
-    expected = token_ids(Captioner.from_pretrained(tiny_dir, runtime="torch"), images)
-    assert token_ids(model, images) == expected
-    assert model.runtime == "torch"
-    with pytest.raises(ImportError):
-        Captioner.from_pretrained(tiny_dir, runtime="onnx").caption(images)
+    expected = token_ids(Captioner.from_pretrained(tiny_dir), images)
+    directory = Captioner.from_pretrained(tiny_dir).runtime.directory
+    step = directory / "decoder_step.int8.onnx"
+    step.write_bytes(step.read_bytes()[:1000])
+    stale = directory.parent / "export-killed"
+    stale.mkdir()
+    old = time.time() - STALE_EXPORT_S - 60
+    os.utime(stale, (old, old))
+    assert token_ids(Captioner.from_pretrained(tiny_dir), images) == expected
+    assert step.stat().st_size > 1000 and not stale.exists()
 
 
 def test_unknown_runtime_is_a_clear_error(tiny_dir):
@@ -236,17 +244,16 @@ def test_unknown_runtime_is_a_clear_error(tiny_dir):
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path / "c"))
-    assert onnx_runtime.cache_root() == tmp_path / "c"
+    assert cache_root() == tmp_path / "c"
     monkeypatch.delenv("CAPTIONER_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert onnx_runtime.cache_root() == tmp_path / "x" / "captioner"
+    assert cache_root() == tmp_path / "x" / "captioner"
 
 
 def test_step_graph_shares_an_image_among_its_consecutive_rows(tiny_model, tmp_path):
     """Beam search feeds each image once for its beams: the step graph then gives what it gives
     with the image repeated per row."""
     from captioner.onnx.export import FILES, export_decoder
-    from captioner.onnx.runtime import cpu_session
 
     decoder = tiny_model.decoder
     layers = decoder.config.n_layers
@@ -273,7 +280,6 @@ def test_int8_step_graph_looks_tokens_up_in_int8_rows(tiny_model, tmp_path):
     import onnx
 
     from captioner.onnx.export import FILES, export_decoder, quantize_lookups
-    from captioner.onnx.runtime import cpu_session
 
     decoder = tiny_model.decoder
     config = decoder.config
@@ -304,9 +310,8 @@ def test_int8_step_graph_looks_tokens_up_in_int8_rows(tiny_model, tmp_path):
     assert not np.array_equal(looked_up, exact)
 
 
-def test_onnx_decoder_refuses_rows_that_cannot_share_the_images(tiny_dir):
-    decoder = Captioner.from_pretrained(tiny_dir, runtime="onnx").inference_decoder()
-    config = decoder.config
-    memory = decoder.encode_image(torch.randn(2, config.image_tokens, config.image_dim))
-    with pytest.raises(ValueError, match="5 rows of tokens for 2 images"):
-        decoder(torch.ones(5, 1, dtype=torch.long), memory)
+def test_onnx_runtime_refuses_features_of_another_grid(tiny_dir):
+    runtime = Captioner.from_pretrained(tiny_dir, runtime="onnx").runtime
+    tokens = runtime.image_tokens
+    with pytest.raises(ValueError, match=f"reads {tokens} image tokens a row"):
+        runtime.start(np.zeros((2, tokens + 1, 8), np.float32), 1)

@@ -15,17 +15,20 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from captioner.model import Captioner
+from captioner import Captioner
 from captioner.serving.app import create_app
 from captioner.serving.settings import ServerSettings
+from captioner.torch_model import CaptionModel
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model: Captioner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def client(
+    tiny_captioner: Captioner, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
     page = tmp_path_factory.mktemp("page")
     (page / "index.html").write_text("<!doctype html><title>captioner page</title>")
     settings = ServerSettings(model="tiny", max_upload_mb=1, page_dir=page)
-    with TestClient(create_app(settings, model=tiny_model)) as client:
+    with TestClient(create_app(settings, model=tiny_captioner)) as client:
         yield client
 
 
@@ -83,17 +86,19 @@ def test_health(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "model": "tiny"}
 
 
-def test_model_info(client: TestClient, tiny_model: Captioner) -> None:
+def test_model_info(
+    client: TestClient, tiny_captioner: Captioner, tiny_model: CaptionModel
+) -> None:
     info = client.get("/api/model").json()
     assert info["encoder"]["name"] == "efficientnet-lite0"
     assert (info["encoder"]["grid_h"], info["encoder"]["grid_w"]) == (7, 7)
     assert info["decoder"]["layers"] == 2 and info["decoder"]["heads"] == 4
     assert info["decoder"]["parameters"] == sum(p.numel() for p in tiny_model.decoder.parameters())
-    assert info["metadata"] == tiny_model.config.metadata
+    assert info["metadata"] == tiny_captioner.config.metadata
     assert info["server"]["batching"] is True and info["server"]["max_upload_mb"] == 1
     # The page reads its decoding defaults from here.
-    assert info["generation"] == dataclasses.asdict(tiny_model.config.generation)
-    assert info["server"]["max_new_tokens"] == tiny_model.config.decoder.max_length - 1
+    assert info["generation"] == dataclasses.asdict(tiny_captioner.config.generation)
+    assert info["server"]["max_new_tokens"] == tiny_captioner.config.decoder.max_length - 1
 
 
 def test_model_info_is_described_in_the_openapi_schema(client: TestClient) -> None:
@@ -104,12 +109,12 @@ def test_model_info_is_described_in_the_openapi_schema(client: TestClient) -> No
     assert {"beam_size", "max_new_tokens", "do_sample", "top_p"} <= set(generation)
 
 
-def test_caption_with_attention(client: TestClient, tiny_model: Captioner) -> None:
+def test_caption_with_attention(client: TestClient, tiny_captioner: Captioner) -> None:
     data = encode(photo(64, 48), "JPEG")
     response = post(client, data, "photo.jpg", beam_size=1)
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = tiny_model.caption(data, beam_size=1)[0]
+    expected = tiny_captioner.caption(data, beam_size=1)[0]
     assert body["caption"] != "" and body["tokens"] == expected.tokens
     assert body["image"] == {"width": 64, "height": 48}
     assert body["batch_size"] == 1
@@ -126,15 +131,15 @@ def test_caption_with_attention(client: TestClient, tiny_model: Captioner) -> No
     assert maps["crop"] == pytest.approx(crop, abs=0.005)
 
 
-def test_caption_options(client: TestClient, tiny_model: Captioner) -> None:
+def test_caption_options(client: TestClient, tiny_captioner: Captioner) -> None:
     image = photo()
     greedy = post(client, encode(image, "PNG"), beam_size=1, attention="false").json()
     beam = post(client, encode(image, "PNG"), beam_size=4, attention="false").json()
     assert greedy["attention"] is None and beam["attention"] is None
-    assert greedy["tokens"] == tiny_model.caption(image, beam_size=1)[0].tokens
-    assert beam["tokens"] == tiny_model.caption(image, beam_size=4)[0].tokens
+    assert greedy["tokens"] == tiny_captioner.caption(image, beam_size=1)[0].tokens
+    assert beam["tokens"] == tiny_captioner.caption(image, beam_size=4)[0].tokens
     default = post(client, encode(image, "PNG"), attention="false").json()  # the model's own
-    assert default["tokens"] == tiny_model.caption(image)[0].tokens
+    assert default["tokens"] == tiny_captioner.caption(image)[0].tokens
 
 
 @pytest.mark.parametrize("beam_size", ["0", "17", "-1", "two"])
@@ -152,10 +157,10 @@ def test_bad_max_new_tokens(client: TestClient, max_new_tokens: str) -> None:
     assert response.json()["error"].startswith("max_new_tokens must be an integer from 1 to")
 
 
-def test_max_new_tokens(client: TestClient, tiny_model: Captioner) -> None:
+def test_max_new_tokens(client: TestClient, tiny_captioner: Captioner) -> None:
     image = photo()
     body = post(client, encode(image, "PNG"), max_new_tokens=2, attention="false").json()
-    assert body["tokens"] == tiny_model.caption(image, max_new_tokens=2)[0].tokens
+    assert body["tokens"] == tiny_captioner.caption(image, max_new_tokens=2)[0].tokens
 
 
 def test_missing_file(client: TestClient) -> None:
@@ -175,12 +180,38 @@ def test_page_served_at_root(client: TestClient) -> None:
     assert response.status_code == 200 and "captioner page" in response.text
 
 
-def test_page_missing_explains_how_to_build(tiny_model: Captioner, tmp_path: Path) -> None:
+def test_page_missing_explains_how_to_build(tiny_captioner: Captioner, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-page"
-    with TestClient(create_app(ServerSettings(page_dir=missing), model=tiny_model)) as client:
+    with TestClient(create_app(ServerSettings(page_dir=missing), model=tiny_captioner)) as client:
         response = client.get("/")
     assert response.status_code == 200 and "make frontend" in response.text
     assert str(tmp_path) not in response.text  # D22: the server's folders are not shown
+
+
+def test_page_json_tells_the_page_a_server_is_behind_it(client: TestClient) -> None:
+    response = client.get("/page.json")
+    assert response.status_code == 200
+    assert response.json() == {"format": "captioner-page", "server": True, "device_model": False}
+
+
+def test_a_site_served_offers_its_model_and_the_browser_revalidates_it(
+    tiny_model: Captioner, tmp_path: Path
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><title>captioner site</title>")
+    (tmp_path / "page.json").write_text('{"format": "captioner-page", "server": false}')
+    (tmp_path / "model" / "captioner.json").write_text('{"format": "captioner-onnx"}')
+    (tmp_path / "model" / "step.onnx.gz").write_bytes(b"\x1f\x8b graph bytes")
+    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=tiny_model)) as client:
+        assert client.get("/page.json").json()["server"] is True  # not the static site's file
+        assert client.get("/page.json").json()["device_model"] is True
+        graph = client.get("/model/step.onnx.gz")
+        assert graph.content == b"\x1f\x8b graph bytes"
+        assert graph.headers["cache-control"] == "no-cache" and graph.headers["etag"]
+        again = client.get("/model/step.onnx.gz", headers={"if-none-match": graph.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["cache-control"] == "no-cache"
+        assert "cache-control" not in client.get("/").headers
 
 
 def test_unknown_api_path_is_json_404(client: TestClient) -> None:
@@ -345,9 +376,9 @@ def _concurrent_batch_sizes(client: TestClient, requests: int) -> list[int]:
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["on", "off"])
-def test_micro_batching(tiny_model: Captioner, batching: bool) -> None:
+def test_micro_batching(tiny_captioner: Captioner, batching: bool) -> None:
     settings = ServerSettings(batching=batching, batch_wait_ms=300, max_batch_size=4)
-    with TestClient(create_app(settings, model=tiny_model)) as client:
+    with TestClient(create_app(settings, model=tiny_captioner)) as client:
         sizes = _concurrent_batch_sizes(client, 6)
     assert len(sizes) == 6
     if batching:
@@ -357,14 +388,14 @@ def test_micro_batching(tiny_model: Captioner, batching: bool) -> None:
 
 
 def test_model_failure_is_a_json_500(
-    tiny_model: Captioner, monkeypatch: pytest.MonkeyPatch
+    tiny_captioner: Captioner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    app = create_app(ServerSettings(), model=tiny_model)
+    app = create_app(ServerSettings(), model=tiny_captioner)
     with TestClient(app, raise_server_exceptions=False) as client:
-        monkeypatch.setattr(tiny_model, "generate_from_features", broken)
+        monkeypatch.setattr(tiny_captioner, "generate_from_features", broken)
         response = post(client, encode(photo(), "PNG"))
     assert response.status_code == 500
     assert response.json() == {"error": "the server failed to caption this image; see its log"}
@@ -374,17 +405,17 @@ def test_model_failure_is_a_json_500(
 
 
 @pytest.fixture
-def model_on_hold(tiny_model: Captioner, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+def model_on_hold(tiny_captioner: Captioner, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """The model blocks in each call until `release` is set; `running` is set once it has one."""
     running, release = threading.Event(), threading.Event()
-    generate = tiny_model.generate_from_features
+    generate = tiny_captioner.generate_from_features
 
     def held(*args, **kwargs):
         running.set()
         release.wait(30)
         return generate(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_model, "generate_from_features", held)
+    monkeypatch.setattr(tiny_captioner, "generate_from_features", held)
     yield {"running": running, "release": release}
     release.set()
 
@@ -396,9 +427,9 @@ def in_thread(call) -> tuple[threading.Thread, list]:
     return thread, answers
 
 
-def test_a_full_queue_is_a_503_with_retry_after(tiny_model: Captioner, model_on_hold) -> None:
+def test_a_full_queue_is_a_503_with_retry_after(tiny_captioner: Captioner, model_on_hold) -> None:
     settings = ServerSettings(max_queue=1, batch_wait_ms=0)
-    with TestClient(create_app(settings, model=tiny_model)) as client:
+    with TestClient(create_app(settings, model=tiny_captioner)) as client:
         batcher = client.app.state.serving.batcher
         data = encode(photo(), "PNG")
         first, first_answers = in_thread(lambda: post(client, data, attention="false"))
@@ -414,9 +445,9 @@ def test_a_full_queue_is_a_503_with_retry_after(tiny_model: Captioner, model_on_
     assert [first_answers[0].status_code, second_answers[0].status_code] == [200, 200]
 
 
-def test_a_request_past_its_deadline_is_a_504(tiny_model: Captioner, model_on_hold) -> None:
+def test_a_request_past_its_deadline_is_a_504(tiny_captioner: Captioner, model_on_hold) -> None:
     settings = ServerSettings(request_timeout_s=0.2)
-    with TestClient(create_app(settings, model=tiny_model)) as client:
+    with TestClient(create_app(settings, model=tiny_captioner)) as client:
         response = post(client, encode(photo(), "PNG"), attention="false")
         model_on_hold["release"].set()
     assert response.status_code == 504
@@ -465,8 +496,12 @@ def test_a_malformed_multipart_body_is_a_declared_400(client: TestClient) -> Non
 
 
 @pytest.mark.parametrize("origins", [(), ("https://cms.example",)], ids=["off", "on"])
-def test_cors_only_for_the_origins_given(tiny_model: Captioner, origins: tuple[str, ...]) -> None:
-    with TestClient(create_app(ServerSettings(cors_origins=origins), model=tiny_model)) as client:
+def test_cors_only_for_the_origins_given(
+    tiny_captioner: Captioner, origins: tuple[str, ...]
+) -> None:
+    with TestClient(
+        create_app(ServerSettings(cors_origins=origins), model=tiny_captioner)
+    ) as client:
         simple = client.get("/api/health", headers={"origin": "https://cms.example"})
         preflight = client.options(
             "/api/caption",

@@ -10,8 +10,8 @@ import pytest
 import uvicorn
 
 from captioner.cli import main
-from captioner.model import Captioner
 from captioner.serving.settings import ServerSettings
+from captioner.torch_model import CaptionModel
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def test_flags_reach_the_settings(
-    tiny_model: Captioner, tmp_path: Path, served: dict, capsys: pytest.CaptureFixture[str]
+    tiny_model: CaptionModel, tmp_path: Path, served: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tiny_model.save_pretrained(tmp_path)
     argv = ["serve", "--model", str(tmp_path), "--port", "0", "--no-batching"]
@@ -45,7 +45,7 @@ def test_flags_reach_the_settings(
 
 
 def test_the_model_is_warm_before_serving_on(
-    tiny_model: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: CaptionModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The decoder graphs are exported and the sessions open before the port is announced, so
     the first request does not wait for them."""
@@ -54,8 +54,8 @@ def test_the_model_is_warm_before_serving_on(
     warm: dict = {}
 
     def run(server: uvicorn.Server, sockets=None) -> None:
-        model = server.config.app.state.serving.model
-        warm.update(decoder=model._onnx is not None, encoder=model.encoder._session is not None)
+        runtime = server.config.app.state.serving.model.runtime
+        warm.update(decoder=bool(runtime._steps), encoder=runtime._encoder is not None)
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
     assert main(["serve", "--model", str(tmp_path), "--port", "0"]) == 0
@@ -63,7 +63,7 @@ def test_the_model_is_warm_before_serving_on(
 
 
 def test_environment_variables_under_the_flags(
-    tiny_model: Captioner, tmp_path: Path, served: dict, monkeypatch: pytest.MonkeyPatch
+    tiny_model: CaptionModel, tmp_path: Path, served: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tiny_model.save_pretrained(tmp_path)
     monkeypatch.setenv("CAPTIONER_MODEL", str(tmp_path))

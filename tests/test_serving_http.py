@@ -15,17 +15,17 @@ from collections.abc import Iterator
 import pytest
 from test_serving_api import MULTIPART_TYPE, multipart_body
 
-from captioner.model import Captioner
+from captioner import Captioner
 from captioner.serving.app import create_app
 from captioner.serving.server import RateLimitedLog, bind, uvicorn_server
 from captioner.serving.settings import ServerSettings
 
 
 @pytest.fixture(scope="module")
-def server_url(tiny_model: Captioner) -> Iterator[str]:
+def server_url(tiny_captioner: Captioner) -> Iterator[str]:
     sock = bind("127.0.0.1", 0)
     server = uvicorn_server(
-        create_app(ServerSettings(max_upload_mb=1), model=tiny_model), configure_logging=False
+        create_app(ServerSettings(max_upload_mb=1), model=tiny_captioner), configure_logging=False
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -18,13 +18,13 @@ from captioner.batch import CaptionCollator
 from captioner.cli import main
 from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig
 from captioner.data import CaptionRecord, load_records
+from captioner.decoding import Hypothesis
 from captioner.encoders import build_encoder
 from captioner.evaluation.metrics import caption_metrics
 from captioner.features import build_cache, cache_dir, image_source
-from captioner.generation import Hypothesis
-from captioner.model import Captioner
 from captioner.objective import teacher_forced
 from captioner.tokenizer import CaptionTokenizer
+from captioner.torch_model import CaptionModel
 from captioner.training.config import TrainConfig, preset
 from captioner.training.data import (
     CaptionSampler,
@@ -43,7 +43,7 @@ def dataset(tmp_path_factory):
 
 def test_training_exports_a_loadable_best_model(dataset, tmp_path):
     best = train(tiny_config(dataset, tmp_path, epochs=3), progress=False)
-    model = Captioner.from_pretrained(best)
+    model = CaptionModel.from_pretrained(best)
     metrics = model.config.metadata["dev_metrics"]
     assert {"cider", "bleu4", "token_acc", "loss"} <= set(metrics)
     assert model.config.encoder.name == "efficientnet-lite0"
@@ -153,7 +153,7 @@ def test_the_exported_model_is_the_weight_average(dataset, tmp_path):
     average = checkpoint["callbacks"]["DecoderAverage"]["average"]
     raw = checkpoint["state_dict"]
     assert int(average["n_averaged"]) == 3  # one update per step: 12 images, 4 per step
-    exported = Captioner.from_pretrained(best).decoder.state_dict()
+    exported = CaptionModel.from_pretrained(best).decoder.state_dict()
     moved = 0
     for key, value in exported.items():
         torch.testing.assert_close(value, average[f"module.{key}"], msg=key)
@@ -451,7 +451,7 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
         dataset, tmp_path / "scst", objective="scst", init_from=str(first), epochs=1, scst_samples=3
     )
     best = train(scst, progress=False)
-    tuned = Captioner.from_pretrained(best)
+    tuned = CaptionModel.from_pretrained(best)
     # Sampling is seeded by step: a rerun draws the same captions and ends with the same weights.
     again = tiny_config(
         dataset,
@@ -461,11 +461,11 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
         epochs=1,
         scst_samples=3,
     )
-    rerun = Captioner.from_pretrained(train(again, progress=False)).decoder.state_dict()
+    rerun = CaptionModel.from_pretrained(train(again, progress=False)).decoder.state_dict()
     for key, value in tuned.decoder.state_dict().items():
         torch.testing.assert_close(value, rerun[key], msg=key)
-    assert tuned.tokenizer.vocab == Captioner.from_pretrained(first).tokenizer.vocab
-    before = Captioner.from_pretrained(first).decoder.state_dict()
+    assert tuned.tokenizer.vocab == CaptionModel.from_pretrained(first).tokenizer.vocab
+    before = CaptionModel.from_pretrained(first).decoder.state_dict()
     after = tuned.decoder.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it did learn something
     with pytest.raises(ValueError, match="needs init_from"):
@@ -475,7 +475,7 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
 SCST_CAPTIONS = [["a dog runs on the grass", "a brown dog"], ["two kids swim", "a pool"]]
 
 
-def _self_critical_loss(model: Captioner, batch, **settings) -> torch.Tensor:
+def _self_critical_loss(model: CaptionModel, batch, **settings) -> torch.Tensor:
     module = SelfCriticalModule(model, TrainConfig(scst_samples=3, **settings), SCST_CAPTIONS)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log with no Trainer attached
@@ -489,7 +489,7 @@ def _tiny_self_critical_setup(dropout: float):
         encoder=EncoderConfig("efficientnet-lite0"),
         decoder=DecoderConfig(n_layers=1, d_model=32, n_heads=2, dropout=dropout, max_length=16),
     )
-    model = Captioner(config, tokenizer)
+    model = CaptionModel(config, tokenizer)
     batch = CaptionCollator(tokenizer, 16).tokenize(torch.randn(2, 49, 1280), SCST_CAPTIONS)
     return model, batch
 

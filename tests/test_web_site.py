@@ -10,19 +10,25 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from captioner.cli import main
+from captioner.collection.job import CollectionConfig
 from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
 from captioner.onnx.web import (
+    EXPORT_MANIFEST,
     MODEL_DIR,
     SCRATCH_MARKER,
-    SITE_MANIFEST,
     compress_graphs,
     site_size,
     write_site,
 )
+from captioner.page import DEVICE_MODEL_FILE, PAGE_FILE, page_description
+
+# Cases the page's sentence rule (frontend/src/sentence.ts, its Vitest test) is checked on too.
+SENTENCE_CASES = Path(__file__).resolve().parents[1] / "frontend/src/sentence-case.cases.json"
 
 pytest.importorskip("onnxruntime")
 
@@ -89,7 +95,8 @@ def test_compressed_graphs_load_back_equal_and_what_does_not_shrink_stays_plain(
         assert gzip.decompress(packed) == (plain / name).read_bytes()
         assert len(packed) < (plain / name).stat().st_size
     kept = sorted(p.name for p in model_dir.iterdir())
-    assert kept == sorted([DESCRIPTION_FILE, *files.values()])
+    # Beside the graphs: the description, and the config and vocabulary of a whole model.
+    assert kept == sorted([DESCRIPTION_FILE, "config.json", "tokenizer.json", *files.values()])
 
 
 def test_an_unbuilt_page_is_refused_before_any_export(tiny_model, tmp_path):
@@ -186,8 +193,21 @@ def test_a_tampered_manifest_never_reaches_outside_the_site(tiny_model, tmp_path
     target = tmp_path / "site"
     write_site(tiny_model, target, page_dir)
     (tmp_path / "outside.txt").write_text("keep me")
-    manifest = target / SITE_MANIFEST
+    manifest = target / EXPORT_MANIFEST
     files = json.loads(manifest.read_text())["files"]
     manifest.write_text(json.dumps({"files": [*files, "../outside.txt", str(tmp_path)]}))
     write_site(tiny_model, target, page_dir)
     assert (tmp_path / "outside.txt").read_text() == "keep me"
+
+
+def test_the_site_tells_the_page_it_is_static_with_the_model_beside_it(site):
+    assert json.loads((site / PAGE_FILE).read_text()) == page_description(
+        server=False, device_model=True
+    )
+    assert (site / DEVICE_MODEL_FILE).is_file()
+    assert f"{MODEL_DIR}/{DESCRIPTION_FILE}" == DEVICE_MODEL_FILE
+
+
+@pytest.mark.parametrize("caption, sentence", json.loads(SENTENCE_CASES.read_text())["cases"])
+def test_sentence_case_writes_captions_as_the_page_shows_them(caption, sentence):
+    assert CollectionConfig(sentence_case=True).finish_text(caption) == sentence

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from captioner import (
-    Captioner,
     CaptionerConfig,
     CaptionTokenizer,
     DecoderConfig,
     EncoderConfig,
     GenerationConfig,
 )
+from captioner.torch_model import CaptionModel
 
 CAPTIONS = [
     "a dog runs across the grass .",
@@ -28,7 +28,7 @@ CAPTIONS = [
 ]
 
 
-def build_tiny_model() -> Captioner:
+def build_tiny_model() -> CaptionModel:
     """EfficientNet-Lite0 (its weights ship in a pip package) and a 2-layer, 64-wide decoder."""
     torch.manual_seed(0)
     config = CaptionerConfig(
@@ -37,7 +37,7 @@ def build_tiny_model() -> Captioner:
         generation=GenerationConfig(max_new_tokens=12),  # short captions keep the tests quick
         metadata={"dataset": "none (test model)", "dev_metrics": {"CIDEr": 0.0}},
     )
-    return Captioner(config, CaptionTokenizer.build_compact(CAPTIONS)).eval()
+    return CaptionModel(config, CaptionTokenizer.build_compact(CAPTIONS)).eval()
 
 
 def save_tiny_model(directory: str | Path) -> Path:

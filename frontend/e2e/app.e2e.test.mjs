@@ -1,13 +1,12 @@
 // End to end: `captioner serve` with a tiny model, driven in Debian's headless Chromium.
 // Skips when /usr/bin/chromium (or, for the photo test, the Flickr8k photos) is missing.
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 import {
-  CAPTIONER,
   CHROMIUM,
   dropFile,
   dropNotAnImage,
@@ -17,16 +16,18 @@ import {
   PHOTOS,
   photos,
   PYTHON,
+  pythonSentence,
   ROOT,
   screenshot,
   serverCaption,
+  spawnCaptioner,
   waitForUrl,
 } from "./helpers.mjs";
 
 const [photo] = photos(1);
 
 describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing` }, () => {
-  let server, context, page, url, work;
+  let server, context, page, problems, url, work;
 
   before(async () => {
     work = mkdtempSync(join(tmpdir(), "captioner-e2e-"));
@@ -35,14 +36,16 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
     assert.equal(made.status, 0, made.stderr);
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
-    server = spawn(
-      CAPTIONER,
+    server = spawnCaptioner(
       ["serve", "--model", model, "--port", String(port), "--page-dir", join(ROOT, "frontend/dist")],
       { stdio: ["ignore", "ignore", "inherit"] },
     );
     await waitForUrl(`${url}/api/health`, server, 90);
-    ({ context, page } = await launchChromium(join(work, "profile")));
+    ({ context, page, problems } = await launchChromium(join(work, "profile")));
   });
+
+  // No console errors or failed requests on load, caption, hover and webcam.
+  afterEach(() => problems?.assertNone());
 
   after(async () => {
     await context?.close();
@@ -57,6 +60,7 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
     await page.goto(url);
     await page.getByText("Drop a photo anywhere on the page").waitFor();
     await page.getByText(/efficientnet-lite0 encoder/).waitFor(); // the model info loaded
+    assert.match(await page.title(), /^captioner: efficientnet-lite0 encoder, \d-layer decoder$/);
     await dropFile(page, readFileSync(join(PHOTOS, photo)), photo, "image/jpeg");
     const words = page.getByRole("group", { name: "Caption words" }).getByRole("button");
     await words.first().waitFor({ timeout: 30_000 });
@@ -84,7 +88,15 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
     await page.getByLabel("Decoding").selectOption({ label: "Greedy" });
     await answered;
     await page.getByRole("img", { name: `Photo: ${greedy.caption}` }).waitFor();
-    assert.deepEqual(await words.allTextContents(), greedy.tokens);
+    // Written as a sentence by --sentence-case's rule, each token still a word to point at.
+    const sentence = pythonSentence(greedy.caption);
+    const group = page.getByRole("group", { name: "Caption words" });
+    assert.equal(await group.textContent(), sentence);
+    const lower = (texts) => texts.map((t) => t.toLowerCase());
+    assert.deepEqual(lower(await words.allTextContents()), lower(greedy.tokens));
+    await page.getByRole("button", { name: "Copy caption" }).click();
+    await page.getByRole("button", { name: "Copied" }).waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), sentence);
 
     await page.setViewportSize({ width: 390, height: 844 }); // a phone
     await words.first().click(); // a tap pins the word
@@ -97,11 +109,17 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
 
   test("a file that is not an image gets a clear error", { timeout: 30_000 }, async () => {
     await dropNotAnImage(page, url);
+    problems.expect(/HTTP 415: .*\/api\/caption$/, /console error: Failed to load resource: .* 415/);
   });
 
   test("the webcam captures a frame, and live mode keeps captioning", { timeout: 60_000 }, async () => {
     await page.goto(url);
+    await dropFile(page, readFileSync(join(PHOTOS, photo)), photo, "image/jpeg");
+    await page.getByRole("img", { name: /^Photo: / }).waitFor();
     await page.getByRole("button", { name: "Webcam" }).click();
+    // The webcam view shows frames it captured, not the last photo.
+    assert.equal(await page.locator("figure img").count(), 0);
+    assert.equal(await page.getByText("Last captured frame").count(), 0);
     const capture = page.getByRole("button", { name: "Capture frame" });
     await page.waitForFunction(() => !document.querySelector("button[disabled]"));
     await capture.click();
@@ -124,5 +142,9 @@ describe("the web page", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missin
     await page.unroute("**/api/**");
     await page.getByRole("button", { name: "Retry" }).click();
     await page.getByText("Can't reach the captioning server").waitFor({ state: "detached" });
+    problems.expect(
+      /request failed: .*\/api\/health net::ERR_CONNECTION_REFUSED/,
+      /console error: Failed to load resource: net::ERR_CONNECTION_REFUSED/,
+    );
   });
 });

@@ -1,21 +1,41 @@
 // Shared by the end-to-end tests: ports, processes, Chromium, and page helpers.
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
 export const CHROMIUM = "/usr/bin/chromium";
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const FLICKR8K = join(ROOT, "../shared/datasets/flickr8k/images");
-export const PYTHON = join(ROOT, ".venv/bin/python");
+// The data set beside the checkout, or where E2E_FLICKR8K says (a git worktree elsewhere).
+const FLICKR8K = join(process.env.E2E_FLICKR8K ?? join(ROOT, "../shared/datasets/flickr8k"), "images");
+// The repository's venv, or the Python CAPTIONER_PYTHON names (with captioner importable from it).
+export const PYTHON = process.env.CAPTIONER_PYTHON ?? join(ROOT, ".venv/bin/python");
 // Flickr8k photos where the data set is here; else (or with E2E_GENERATED_PHOTOS=1) photos drawn
 // by Pillow, so the tests run on a machine without the data too.
 export const PHOTOS =
   existsSync(FLICKR8K) && !process.env.E2E_GENERATED_PHOTOS ? FLICKR8K : drawPhotos(3);
-export const CAPTIONER = join(ROOT, ".venv/bin/captioner");
+
+/** Runs `captioner args...` with `PYTHON`. */
+export function spawnCaptioner(args, options) {
+  return spawn(PYTHON, ["-m", "captioner", ...args], options);
+}
+
+export function runCaptioner(args) {
+  return spawnSync(PYTHON, ["-m", "captioner", ...args], { encoding: "utf8" });
+}
+
+/** `text` as `captioner caption --sentence-case` writes it (the Python rule itself). */
+export function pythonSentence(text) {
+  const finish = "import sys\nfrom captioner.collection.job import CollectionConfig\n" +
+    "print(CollectionConfig(sentence_case=True).finish_text(sys.argv[1]), end='')";
+  const result = spawnSync(PYTHON, ["-c", finish, text], { encoding: "utf8" });
+  if (result.status !== 0) throw new Error(`the sentence rule failed: ${result.stderr}`);
+  return result.stdout;
+}
 export const SCREENSHOTS = process.env.E2E_SCREENSHOTS; // a folder to save what the page looked like
 const CHROMIUM_FLAGS = [
   "--headless",
@@ -61,14 +81,49 @@ export async function waitForUrl(url, process, seconds) {
   throw new Error(`${url} did not answer within ${seconds} s`);
 }
 
+/** Chromium with a profile in `profile`, allowed the clipboard; `problems` gathers what the
+ * page logs as going wrong. */
 export async function launchChromium(profile) {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     args: CHROMIUM_FLAGS,
     viewport: { width: 1280, height: 800 },
+    permissions: ["clipboard-read", "clipboard-write"],
   });
-  return { context, page: context.pages()[0] ?? (await context.newPage()) };
+  const page = context.pages()[0] ?? (await context.newPage());
+  return { context, page, problems: watchProblems(page) };
+}
+
+/** What `page` logs as going wrong: console errors, uncaught errors, failed requests and HTTP
+ * errors, one line each. Requests the page cancels itself (a caption nobody waits for any more,
+ * a navigation away) are no problem. */
+function watchProblems(page) {
+  let seen = [];
+  page.on("console", (message) => message.type() === "error" && seen.push(`console error: ${message.text()}`));
+  page.on("pageerror", (error) => seen.push(`uncaught: ${error.message}`));
+  page.on("requestfailed", (request) => {
+    const reason = request.failure()?.errorText;
+    if (reason !== "net::ERR_ABORTED") seen.push(`request failed: ${request.url()} ${reason}`);
+  });
+  page.on("response", (response) => {
+    if (response.status() >= 400) seen.push(`HTTP ${response.status()}: ${response.url()}`);
+  });
+  return {
+    /** Drops the problems matching `patterns`, each of which must match one. */
+    expect(...patterns) {
+      for (const pattern of patterns) {
+        assert.ok(seen.some((line) => pattern.test(line)), `expected a problem like ${pattern}, saw ${seen}`);
+        seen = seen.filter((line) => !pattern.test(line));
+      }
+    },
+    /** Fails on any problem seen since the last call. */
+    assertNone() {
+      const found = seen;
+      seen = [];
+      assert.deepEqual(found, [], "the page logged problems");
+    },
+  };
 }
 
 /** Drop `bytes` as a file onto the page, as a drag from the desktop would. */

@@ -3,14 +3,13 @@
 // site under `captioner serve`, which offers both. The bundled model, so the speed and size
 // printed are the real ones. Skips without Chromium or the Flickr8k photos.
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { after, before, describe, test } from "node:test";
+import { spawn } from "node:child_process";
+import { after, afterEach, before, describe, test } from "node:test";
 import {
-  CAPTIONER,
   CHROMIUM,
   dropFile,
   dropNotAnImage,
@@ -21,11 +20,14 @@ import {
   PHOTOS,
   photos,
   PYTHON,
+  pythonSentence,
   ROOT,
+  runCaptioner,
   screenshot,
   captionAgain,
   captionOfNewPhoto,
   serverCaption,
+  spawnCaptioner,
   waitForUrl,
 } from "./helpers.mjs";
 
@@ -50,13 +52,13 @@ function sizeOf(directory) {
 }
 
 describe("the exported static site", { skip }, () => {
-  let work, site, staticServer, apiServer, context, page, staticUrl, apiUrl;
+  let work, site, staticServer, apiServer, context, page, problems, staticUrl, apiUrl;
   const read = (name) => readFileSync(join(PHOTOS, name));
 
   before(async () => {
     work = mkdtempSync(join(tmpdir(), "captioner-site-e2e-"));
     site = join(work, "site");
-    const exported = spawnSync(CAPTIONER, ["export", BUNDLED, "--web", site], { encoding: "utf8" });
+    const exported = runCaptioner(["export", BUNDLED, "--web", site]);
     assert.equal(exported.status, 0, exported.stderr);
     const [staticPort, apiPort] = [await freePort(), await freePort()];
     staticUrl = `http://127.0.0.1:${staticPort}`;
@@ -66,15 +68,18 @@ describe("the exported static site", { skip }, () => {
       ["-m", "http.server", String(staticPort), "--bind", "127.0.0.1", "--directory", site],
       { stdio: ["ignore", "ignore", "ignore"] },
     );
-    apiServer = spawn(
-      CAPTIONER,
+    apiServer = spawnCaptioner(
       ["serve", "--model", BUNDLED, "--port", String(apiPort), "--page-dir", site],
       { stdio: ["ignore", "ignore", "inherit"] },
     );
     await waitForUrl(`${staticUrl}/index.html`, staticServer, 30);
     await waitForUrl(`${apiUrl}/api/health`, apiServer, 120);
-    ({ context, page } = await launchChromium(join(work, "profile")));
+    ({ context, page, problems } = await launchChromium(join(work, "profile")));
   });
+
+  // No console errors or failed requests: the static site asks for no API, the served one for
+  // nothing it lacks.
+  afterEach(() => problems?.assertNone());
 
   after(async () => {
     await context?.close();
@@ -102,9 +107,17 @@ describe("the exported static site", { skip }, () => {
     assert.equal(await page.getByRole("group", { name: "Where to caption" }).count(), 0);
     assert.equal(await page.getByRole("alert").count(), 0);
 
-    for (const name of PICTURES) {
+    for (const [i, name] of PICTURES.entries()) {
       const server = await serverCaption(apiUrl, read(name), name, 3); // the model's default beam
+      // The first caption downloads and starts the model, with a progress bar.
+      const progress = i === 0 && page.getByRole("progressbar", { name: "Loading the model" }).waitFor();
       const shown = await captionOfNewPhoto(page, () => dropFile(page, read(name), name, "image/jpeg"));
+      await progress;
+      if (i === 0) {
+        const timing = await page.getByText(/ms on this device/).textContent();
+        console.log(`# first caption in the browser: ${timing.match(/\d+ ms on this device.*/)[0]}`);
+        assert.match(timing, /\d+ ms on this device · model \(\d+\.\d MB\) loaded in \d+\.\d s/);
+      }
       console.log(`# ${name}, beam 3: browser "${shown}", server "${server.caption}"`);
       assert.equal(shown, server.caption, `beam 3 on ${name}`);
     }
@@ -115,7 +128,13 @@ describe("the exported static site", { skip }, () => {
     );
     assert.equal(shown, greedy.caption, `greedy on ${last}`);
     const words = page.getByRole("group", { name: "Caption words" }).getByRole("button");
-    assert.deepEqual(await words.allTextContents(), greedy.tokens);
+    const lower = (texts) => texts.map((t) => t.toLowerCase());
+    assert.deepEqual(lower(await words.allTextContents()), lower(greedy.tokens));
+    const sentence = pythonSentence(greedy.caption);
+    assert.equal(await page.getByRole("group", { name: "Caption words" }).textContent(), sentence);
+    await page.getByRole("button", { name: "Copy caption" }).click();
+    await page.getByRole("button", { name: "Copied" }).waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), sentence);
 
     assert.equal(await paintedPixels(page), 0, "no heatmap before hovering");
     await words.nth(1).hover();
@@ -123,6 +142,30 @@ describe("the exported static site", { skip }, () => {
     assert.ok((await paintedPixels(page)) > 256 * 256 * 0.9, "the heatmap covers the crop");
     await screenshot(page, "site-hover");
     assert.deepEqual(sent, [], "the photo never left the browser");
+  });
+
+  test("a reload does not download the model again: the browser's HTTP cache keeps it", { timeout: 120_000 }, async () => {
+    const [name] = PICTURES;
+    for (const load of ["first", "again"]) {
+      await (load === "first" ? page.goto(staticUrl) : page.reload());
+      await captionOfNewPhoto(page, () => dropFile(page, read(name), name, "image/jpeg"));
+    }
+    const fetched = await page.evaluate(() =>
+      performance
+        .getEntriesByType("resource")
+        .filter((entry) => /\.(onnx|wasm)(\.gz)?$/.test(entry.name))
+        .map(({ name, transferSize, encodedBodySize }) => ({ name, transferSize, encodedBodySize })),
+    );
+    assert.equal(fetched.length, 4, "three graphs and ONNX Runtime's WASM"); // captioner.json aside
+    const sum = (key) => fetched.reduce((total, entry) => total + entry[key], 0);
+    console.log(
+      `# after a reload: ${sum("transferSize")} bytes of the model's ` +
+        `${(sum("encodedBodySize") / 1e6).toFixed(1)} MB came over the network`,
+    );
+    for (const { name, transferSize, encodedBodySize } of fetched) {
+      // From the cache, or a 304 revalidation: headers at most, never the body again.
+      assert.ok(transferSize < 1000 && encodedBodySize > 100_000, `${name}: ${transferSize} bytes came over`);
+    }
   });
 
   test("a pasted photo and a picked one are captioned too", { timeout: 120_000 }, async () => {

@@ -28,10 +28,28 @@ export interface CaptionOptions {
   beamSize: number;
 }
 
+/** The model's download and start-up in this browser (the device backend loads it on the first
+ * caption). `totalBytes` is null until every file's size is known. */
+export type ModelLoad =
+  | { phase: "idle" }
+  | { phase: "downloading"; loadedBytes: number; totalBytes: number | null }
+  | { phase: "starting"; loadedBytes: number }
+  | { phase: "ready"; loadedBytes: number; ms: number }
+  | { phase: "failed" };
+
 export interface CaptioningBackend {
   readonly kind: BackendKind;
   readonly model: ModelDescription;
   caption(image: Blob, options: CaptionOptions, signal: AbortSignal): Promise<CaptionResult>;
+  /** Calls `listener` with the model's load now and on every change; answers how to stop. Only
+   * a backend that loads a model in the page has one. */
+  watchLoad?(listener: (load: ModelLoad) => void): () => void;
+}
+
+/** A short name for the model: its encoder and decoder ("efficientnet-lite2 encoder, 3-layer
+ * decoder"). */
+export function modelName(model: ModelDescription): string {
+  return `${model.encoder.name} encoder, ${model.decoder.layers}-layer decoder`;
 }
 
 /** `offline`: the server could not be reached; `input`: the file can't be captioned; `failed`:

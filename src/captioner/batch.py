@@ -38,7 +38,7 @@ class CaptionCollator:
         """`captions[i]` are the captions of image i."""
         texts = [text for group in captions for text in group]
         image_index = torch.tensor([i for i, group in enumerate(captions) for _ in group])
-        ids = self.tokenizer.batch(texts, self.max_length)
+        ids = torch.from_numpy(self.tokenizer.batch(texts, self.max_length))
         lengths = (ids != self.tokenizer.pad_id).sum(dim=1) + 1  # + the first end token
         return Batch(features.float(), ids, lengths, image_index, [list(g) for g in captions])
 

@@ -22,14 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from captioner.cache import ENCODE_WORKERS, FEATURES_DIR
 from captioner.data import CaptionRecord
 from captioner.encoders import ImageEncoder
 from captioner.images import ImageInput, ImageLoadError
 
 log = logging.getLogger(__name__)
 
-CACHE_ROOT = "cache"  # where `captioner features`, `train` and `eval` keep the grids by default
-ENCODE_WORKERS = 1  # processes decoding images while the encoder runs
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.json"
 
@@ -135,7 +134,7 @@ class _Pixels(Dataset):
     def __getitem__(self, i: int):
         source = self.sources[i]
         try:
-            pixels = self.preprocess(self.preprocess.load(source.image))
+            pixels = torch.from_numpy(self.preprocess(self.preprocess.load(source.image)))
         except ImageLoadError as error:
             return i, str(error)
         # The resize and centre crop are symmetric, so mirroring their output is preprocessing
@@ -150,7 +149,7 @@ def _collate(items):
 def build_cache(
     encoder: ImageEncoder,
     sources: Iterable[ImageSource],
-    cache_root: str | Path = CACHE_ROOT,
+    cache_root: str | Path = FEATURES_DIR,
     batch_size: int = 32,
     num_workers: int = ENCODE_WORKERS,
     progress: bool = True,

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 
 START_OF_TEXT = 49406
 END_OF_TEXT = 49407
@@ -72,15 +72,15 @@ class CaptionTokenizer:
             return ids
         return [self._to_model.get(i, self.unknown_id) for i in ids]
 
-    def batch(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    def batch(self, texts: Sequence[str], max_length: int) -> np.ndarray:
         """(batch, length) ids padded with the end token; captions longer than `max_length` are
         cut, keeping a final end token so the model still learns to stop."""
         rows = [self.encode(text)[:max_length] for text in texts]
         rows = [row if row[-1] == self.end_id else row[:-1] + [self.end_id] for row in rows]
         length = max(len(row) for row in rows)
-        out = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        out = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         for i, row in enumerate(rows):
-            out[i, : len(row)] = torch.tensor(row)
+            out[i, : len(row)] = row
         return out
 
     def _to_clip(self, ids: Iterable[int]) -> list[int]:
@@ -112,10 +112,17 @@ def clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+# Undo the BPE's word-end spacing around punctuation: regexes applied in order, the replacements
+# in JavaScript's syntax ($1), since captioner.json hands the same rules to the page.
+DETOKENIZE = ((" ([.,!?;:])", "$1"), (" '(s|t|re|ve|m|ll|d)\\b", "'$1"))
+
+
 def detokenize(text: str) -> str:
-    """Undo the BPE's word-end spacing around punctuation: "it 's a dog ." -> "it's a dog."."""
-    text = re.sub(r" ([.,!?;:])", r"\1", clean(text))
-    return re.sub(r" '(s|t|re|ve|m|ll|d)\b", r"'\1", text)
+    """ "it 's a dog ." -> "it's a dog."."""
+    text = clean(text)
+    for pattern, replacement in DETOKENIZE:
+        text = re.sub(pattern, replacement.replace("$1", r"\1"), text)
+    return text
 
 
 def _until_end(ids: Iterable[int], end_id: int) -> list[int]:

@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from captioner.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
@@ -85,15 +84,16 @@ class Preprocess:
         rows = image.resize((size, image.height), resample, box=(left, 0, right, image.height))
         return rows.resize((size, size), resample, box=(0, top, size, bottom))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """One RGB image to a normalised (3, crop, crop) float tensor."""
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One RGB image to normalised (3, crop, crop) float32 pixels."""
         image = self.resize_and_crop(image)
         pixels = np.asarray(image, dtype=np.float32) / 255.0
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
-    def batch(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self(image) for image in images])
+    def batch(self, images: list[Image.Image]) -> np.ndarray:
+        """(batch, 3, crop, crop) float32 pixels."""
+        return np.stack([self(image) for image in images])
 
     def load(self, source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         """`load_image`, decoding a large JPEG at the smallest scale this preprocessing can

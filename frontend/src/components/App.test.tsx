@@ -1,15 +1,18 @@
 import { act, fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
-import type { CaptioningBackend } from "../backend";
+import type { CaptioningBackend, ModelLoad } from "../backend";
 import { captionResult, modelInfo } from "../test-data";
 import App from "./App";
 
 // The model beside the page, when a test puts one there (ONNX Runtime itself is not run here:
 // e2e/site.e2e.test.mjs runs it in Chromium).
-const device = vi.hoisted(() => ({ backend: null as CaptioningBackend | null }));
+const device = vi.hoisted(() => ({ backend: null as CaptioningBackend | null, looked: 0 }));
 vi.mock("../device/deviceBackend", () => ({
   MODEL_DIR: "model/",
-  findDeviceModel: async () => device.backend,
+  findDeviceModel: async () => {
+    device.looked += 1;
+    return device.backend;
+  },
 }));
 
 function deviceBackend(tokens = ["a", "cat", "sits"]) {
@@ -53,7 +56,20 @@ const captionCalls = (fetchMock: ReturnType<typeof serve>) =>
 afterEach(() => {
   vi.unstubAllGlobals();
   device.backend = null;
+  device.looked = 0;
 });
+
+/** `fetchMock`, with the page.json that `captioner serve` or `captioner export --web` gives. */
+function withPageFile(fetchMock: ReturnType<typeof serve>, page: { server: boolean; device_model: boolean }) {
+  const inner = fetchMock.getMockImplementation()!;
+  fetchMock.mockImplementation(async (url: string, init?: RequestInit) =>
+    url.endsWith("/page.json") ? json({ format: "captioner-page", ...page }) : inner(url, init),
+  );
+  return fetchMock;
+}
+
+const apiCalls = (fetchMock: ReturnType<typeof serve>) =>
+  fetchMock.mock.calls.filter(([url]) => url.startsWith("/api/"));
 
 test("a chosen photo is captioned, with words, alt text and the model's metrics", async () => {
   const fetchMock = serve(() => json(captionResult()));
@@ -63,8 +79,9 @@ test("a chosen photo is captioned, with words, alt text and the model's metrics"
   );
   await userEvent.upload(screen.getByLabelText("Photo file"), photo());
 
-  const words = await screen.findAllByRole("button", { pressed: false, name: /^(a|dog|runs)$/ });
-  expect(words.map((w) => w.textContent)).toEqual(["a", "dog", "runs"]);
+  const words = await screen.findAllByRole("button", { pressed: false, name: /^(A|dog|runs)$/ });
+  expect(words.map((w) => w.textContent)).toEqual(["A", "dog", "runs"]);
+  expect(screen.getByRole("group", { name: "Caption words" })).toHaveTextContent(/^A dog runs\.$/);
   expect(screen.getByRole("img", { name: "Photo: a dog runs" })).toBeInTheDocument();
   const form = captionCalls(fetchMock)[0][1]!.body as FormData;
   expect((form.get("file") as File).name).toBe("dog.jpg");
@@ -228,4 +245,103 @@ test("with neither a server nor a model, the page says what is missing", async (
   expect(await screen.findByRole("alert")).toHaveTextContent(
     "No captioning server answers here, and no model came with this page",
   );
+});
+
+test("a static site's page.json keeps the page from asking for an API", async () => {
+  const fetchMock = withPageFile(noServer(), { server: false, device_model: true });
+  deviceBackend();
+  render(<App />);
+  await screen.findByText(/efficientnet-lite2 encoder/);
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  await screen.findByRole("button", { name: "cat" });
+  expect(apiCalls(fetchMock)).toEqual([]);
+  expect(screen.queryByRole("alert")).not.toBeInTheDocument();
+});
+
+test("the served page's page.json keeps it from looking for a model it does not have", async () => {
+  withPageFile(serve(() => json(captionResult())), { server: true, device_model: false });
+  render(<App />);
+  await screen.findByText(/efficientnet-lite2 encoder/);
+  expect(device.looked).toBe(0);
+});
+
+test("the page's title names the model", async () => {
+  serve(() => json(captionResult()));
+  render(<App />);
+  await screen.findByText(/efficientnet-lite2 encoder/);
+  await waitFor(() => expect(document.title).toBe("captioner: efficientnet-lite2 encoder, 6-layer decoder"));
+});
+
+test("Copy puts the caption, as a sentence, on the clipboard and says so", async () => {
+  serve(() => json(captionResult()));
+  const writeText = vi.fn(async (_text: string) => {});
+  vi.stubGlobal("navigator", { ...navigator, clipboard: { writeText } });
+  render(<App />);
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  await userEvent.click(await screen.findByRole("button", { name: "Copy caption" }));
+  expect(writeText).toHaveBeenCalledWith("A dog runs.");
+  expect(screen.getByRole("button", { name: "Copied" })).toBeInTheDocument();
+});
+
+test("where the Clipboard API is missing, Copy falls back to the copy command", async () => {
+  serve(() => json(captionResult()));
+  vi.stubGlobal("navigator", { ...navigator, clipboard: undefined });
+  let copied: string | null = null;
+  const execCommand = document.execCommand;
+  onTestFinished(() => void (document.execCommand = execCommand));
+  document.execCommand = vi.fn(() => {
+    copied = document.querySelector("textarea")?.value ?? null;
+    return true;
+  });
+  render(<App />);
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  await userEvent.click(await screen.findByRole("button", { name: "Copy caption" }));
+  expect(document.execCommand).toHaveBeenCalledWith("copy");
+  expect(copied).toBe("A dog runs.");
+  expect(screen.getByRole("button", { name: "Copied" })).toBeInTheDocument();
+});
+
+test("the webcam view does not show the last photo as a captured frame", async () => {
+  serve(() => json(captionResult()));
+  render(<App />);
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  await screen.findByRole("img", { name: "Photo: a dog runs" });
+  await userEvent.click(screen.getByRole("button", { name: "Webcam" }));
+  expect(screen.queryByRole("img")).not.toBeInTheDocument();
+  expect(screen.queryByText("Last captured frame")).not.toBeInTheDocument();
+  expect(screen.queryByRole("group", { name: "Caption words" })).not.toBeInTheDocument();
+  await userEvent.click(screen.getByRole("button", { name: "Image" }));
+  expect(screen.getByRole("img", { name: "Photo: a dog runs" })).toBeInTheDocument();
+});
+
+test("on the device, the model's download shows as a progress bar, and its load time apart", async () => {
+  noServer();
+  const listeners = new Set<(load: ModelLoad) => void>();
+  const emit = (load: ModelLoad) => listeners.forEach((listener) => listener(load));
+  let answer: (result: ReturnType<typeof captionResult>) => void = () => {};
+  deviceBackend();
+  device.backend = {
+    ...device.backend!,
+    caption: () => new Promise((resolve) => (answer = resolve)),
+    watchLoad(listener) {
+      listeners.add(listener);
+      listener({ phase: "idle" });
+      return () => listeners.delete(listener);
+    },
+  };
+  render(<App />);
+  await screen.findByText(/efficientnet-lite2 encoder/);
+  await userEvent.upload(screen.getByLabelText("Photo file"), photo());
+  act(() => emit({ phase: "downloading", loadedBytes: 5e6, totalBytes: null }));
+  const bar = screen.getByRole("progressbar", { name: "Loading the model" });
+  expect(bar).not.toHaveAttribute("aria-valuenow"); // sizes not known yet
+  act(() => emit({ phase: "downloading", loadedBytes: 5e6, totalBytes: 20e6 }));
+  expect(bar).toHaveAttribute("aria-valuenow", "25");
+  expect(screen.getByRole("status")).toHaveTextContent("Downloading the model: 5.0 of 20.0 MB");
+  act(() => emit({ phase: "starting", loadedBytes: 20e6 }));
+  expect(screen.getByRole("status")).toHaveTextContent("Starting the model (20.0 MB)");
+  act(() => emit({ phase: "ready", loadedBytes: 20e6, ms: 1500 }));
+  expect(screen.queryByRole("progressbar")).not.toBeInTheDocument();
+  await act(async () => answer({ ...captionResult(), timings_ms: { load: 1400, total: 120 } }));
+  expect(screen.getByText(/120 ms on this device · model \(20\.0 MB\) loaded in 1\.5 s/)).toBeInTheDocument();
 });

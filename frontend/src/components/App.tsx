@@ -1,12 +1,15 @@
-import { useState } from "react";
-import { decodingChoices } from "../backend";
+import { useEffect, useMemo, useState } from "react";
+import { decodingChoices, modelName } from "../backend";
 import type { BackendKind } from "../backend";
 import { useBackendChoice } from "../hooks/useBackendChoice";
 import { useCaptioning } from "../hooks/useCaptioning";
 import { useDeviceModel } from "../hooks/useDeviceModel";
 import { useImageInput } from "../hooks/useImageInput";
+import { useModelLoad } from "../hooks/useModelLoad";
+import { usePageInfo } from "../hooks/usePageInfo";
 import { useServerInfo } from "../hooks/useServerInfo";
 import { useWordSelection } from "../hooks/useWordSelection";
+import { sentenceOf } from "../sentence";
 import CaptionPanel from "./CaptionPanel";
 import Controls from "./Controls";
 import ModelFooter from "./ModelFooter";
@@ -31,9 +34,11 @@ const NO_BACKEND =
   "(`captioner export MODEL --web DIR` writes a page that captions on this device).";
 
 export default function App() {
-  const { server, retry } = useServerInfo();
-  const device = useDeviceModel();
+  const page = usePageInfo();
+  const { server, retry } = useServerInfo(page && page.server);
+  const device = useDeviceModel(page && page.deviceModel);
   const { backend, kinds, choose } = useBackendChoice(server, device);
+  const modelLoad = useModelLoad(backend);
   const [view, setView] = useState<View>("image");
   const [beamChoice, setBeamChoice] = useState<number | null>(null); // null: the model's default
   const [layer, setLayer] = useState<number | null>(null);
@@ -45,21 +50,30 @@ export default function App() {
     beamChoice !== null && beamSizes.includes(beamChoice)
       ? beamChoice
       : (model?.generation.beam_size ?? 1);
-  const { picture, caption, loading, error, show } = useCaptioning(backend, beamSize);
+  const captioning = useCaptioning(backend, beamSize);
+  // Each view shows only its own pictures: the webcam view never shows the last photo.
+  const shown = !captioning.picture || captioning.picture.source === view ? captioning : null;
+  const caption = shown?.caption ?? null;
+  const sentence = useMemo(() => caption && sentenceOf(caption.caption, caption.tokens), [caption]);
   const selection = useWordSelection(caption);
   const { dragging } = useImageInput((file) => {
     setView("image");
-    show(file, file.name);
+    captioning.show(file, file.name, "image");
   });
 
-  // Nothing to caption with: the server is down and no model came with the page.
+  const title = model ? `captioner: ${modelName(model)}` : "captioner";
+  useEffect(() => {
+    document.title = title;
+  }, [title]);
+
+  // Nothing to caption with: the server is down or absent, and no model came with the page.
   const unreachable =
-    !backend && server.status === "unavailable" && device.status !== "checking"
-      ? server.error.kind === "offline"
+    !backend && (server.status === "unavailable" || server.status === "absent") && device.status !== "checking"
+      ? server.status === "unavailable" && server.error.kind === "offline"
         ? server.error.message
         : NO_BACKEND
       : null;
-  const problem = device.status === "failed" && !backend ? device.error : error;
+  const problem = device.status === "failed" && !backend ? device.error : (shown?.error ?? null);
   const attention = caption?.attention ?? null;
 
   return (
@@ -89,21 +103,23 @@ export default function App() {
       <main className="grid flex-1 gap-6 md:grid-cols-[minmax(0,3fr)_minmax(0,2fr)]">
         <PhotoPanel
           view={view}
-          picture={picture}
+          picture={shown?.picture ?? null}
           caption={caption}
           token={selection.token}
           layer={layer}
           head={head}
-          onPhoto={show}
-          busy={loading || !backend}
+          onPhoto={captioning.show}
+          busy={captioning.loading || !backend}
           liveIntervalMs={backend?.kind === "device" ? 0 : LIVE_INTERVAL_MS}
         />
         <section aria-label="Caption" className="min-w-0 space-y-4">
           <CaptionPanel
             caption={caption}
-            loading={loading}
+            sentence={sentence}
+            loading={shown?.loading ?? false}
             error={problem}
             kind={backend?.kind ?? null}
+            modelLoad={modelLoad}
             pinned={selection.pinned}
             onHover={selection.hover}
             onPin={selection.pin}

@@ -1,20 +1,26 @@
 import { render, screen } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
+import { sentenceOf } from "../sentence";
 import CaptionWords from "./CaptionWords";
 
-function setup(pinned: number | null = null) {
+function setup(pinned: number | null = null, caption = "a dog runs.", tokens = ["a", "dog", "runs", "."]) {
   const onHover = vi.fn();
   const onPin = vi.fn();
-  render(
-    <CaptionWords tokens={["a", "dog", "runs"]} pinned={pinned} onHover={onHover} onPin={onPin} />,
-  );
+  render(<CaptionWords sentence={sentenceOf(caption, tokens)} pinned={pinned} onHover={onHover} onPin={onPin} />);
   return { onHover, onPin, words: screen.getAllByRole("button") };
 }
 
-test("each token is a button in a labelled group", () => {
+test("the caption reads as a sentence, and each token of it is a button in a labelled group", () => {
   const { words } = setup();
-  expect(screen.getByRole("group", { name: "Caption words" })).toBeInTheDocument();
-  expect(words.map((w) => w.textContent)).toEqual(["a", "dog", "runs"]);
+  const group = screen.getByRole("group", { name: "Caption words" });
+  expect(group).toHaveTextContent(/^A dog runs\.$/);
+  expect(words.map((w) => w.textContent)).toEqual(["A", "dog", "runs", "."]);
+});
+
+test("a full stop the caption lacks is written after it, not as a word", () => {
+  const { words } = setup(null, "a dog runs", ["a", "dog", "runs"]);
+  expect(screen.getByRole("group", { name: "Caption words" })).toHaveTextContent(/^A dog runs\.$/);
+  expect(words.map((w) => w.textContent)).toEqual(["A", "dog", "runs"]);
 });
 
 test("hovering a word shows its map, leaving hides it", async () => {

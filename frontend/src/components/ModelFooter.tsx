@@ -1,3 +1,4 @@
+import { modelName } from "../backend";
 import type { ModelDescription } from "../backend";
 
 /** Numbers recorded with the model (dev-set metrics and the like), at most two levels deep. */
@@ -18,8 +19,7 @@ export default function ModelFooter({ model }: { model: ModelDescription }) {
   const numbers = metrics(model.metadata);
   return (
     <footer className="mt-8 border-t border-slate-200 pt-3 text-xs text-slate-500">
-      Model: {model.encoder.name} encoder, {model.decoder.layers}-layer decoder (
-      {model.decoder.heads} heads, width {model.decoder.d_model})
+      Model: {modelName(model)} ({model.decoder.heads} heads, width {model.decoder.d_model})
       {numbers.length > 0 &&
         ` · dev ${numbers.map(([k, v]) => `${k} ${Number(v.toFixed(3))}`).join(", ")}`}
     </footer>

@@ -1,20 +1,21 @@
 import { useRef } from "react";
 import type { CaptionResult } from "../api";
-import type { Picture } from "../hooks/useCaptioning";
+import type { Picture, PictureSource } from "../hooks/useCaptioning";
 import ImageView from "./ImageView";
 import WebcamView from "./WebcamView";
 
-export type View = "image" | "webcam";
+export type View = PictureSource;
 
 interface Props {
   view: View;
+  /** the picture to show: one from this view's source, or null */
   picture: Picture | null;
   caption: CaptionResult | null;
   /** the word whose heatmap to show, and which layer and head (null: the mean) */
   token: number | null;
   layer: number | null;
   head: number | null;
-  onPhoto: (blob: Blob, name: string) => void;
+  onPhoto: (blob: Blob, name: string, source: PictureSource) => void;
   /** a caption is being written (live mode waits for it) */
   busy: boolean;
   liveIntervalMs: number;
@@ -38,7 +39,7 @@ export default function PhotoPanel(props: Props) {
     <section aria-label={view === "image" ? "Photo" : "Webcam"} className="min-w-0 space-y-4">
       {view === "webcam" && (
         <WebcamView
-          onFrame={(frame) => onPhoto(frame, "webcam frame")}
+          onFrame={(frame) => onPhoto(frame, "webcam frame", "webcam")}
           busy={props.busy}
           intervalMs={props.liveIntervalMs}
         />
@@ -77,7 +78,7 @@ export default function PhotoPanel(props: Props) {
         aria-label="Photo file"
         onChange={(e) => {
           const file = e.target.files?.[0];
-          if (file) onPhoto(file, file.name);
+          if (file) onPhoto(file, file.name, "image");
           e.target.value = "";
         }}
       />

@@ -3,7 +3,7 @@
 
 import type { CaptionResult } from "../api";
 import { CaptionError } from "../backend";
-import type { CaptioningBackend, CaptionOptions, ModelDescription } from "../backend";
+import type { CaptioningBackend, CaptionOptions, ModelDescription, ModelLoad } from "../backend";
 import { Cancelled, DeviceCaptioner } from "./deviceCaptioner";
 import { describe, FORMAT, FORMAT_VERSION } from "./exported";
 import type { ExportedModel } from "./exported";
@@ -42,6 +42,10 @@ class DeviceBackend implements CaptioningBackend {
   constructor(exported: ExportedModel, directory: string) {
     this.model = describe(exported);
     this.captioner = new DeviceCaptioner(exported, directory);
+  }
+
+  watchLoad(listener: (load: ModelLoad) => void): () => void {
+    return this.captioner.watchLoad(listener);
   }
 
   /** One caption at a time (the sessions are shared); a cancelled one stops at its next step.

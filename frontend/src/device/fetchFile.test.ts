@@ -44,3 +44,37 @@ test("a missing file or cut-off gzip data is an error that names the file", asyn
     "http://site/model/cut.onnx.gz is not whole gzip data",
   );
 });
+
+test("the download is followed byte by byte, against the Content-Length", async () => {
+  const chunks = [graph.subarray(0, 2000), graph.subarray(2000, 4500), graph.subarray(4500)];
+  vi.stubGlobal("fetch", async () => {
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const chunk of chunks) controller.enqueue(chunk);
+        controller.close();
+      },
+    });
+    return new Response(body, { headers: { "content-length": String(graph.length) } });
+  });
+  const seen: [number, number | null][] = [];
+  expect(await fetchFile("http://site/model/encoder.onnx", (loaded, total) => seen.push([loaded, total]))).toEqual(
+    graph,
+  );
+  expect(seen).toEqual([
+    [0, 5000],
+    [2000, 5000],
+    [4500, 5000],
+    [5000, 5000],
+  ]);
+});
+
+test("a file without a Content-Length, or compressed on the way, is followed with no total", async () => {
+  const seen: (number | null)[] = [];
+  serve({ "/model/step.onnx.gz": packed });
+  expect(await fetchFile("http://site/model/step.onnx.gz", (_, total) => seen.push(total))).toEqual(graph);
+  vi.stubGlobal("fetch", async () =>
+    new Response(graph, { headers: { "content-length": "123", "content-encoding": "gzip" } }),
+  );
+  await fetchFile("http://site/model/encoder.onnx", (_, total) => seen.push(total));
+  expect(new Set(seen)).toEqual(new Set([null]));
+});

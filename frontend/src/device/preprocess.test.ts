@@ -8,7 +8,8 @@ import { cropBox, cropRegion, normalise, resizeAndCrop } from "./preprocess";
 import type { Pixels, PreprocessConfig } from "./preprocess";
 
 const ROOT = resolve(__dirname, "../../..");
-const PYTHON = join(ROOT, ".venv/bin/python");
+// The repository's venv, or the Python CAPTIONER_PYTHON names (as for the e2e tests).
+const PYTHON = process.env.CAPTIONER_PYTHON ?? join(ROOT, ".venv/bin/python");
 
 const PYTHON_SIDE = `
 import json, sys
@@ -24,7 +25,7 @@ for width, height in request["sizes"]:
     image = Image.frombytes("RGB", (width, height), data[offset : offset + width * height * 3])
     offset += width * height * 3
     sys.stdout.buffer.write(np.asarray(config.resize_and_crop(image)).tobytes())
-    sys.stdout.buffer.write(config(image).numpy().astype("<f4").tobytes())
+    sys.stdout.buffer.write(config(image).astype("<f4").tobytes())
 `;
 
 /** A smooth gradient with noise (seeded), so that filters have something to get wrong. */

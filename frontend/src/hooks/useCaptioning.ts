@@ -3,10 +3,14 @@ import type { CaptionResult } from "../api";
 import { asCaptionError } from "../backend";
 import type { CaptionError, CaptioningBackend } from "../backend";
 
+/** Where a picture came from: a photo (dropped, pasted, picked) or the webcam. */
+export type PictureSource = "image" | "webcam";
+
 export interface Picture {
   blob: Blob;
   url: string;
   name: string;
+  source: PictureSource;
 }
 
 export interface Captioning {
@@ -16,7 +20,7 @@ export interface Captioning {
   loading: boolean;
   error: CaptionError | null;
   /** show a new photo (or webcam frame) and caption it */
-  show: (blob: Blob, name: string) => void;
+  show: (blob: Blob, name: string, source: PictureSource) => void;
 }
 
 /** The photo on show and its caption: captioned again whenever the photo, the backend or the
@@ -54,8 +58,8 @@ export function useCaptioning(backend: CaptioningBackend | null, beamSize: numbe
     return () => controller.abort();
   }, [picture, backend, beamSize]);
 
-  const show = useCallback((blob: Blob, name: string) => {
-    const next = { blob, url: URL.createObjectURL(blob), name };
+  const show = useCallback((blob: Blob, name: string, source: PictureSource) => {
+    const next = { blob, url: URL.createObjectURL(blob), name, source };
     setPicture((previous) => {
       if (previous) URL.revokeObjectURL(previous.url);
       return next;

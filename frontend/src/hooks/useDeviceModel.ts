@@ -10,11 +10,14 @@ export type DeviceState =
   | { status: "ready"; backend: CaptioningBackend }
   | { status: "failed"; error: CaptionError };
 
-/** The model exported beside the page, captioning in this browser, if there is one. Only its
- * description is read here; the weights load on the first caption. */
-export function useDeviceModel(directory = MODEL_DIR): DeviceState {
+/** The model exported beside the page, captioning in this browser, if there is one. `wanted`:
+ * whether to look for it (false: the page has none; null: not known yet). Only its description
+ * is read here; the weights load on the first caption. */
+export function useDeviceModel(wanted: boolean | null, directory = MODEL_DIR): DeviceState {
   const [state, setState] = useState<DeviceState>({ status: "checking" });
   useEffect(() => {
+    if (wanted === null) return;
+    if (!wanted) return setState({ status: "absent" });
     let current = true;
     findDeviceModel(directory)
       .then((backend) => current && setState(backend ? { status: "ready", backend } : { status: "absent" }))
@@ -22,6 +25,6 @@ export function useDeviceModel(directory = MODEL_DIR): DeviceState {
     return () => {
       current = false;
     };
-  }, [directory]);
+  }, [wanted, directory]);
   return state;
 }

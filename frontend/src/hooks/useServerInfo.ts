@@ -7,15 +7,20 @@ import type { CaptionError, CaptioningBackend } from "../backend";
 export type ServerState =
   | { status: "connecting" }
   | { status: "online"; info: ModelInfo; backend: CaptioningBackend }
-  /** not reachable (`offline`), or no captioner server at all (a static site: `input`) */
-  | { status: "unavailable"; error: CaptionError };
+  /** not reachable (`offline`), or no captioner server at all (`input`) */
+  | { status: "unavailable"; error: CaptionError }
+  /** the page knows it has no server (a static site): none is asked for */
+  | { status: "absent" };
 
 /** The `captioner serve` API behind the page, if any: its model, and a backend captioning there.
- * `retry` asks again (the server may have been started since). */
-export function useServerInfo(): { server: ServerState; retry: () => void } {
+ * `wanted`: whether to look for it (false: the page has none; null: not known yet). `retry` asks
+ * again (the server may have been started since). */
+export function useServerInfo(wanted: boolean | null): { server: ServerState; retry: () => void } {
   const [server, setServer] = useState<ServerState>({ status: "connecting" });
 
   const retry = useCallback(() => {
+    if (wanted === null) return;
+    if (!wanted) return setServer({ status: "absent" });
     let current = true;
     getHealth()
       .then(() => getModel())
@@ -24,7 +29,7 @@ export function useServerInfo(): { server: ServerState; retry: () => void } {
     return () => {
       current = false;
     };
-  }, []);
+  }, [wanted]);
   useEffect(retry, [retry]);
 
   return { server, retry };

@@ -11,7 +11,8 @@ import sys
 from typing import NoReturn
 
 from captioner.cli import caption, evaluate, export, features, serve, train
-from captioner.hub import ModelNotFoundError
+from captioner.hub import MissingExtraError, ModelLoadError, ModelNotFoundError
+from captioner.runtime.onnx import ExportedModelError
 
 COMMANDS = (caption, features, train, evaluate, export, serve)
 
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ModelNotFoundError, UsageError) as error:
+    except (
+        ModelNotFoundError,
+        ModelLoadError,
+        ExportedModelError,
+        MissingExtraError,
+        UsageError,
+    ) as error:
         print(f"captioner: {error}", file=sys.stderr)
         return 2

@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         raise UsageError("nothing to caption: give images, folders, --from-list or --data")
 
-    model = Captioner.from_pretrained(args.model)
+    model = Captioner.from_pretrained(args.model, runtime=_runtime(distributed))
     options = _given(args, _GENERATION_FLAGS)
     if args.sample:
         options["do_sample"] = True
@@ -241,6 +241,17 @@ def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict:
         for flag, field in flags.items()
         if getattr(args, flag) is not None
     }
+
+
+def _runtime(distributed: bool) -> str:
+    """ONNX Runtime on CPU; PyTorch where a distributed job may put each rank on a GPU."""
+    if not distributed:
+        return "auto"
+    try:
+        import torch
+    except ImportError:
+        return "auto"  # _predict says what to install
+    return "torch" if torch.cuda.is_available() else "auto"
 
 
 def _predict(job, args: argparse.Namespace):

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.evaluation.evaluate import DEFAULT_SPLIT
-from captioner.features import CACHE_ROOT
+from captioner.cache import FEATURES_DIR
+
+DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--beam", type=int, help="beam size (default: the model's own, from its config.json)"
     )
     parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
-    parser.add_argument("--cache-dir", help=f"feature cache folder (default: {CACHE_ROOT})")
+    parser.add_argument("--cache-dir", help=f"feature cache folder (default: {FEATURES_DIR})")
     parser.add_argument(
         "--predictions",
         type=Path,
@@ -38,10 +39,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from captioner.cli.extras import require_training_extra
+
+    require_training_extra("eval")  # before any work or import of the extra
     from captioner.cli import UsageError
     from captioner.data import load_records
     from captioner.evaluation.evaluate import evaluate, save_predictions
-    from captioner.model import Captioner
+    from captioner.torch_model import CaptionModel
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be 1 or more, got {args.limit}")
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if not records:
         raise UsageError(f"no images in split {split!r} of {args.data}")
-    model = Captioner.from_pretrained(args.model)
+    model = CaptionModel.from_pretrained(args.model)
     options = {"beam_size": args.beam, "cache_dir": args.cache_dir}
     try:
         scores, predictions = evaluate(

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from captioner.onnx.export import VARIANTS
+from captioner.runtime.onnx import VARIANTS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -43,9 +43,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from captioner.cli.extras import require_training_extra
+
+    require_training_extra("export")  # before any work or import of the extra
 
     from captioner.cli import UsageError
-    from captioner.model import Captioner
+    from captioner.torch_model import CaptionModel
 
     if args.output is None and args.onnx is None and args.web is None:
         raise UsageError(
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"export: {flag} {folder} is a file: give a folder")
     if args.output is not None:
         _check_model_folder(args.output)
-    model = Captioner.from_pretrained(args.model, runtime="torch")
+    model = CaptionModel.from_pretrained(args.model)
     try:
         _write(model, args)
     except OSError as error:  # a full disk, a folder made read-only meanwhile
@@ -101,18 +104,23 @@ def _export_onnx(model, directory: Path, variants) -> None:
 
 
 def _onnx_files(directory: Path) -> set[str] | None:
-    """The files an earlier ONNX export wrote in `directory` (the description and the graphs it
-    names); None when the folder is new or empty."""
+    """The files an earlier ONNX export wrote in `directory` (named in its manifest; from
+    before manifests, the description, the graphs it names, the config and vocabulary); None
+    when the folder is new or empty."""
+    from captioner.hub import CONFIG_FILE, TOKENIZER_FILE
     from captioner.onnx.export import DESCRIPTION_FILE
+    from captioner.onnx.web import files_written
 
     if not directory.is_dir() or not any(directory.iterdir()):
         return None
+    if (written := files_written(directory)) is not None:
+        return written
     try:
         description = json.loads((directory / DESCRIPTION_FILE).read_text())
         files = {name for files in description["variants"].values() for name in files.values()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()  # not an export's folder: every file in it is the user's
-    return {DESCRIPTION_FILE, *files}
+    return {DESCRIPTION_FILE, CONFIG_FILE, TOKENIZER_FILE, *files}
 
 
 def _check_model_folder(directory: Path) -> None:
@@ -120,7 +128,7 @@ def _check_model_folder(directory: Path) -> None:
     captioner model's: re-saving would replace them."""
     from captioner.cli import UsageError
     from captioner.config import CaptionerConfig
-    from captioner.model import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+    from captioner.hub import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
     names = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
     present = [name for name in names if (directory / name).exists()]
@@ -147,7 +155,7 @@ def _onnx_errors(flag: str) -> Iterator[None]:
         yield
     except ImportError as error:
         raise UsageError(
-            f"export: {flag} needs onnx and onnxruntime (pip install 'captioner[onnx]'): {error}"
+            f"export: {flag} needs onnx, the training extra (pip install 'captioner[train]'): {error}"
         ) from None
     except ValueError as error:
         raise UsageError(f"export: {error}") from None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from captioner.cache import ENCODE_WORKERS, FEATURES_DIR
 from captioner.config import EncoderConfig
-from captioner.features import CACHE_ROOT, ENCODE_WORKERS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--split", action="append", help="a split to encode, repeatable (default: every split)"
     )
-    parser.add_argument("--cache-dir", help=f"cache folder (default: {CACHE_ROOT})")
+    parser.add_argument("--cache-dir", help=f"cache folder (default: {FEATURES_DIR})")
     parser.add_argument(
         "--num-workers",
         type=int,
@@ -33,6 +33,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from captioner.cli.extras import require_training_extra
+
+    require_training_extra("features")  # before any work or import of the extra
     from captioner.cli import UsageError
     from captioner.data import load_records
     from captioner.encoders import build_encoder

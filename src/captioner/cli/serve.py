@@ -53,7 +53,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="let pages from ORIGIN (https://site.example) call the API; repeatable (default: none)",
     )
-    parser.add_argument("--page-dir", type=Path, help="the built page (default: frontend/dist)")
+    parser.add_argument(
+        "--page-dir",
+        type=Path,
+        help="the built page (default: the one installed with captioner; in a checkout, "
+        "frontend/dist)",
+    )
     parser.set_defaults(run=run)
 
 

@@ -16,6 +16,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from captioner.collection.job import CollectionJob, CollectionSummary, LoadedBatch
 from captioner.config import check_int
+from captioner.runtime.torch import TorchRuntime
 
 
 class CollectionPredictor(L.LightningModule):
@@ -30,7 +31,9 @@ class CollectionPredictor(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        self.job.model.to(strategy.root_device)
+        runtime = self.job.model.runtime
+        if isinstance(runtime, TorchRuntime):  # ONNX Runtime runs on the host's CPU
+            runtime.model.to(strategy.root_device)
         self.share = self.job.start(self.global_rank, self.trainer.world_size, strategy.barrier)
 
     def predict_dataloader(self):

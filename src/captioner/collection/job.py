@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
-import torch
+import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from captioner.collection.inputs import ImageItem, find_images, unique
+from captioner.collection.loader import BatchLoader
 from captioner.collection.rows import (
     OutputLock,
     Row,
@@ -143,25 +143,25 @@ class LoadedBatch:
     """Decoded, preprocessed images of one batch, with what happened to those that failed."""
 
     indices: list[int]  # positions in the job's share, in order
-    pixels: torch.Tensor | None  # (loaded, 3, H, W) of those that loaded
+    pixels: np.ndarray | None  # (loaded, 3, H, W) of those that loaded
     loaded: list[int]
     images: list[Image.Image | None]  # for heatmaps, when asked for
     errors: dict[int, str]
     not_images: list[int]
 
 
-class _LoadImages(Dataset):
-    """Runs in the loader processes: file -> upright RGB -> normalised pixels."""
+class _LoadImages:
+    """Runs in the loader processes: files -> upright RGB -> normalised pixels, a batch a call."""
 
     def __init__(self, items: list[ImageItem], preprocess: Preprocess, keep_images: bool):
         self.items = items
         self.preprocess = preprocess
         self.keep_images = keep_images
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def __call__(self, indices: list[int]) -> LoadedBatch:
+        return _collate([self.load(index) for index in indices])
 
-    def __getitem__(self, index: int) -> tuple:
+    def load(self, index: int) -> tuple:
         item = self.items[index]
         if item.error is not None:
             return (index, None, None, item.error)
@@ -190,7 +190,7 @@ def _collate(loaded: list[tuple]) -> LoadedBatch:
             batch.errors[index] = error
         else:
             batch.not_images.append(index)
-    batch.pixels = torch.stack(pixels) if pixels else None
+    batch.pixels = np.stack(pixels) if pixels else None
     return batch
 
 
@@ -324,35 +324,27 @@ class CollectionJob:
         )
         return self.share
 
-    def loader(self, share: list[ImageItem], fresh_workers: bool = False) -> DataLoader:
+    def loader(self, share: list[ImageItem], fresh_workers: bool = False) -> BatchLoader:
         """Batches of `share`, decoded in worker processes. `fresh_workers` starts them from a
         clean server process instead of forking this one: for a process that runs threads of
         its own (a distributed rank's process group), where a forked child can wait forever on
         a lock one of them held at the fork (CPython gh-112275, fixed in later releases)."""
         workers = self.config.num_workers
         workers = default_workers() if workers is None else workers
-        context = None
+        start_method = None
         if workers and fresh_workers:
             methods = multiprocessing.get_all_start_methods()
-            context = "forkserver" if "forkserver" in methods else "spawn"
-        return DataLoader(
-            _LoadImages(share, self.model.encoder.preprocess, bool(self.attention_folders)),
-            batch_size=self.config.batch_size,
-            num_workers=workers,
-            collate_fn=_collate,
-            prefetch_factor=2 if workers else None,
-            multiprocessing_context=context,
-        )
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
+        load = _LoadImages(share, self.model.preprocess, bool(self.attention_folders))
+        return BatchLoader(load, len(share), self.config.batch_size, workers, start_method)
 
-    @torch.inference_mode()
-    def encode(self, batch: LoadedBatch) -> torch.Tensor | None:
+    def encode(self, batch: LoadedBatch) -> np.ndarray | None:
         """The encoder's tokens of the batch's images that loaded (None when none did)."""
         if batch.pixels is None:
             return None
-        return self.model.encoder(batch.pixels.to(self.model.device)).tokens
+        return self.model.encode(batch.pixels)
 
-    @torch.inference_mode()
-    def process(self, batch: LoadedBatch, features: torch.Tensor | None = None) -> list[Row]:
+    def process(self, batch: LoadedBatch, features: np.ndarray | None = None) -> list[Row]:
         """Caption one batch (from its encoder `features` when `encode` already ran) and write
         its rows (flushed) and sidecars."""
         rows: dict[int, Row] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from captioner.config import EncoderConfig
 from captioner.encoders.base import EncoderOutput, ImageEncoder
-from captioner.onnx.runtime import DEFAULT_RUNTIME
+from captioner.runtime.base import DEFAULT_RUNTIME
 
 ENCODER_NAMES = ("efficientnet-lite0", "efficientnet-lite2", "clip")
 

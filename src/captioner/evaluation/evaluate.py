@@ -10,21 +10,20 @@ import numpy as np
 import torch
 
 from captioner.batch import CaptionCollator
+from captioner.cache import FEATURES_DIR
 from captioner.data import CaptionRecord
 from captioner.evaluation.metrics import caption_metrics
-from captioner.features import CACHE_ROOT, build_cache, cached_records, image_source, record_key
-from captioner.model import Captioner
+from captioner.features import build_cache, cached_records, image_source, record_key
 from captioner.objective import teacher_forced
-
-DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
+from captioner.torch_model import CaptionModel
 
 
 @torch.inference_mode()
 def evaluate(
-    model: Captioner,
+    model: CaptionModel,
     records: list[CaptionRecord],
     beam_size: int | None = None,
-    cache_dir: str | Path = CACHE_ROOT,
+    cache_dir: str | Path = FEATURES_DIR,
     batch_size: int = 50,
     meteor: bool = True,
     progress: bool = True,

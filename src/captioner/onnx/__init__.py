@@ -24,6 +24,6 @@ the layers 0..L-1, keys and values as separate tensors so no graph slices a pack
     decoder_step.int8.onnx    dynamic quantisation) and int8 token-embedding rows with a scale
                               each; the int8 variant shares encoder.onnx
 
-`runtime` runs these graphs inside `Captioner` (`runtime="auto"`: the int8 decoder on CPU when
-onnxruntime is installed). The README ("Exported model (ONNX)") describes the same format.
+With `config.json` and `tokenizer.json` beside them (the export writes both), the folder is a
+model `Captioner.from_pretrained` runs in ONNX Runtime without torch (`captioner.runtime.onnx`).
 """

@@ -1,4 +1,4 @@
-"""Export a `Captioner` to ONNX: the graphs and `captioner.json` described in `captioner.onnx`.
+"""Export a `CaptionModel` to ONNX: the graphs and `captioner.json` described in `captioner.onnx`.
 
 The decoder graphs are traced from `CaptionDecoder` itself (its KV-cache path, one token), so
 they compute what PyTorch computes; the int8 variant quantises their MatMul/Gemm weights with
@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -23,29 +22,31 @@ import torch
 from torch import nn
 
 from captioner.decoder import CaptionDecoder
+from captioner.hub import CONFIG_FILE, TOKENIZER_FILE
+from captioner.runtime.onnx import (
+    DESCRIPTION_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    VARIANTS,
+    kv_names,
+)
+from captioner.tokenizer import DETOKENIZE
 
 if TYPE_CHECKING:
-    from captioner.model import Captioner
     from captioner.tokenizer import CaptionTokenizer
+    from captioner.torch_model import CaptionModel
 
-FORMAT = "captioner-onnx"
-FORMAT_VERSION = 2
 # Bumped whenever the exported graphs change while their interface (FORMAT_VERSION) does not, so
 # the runtime's cache (`runtime.weights_key`) never serves graphs an older export wrote.
 GRAPHS_REVISION = 3
 OPSET = 17
-DESCRIPTION_FILE = "captioner.json"
 ENCODER_FILE = "encoder.onnx"
-VARIANTS = ("fp32", "int8")
 # variant -> graph -> file; the encoder stays float32 in both (int8 convolutions lost accuracy
 # and speed, see the README's "Exported model (ONNX)")
 FILES = {
     "fp32": {"image": "decoder_image.onnx", "step": "decoder_step.onnx"},
     "int8": {"image": "decoder_image.int8.onnx", "step": "decoder_step.int8.onnx"},
 }
-# The caption text from the pieces: regexes applied in order (JavaScript replacement syntax);
-# what `tokenizer.detokenize` does.
-DETOKENIZE = ((" ([.,!?;:])", "$1"), (" '(s|t|re|ve|m|ll|d)\\b", "'$1"))
 
 
 def trace_to_onnx(
@@ -69,12 +70,6 @@ def trace_to_onnx(
             output_names=list(output_names),
             dynamic_axes=dynamic_axes,
         )
-
-
-def kv_names(kind: str, n_layers: int) -> list[str]:
-    """`{kind}_key_0, {kind}_value_0, {kind}_key_1, ...`: one tensor per layer and role, each
-    (batch, H, length, E), so no graph ever slices a packed cache (ONNX Runtime would copy it)."""
-    return [f"{kind}_{role}_{layer}" for layer in range(n_layers) for role in ("key", "value")]
 
 
 def kv_shape(config, batch: int, length: int) -> tuple[int, ...]:
@@ -294,7 +289,7 @@ def token_pieces(tokenizer: CaptionTokenizer) -> list[str]:
     return [tokenizer._bpe.decode(tokenizer._to_clip([i])) for i in range(tokenizer.vocab_size)]
 
 
-def describe(model: Captioner, variants: Sequence[str] = VARIANTS) -> dict:
+def describe(model: CaptionModel, variants: Sequence[str] = VARIANTS) -> dict:
     """`captioner.json`: what a runtime without Python needs to caption with the graphs."""
     encoder, tokenizer, decoder = model.encoder, model.tokenizer, model.config.decoder
     preprocess = encoder.preprocess
@@ -330,6 +325,7 @@ def describe(model: Captioner, variants: Sequence[str] = VARIANTS) -> dict:
             "image_tokens": decoder.image_tokens,
             "max_length": decoder.max_length,
             "vocab_size": decoder.vocab_size,
+            "parameters": sum(p.numel() for p in model.decoder.parameters()),
         },
         "tokens": {
             "start_id": model.special.start,
@@ -343,29 +339,27 @@ def describe(model: Captioner, variants: Sequence[str] = VARIANTS) -> dict:
 
 
 def export_onnx(
-    model: Captioner, directory: str | Path, variants: Sequence[str] = VARIANTS
+    model: CaptionModel,
+    directory: str | Path,
+    variants: Sequence[str] = VARIANTS,
+    encoder: bool = True,
 ) -> Path:
-    """The whole model (encoder, decoder graphs, captioner.json) into `directory`."""
+    """The whole model (encoder, decoder graphs, captioner.json) into `directory`; without
+    `encoder`, the decoder graphs only (the encoder then runs elsewhere)."""
     from captioner.encoders.efficientnet import EfficientNetLiteEncoder
 
-    if not isinstance(model.encoder, EfficientNetLiteEncoder):
+    if encoder and not isinstance(model.encoder, EfficientNetLiteEncoder):
         raise ValueError(
             f"ONNX export supports the EfficientNet-Lite encoders; this model uses "
             f"{model.encoder.name!r}"
         )
     directory = Path(directory)
     export_decoder(model.decoder, directory, variants)
-    model.encoder.export_onnx(directory / ENCODER_FILE)
+    if encoder:
+        model.encoder.export_onnx(directory / ENCODER_FILE)
     description = describe(model, variants)
     (directory / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1) + "\n")
+    # With its config and vocabulary the folder is a whole model for `Captioner.from_pretrained`.
+    model.config.save(directory / CONFIG_FILE)
+    model.tokenizer.save(directory / TOKENIZER_FILE)
     return directory
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move a finished export into place; a concurrent exporter that got there first wins."""
-    try:
-        source.rename(target)
-    except OSError:
-        if not target.is_dir():
-            raise
-        shutil.rmtree(source, ignore_errors=True)

@@ -23,13 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
+from captioner.page import PAGE_FILE, default_page_dir, page_description
+from captioner.runtime.onnx import DESCRIPTION_FILE
 
 if TYPE_CHECKING:
-    from captioner.model import Captioner
+    from captioner.torch_model import CaptionModel
 
-# Where `npm run build` in frontend/ puts the page (an editable install runs from the checkout).
-DEFAULT_PAGE_DIR = Path(__file__).resolve().parents[3] / "frontend" / "dist"
+DEFAULT_PAGE_DIR = default_page_dir()  # the wheel's packaged page, or frontend/dist in a checkout
 # The folder of the site the page reads the model from (frontend/src/device/deviceBackend.ts).
 MODEL_DIR = "model"
 WEB_VARIANTS = ("int8",)
@@ -39,8 +39,9 @@ WEB_VARIANTS = ("int8",)
 # to download at 50 Mbit/s); below a few percent the browser would decompress for little.
 MIN_GZIP_SAVING = 0.05
 GZIP_SUFFIX = ".gz"
-# In a site's folder: the files export wrote there (the only ones a later export replaces).
-SITE_MANIFEST = ".captioner-site.json"
+# In a site's or an ONNX export's folder: the files export wrote there (the only ones a later
+# export replaces or removes).
+EXPORT_MANIFEST = ".captioner-export.json"
 # In an export's temporary folder: the id of the process writing it (stale when it is gone).
 SCRATCH_MARKER = ".captioner-export-pid"
 
@@ -51,15 +52,17 @@ def site_size(directory: str | Path) -> int:
 
 
 def write_site(
-    model: Captioner, directory: str | Path, page_dir: str | Path = DEFAULT_PAGE_DIR
+    model: CaptionModel, directory: str | Path, page_dir: str | Path = DEFAULT_PAGE_DIR
 ) -> Path:
     """The page from `page_dir` and `model`'s int8 ONNX export, as a static site in `directory`.
 
     `directory` must be new, empty or a site written before. The site is built in a temporary
     folder beside it and moved into place; over a site written before, only the files that
-    export wrote (named in its `SITE_MANIFEST`) are replaced or removed, so files the user
+    export wrote (named in its `EXPORT_MANIFEST`) are replaced or removed, so files the user
     added (a CNAME, a blog/) stay, and a file of theirs where the new site has one is refused.
     ValueError says what is wrong."""
+    from captioner.onnx.export import export_onnx
+
     directory, page_dir = Path(directory), Path(page_dir)
     if not (page_dir / "index.html").is_file():
         raise ValueError(
@@ -72,8 +75,9 @@ def write_site(
             raise ValueError(f"{page_dir} already has a {MODEL_DIR}/ folder: not a built page")
         export_onnx(model, site / MODEL_DIR, WEB_VARIANTS)
         compress_graphs(site / MODEL_DIR)
-        files = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
-        (site / SITE_MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+        # Tells the page it is static: it then never asks for the API a static host lacks.
+        description = page_description(server=False, device_model=True)
+        (site / PAGE_FILE).write_text(json.dumps(description) + "\n")
         install_export(site, directory, ours)
     return directory
 
@@ -101,13 +105,9 @@ def _files_written(directory: Path) -> set[str] | None:
     for a folder that is not a site `--web` wrote."""
     if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
         return None
-    manifest = directory / SITE_MANIFEST
-    if manifest.is_file():
-        try:
-            files = json.loads(manifest.read_text())["files"]
-        except (ValueError, KeyError, TypeError, OSError):
-            raise ValueError(f"{manifest} is damaged: give a new or empty folder") from None
-        return {str(file) for file in files} | {SITE_MANIFEST}
+    written = files_written(directory)
+    if written is not None:
+        return written
     if directory.is_dir() and (directory / MODEL_DIR / DESCRIPTION_FILE).is_file():
         # Written before sites named their files: the model and the page's own folders.
         folders = (MODEL_DIR, "assets")
@@ -118,22 +118,38 @@ def _files_written(directory: Path) -> set[str] | None:
             and (p.relative_to(directory).parts[0] in folders or p.name == "index.html")
         }
     raise ValueError(
-        f"{directory} exists and is not a site `--web` wrote (no {SITE_MANIFEST}): give a new "
+        f"{directory} exists and is not a site `--web` wrote (no {EXPORT_MANIFEST}): give a new "
         "or empty folder"
     )
 
 
+def files_written(directory: Path) -> set[str] | None:
+    """The files (relative paths) an earlier export's `EXPORT_MANIFEST` in `directory` names,
+    itself included; None without one."""
+    manifest = directory / EXPORT_MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        return {str(file) for file in files} | {EXPORT_MANIFEST}
+    except (ValueError, KeyError, TypeError, OSError):
+        raise ValueError(f"{manifest} is damaged: give a new or empty folder") from None
+
+
 def install_export(built: Path, directory: Path, ours: set[str] | None) -> None:
-    """Move the export in `built` to `directory`: renamed into place when `directory` is new or
-    empty (`ours` None); else its files moved over those an earlier export wrote (`ours`,
-    relative paths), which it no longer has removed. Anything else in `directory` is the
-    user's and stays; one where the export has a file is refused before anything moves."""
+    """Move the export in `built` to `directory`, naming its files in `EXPORT_MANIFEST`:
+    renamed into place when `directory` is new or empty (`ours` None); else its files moved
+    over those an earlier export wrote (`ours`, relative paths), which it no longer has
+    removed. Anything else in `directory` is the user's and stays; one where the export has a
+    file is refused before anything moves."""
+    files = sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file())
+    (built / EXPORT_MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
     if ours is None:
         if directory.exists():
             directory.rmdir()
         built.rename(directory)
         return
-    files = sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file())
+    files.append(EXPORT_MANIFEST)
     # A manifest is a file anyone can edit: nothing outside `directory` is ever touched.
     ours = {file for file in ours if _inside(file)}
     for file in files:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 from captioner import __version__
 from captioner.config import MAX_BEAM_SIZE
-from captioner.generation import max_new_tokens_limit
+from captioner.hub import DEFAULT_MODEL
 from captioner.model import Captioner
+from captioner.page import DEVICE_MODEL_DIR, DEVICE_MODEL_FILE, PAGE_FILE, page_description
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import caption_batch
 from captioner.serving.errors import UploadLimit, add_error_handlers, upload_too_large_message
@@ -70,21 +75,21 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
 
 
 def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
-    config, encoder = model.config, model.encoder
+    config = model.config
     return ModelInfo(
-        source=settings.model or "bundled",
+        source=settings.model or DEFAULT_MODEL,
         encoder=EncoderInfo(
             name=config.encoder.name,
-            grid_h=encoder.grid_h,
-            grid_w=encoder.grid_w,
-            image_size=encoder.preprocess.crop_size,
+            grid_h=model.grid[0],
+            grid_w=model.grid[1],
+            image_size=model.preprocess.crop_size,
         ),
         decoder=DecoderInfo(
             layers=config.decoder.n_layers,
             heads=config.decoder.n_heads,
             d_model=config.decoder.d_model,
             vocab_size=config.decoder.vocab_size,
-            parameters=sum(p.numel() for p in model.decoder.parameters()),
+            parameters=model.runtime.parameters,
         ),
         generation=config.generation,
         metadata=config.metadata,
@@ -97,22 +102,44 @@ def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
             max_queue=settings.max_queue,
             request_timeout_s=settings.request_timeout_s,
             max_beam_size=MAX_BEAM_SIZE,
-            max_new_tokens=max_new_tokens_limit(model.decoder),
+            max_new_tokens=model.max_new_tokens_limit,
         ),
     )
 
 
 def mount_page(app: FastAPI, settings: ServerSettings) -> None:
-    """The built page at `/`, or a page saying how to build it."""
+    """The built page at `/`, or a page saying how to build it; and `page.json`, which tells the
+    page that this server is behind it (and whether a model is beside it)."""
+
+    @app.get(f"/{PAGE_FILE}", include_in_schema=False)
+    async def page_info() -> dict[str, Any]:
+        device_model = (settings.page_dir / DEVICE_MODEL_FILE).is_file()
+        return page_description(server=True, device_model=device_model)
+
     if (settings.page_dir / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=settings.page_dir, html=True), name="page")
+        app.mount("/", PageFiles(directory=settings.page_dir, html=True), name="page")
         return
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page_missing() -> str:
         return (
-            "<!doctype html><title>captioner</title><h1>captioner</h1>"
+            # No icon to ask for: the browser's /favicon.ico request would only 404.
+            "<!doctype html><title>captioner</title><link rel='icon' href='data:,'>"
+            "<h1>captioner</h1>"
             "<p>The page is not built (its folder has no index.html): run "
             "<code>make frontend</code>, or give <code>--page-dir</code>. The API is up: see "
             "<a href='/docs'>/docs</a>.</p>"
         )
+
+
+class PageFiles(StaticFiles):
+    """The page's files. Those of the exported model (`model/`, tens of MB) go out with
+    `Cache-Control: no-cache`: the browser keeps them and asks again with their ETag on each
+    load, so a reload costs a 304 instead of the download, and a model exported again is
+    picked up at once."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if path.replace(os.sep, "/").startswith(f"{DEVICE_MODEL_DIR}/"):
+            response.headers["Cache-Control"] = "no-cache"
+        return response

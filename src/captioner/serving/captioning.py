@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from captioner.images import DEFAULT_MAX_SIDE, full_size, load_image
 from captioner.model import Caption, Captioner
@@ -23,7 +23,7 @@ class Options:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    pixels: torch.Tensor  # (3, crop, crop), normalised
+    pixels: np.ndarray  # (3, crop, crop), normalised
     width: int  # as the client sent it, also when decoded at a reduced scale
     height: int
     crop: CropBox
@@ -33,7 +33,7 @@ def prepare_image(
     model: Captioner, data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
 ) -> PreparedImage:
     """Decode and preprocess an upload; ImageLoadError says what is wrong with it."""
-    preprocess = model.encoder.preprocess
+    preprocess = model.preprocess
     image = load_image(data, max_pixels, min_size=preprocess.resize_size, max_side=max_side)
     width, height = full_size(image)
     return PreparedImage(preprocess(image), width, height, crop_box(preprocess, *image.size))
@@ -43,6 +43,5 @@ def caption_batch(model: Captioner, options: Options, images: list[PreparedImage
     generation = model.generation_config(
         beam_size=options.beam_size, max_new_tokens=options.max_new_tokens
     )
-    pixels = torch.stack([image.pixels for image in images]).to(model.device)
-    features = model.encoder(pixels).tokens
+    features = model.encode(np.stack([image.pixels for image in images]))
     return model.generate_from_features(features, generation, options.attention)

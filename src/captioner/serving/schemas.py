@@ -33,7 +33,7 @@ class DecoderInfo(BaseModel):
     heads: int
     d_model: int
     vocab_size: int
-    parameters: int
+    parameters: int | None = Field(description="the decoder's weights, where the model says")
 
 
 class ServerInfo(BaseModel):

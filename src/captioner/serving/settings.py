@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from captioner.config import check_int, check_number, parse_value
 from captioner.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from captioner.onnx.web import DEFAULT_PAGE_DIR
+from captioner.page import default_page_dir
 
 ENV_PREFIX = "CAPTIONER_"
 
@@ -40,7 +40,7 @@ class ServerSettings:
     decode_workers: int = 2  # threads that decode and preprocess uploads beside the model's
     # Origins (https://site.example) whose pages may call the API; none by default.
     cors_origins: tuple[str, ...] = ()
-    page_dir: Path = DEFAULT_PAGE_DIR
+    page_dir: Path = default_page_dir()
 
     def __post_init__(self) -> None:
         check_int("port", self.port, 0, 65535)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from captioner.cache import FEATURES_DIR
 from captioner.config import DecoderConfig, EncoderConfig, GenerationConfig, _build
-from captioner.features import CACHE_ROOT
 
 CONFIG_FILE = "train_config.json"  # in the output folder: the settings a run was started with
 DEFAULT_PRESET = "flickr8k-effnet"
@@ -33,7 +33,7 @@ RESUMABLE_CHANGES = frozenset(
 class TrainConfig:
     data: str | None = None  # anything `captioner.data.load_records` reads
     output_dir: str = "runs/captioner"
-    cache_dir: str = CACHE_ROOT
+    cache_dir: str = FEATURES_DIR
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # Decoding used to score the dev split after each epoch (greedy is fast and tracks beam).

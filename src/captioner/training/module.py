@@ -8,13 +8,13 @@ import lightning as L
 import torch
 
 from captioner.batch import Batch
-from captioner.model import Captioner
 from captioner.objective import teacher_forced
+from captioner.torch_model import CaptionModel
 from captioner.training.config import TrainConfig
 
 
 class CaptionerModule(L.LightningModule):
-    def __init__(self, model: Captioner, config: TrainConfig):
+    def __init__(self, model: CaptionModel, config: TrainConfig):
         super().__init__()
         self.model = model
         self.config = config

@@ -25,12 +25,14 @@ from torch.utils.data import DataLoader
 from captioner.batch import CaptionCollator
 from captioner.config import CaptionerConfig
 from captioner.data import CaptionRecord, load_records
+from captioner.decoding import max_new_tokens_limit
 from captioner.encoders import build_encoder
 from captioner.features import FeatureCache, build_cache, cached_records, image_source
-from captioner.generation import max_new_tokens_limit
+from captioner.hub import CONFIG_FILE as MODEL_CONFIG_FILE
+from captioner.hub import TOKENIZER_FILE
 from captioner.launcher import launcher_rank
-from captioner.model import Captioner
 from captioner.tokenizer import CaptionTokenizer
+from captioner.torch_model import CaptionModel
 from captioner.training.averaging import DecoderAverage
 from captioner.training.config import CONFIG_FILE, TrainConfig, contradictions
 from captioner.training.data import (
@@ -52,7 +54,6 @@ from captioner.training.scst import SelfCriticalModule
 log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
-TOKENIZER_FILE = "tokenizer.json"
 NON_TTY_REFRESH_STEPS = 50
 
 
@@ -193,7 +194,7 @@ def train(
         raise TrainingSetupError(f"nothing to resume: {last} does not exist")
     if not resume and launcher_rank() == 0:  # the other ranks start once rank 0 has written
         _check_new_output_dir(output_dir)
-    initial = Captioner.from_pretrained(config.init_from) if config.init_from else None
+    initial = CaptionModel.from_pretrained(config.init_from) if config.init_from else None
     if initial is not None:  # continue from a trained model: its encoder, decoder, vocabulary
         config = dataclasses.replace(
             config, encoder=initial.config.encoder, decoder=initial.config.decoder
@@ -214,13 +215,13 @@ def train(
         model.tokenizer.save(output_dir / TOKENIZER_FILE)
     else:
         tokenizer = _tokenizer(config, records[config.train_split], output_dir, resume)
-        model = Captioner(
+        model = CaptionModel(
             CaptionerConfig(encoder=config.encoder, decoder=config.decoder), tokenizer
         )
         # The exported model's default decoding must fit its decoder (a short max_length).
         generation = model.config.generation
         generation.max_new_tokens = min(
-            generation.max_new_tokens, max_new_tokens_limit(model.decoder)
+            generation.max_new_tokens, max_new_tokens_limit(model.config.decoder.max_length)
         )
     model.config.metadata.update(
         {"data": config.data, "train_split": config.train_split, "dev_split": config.dev_split}
@@ -371,7 +372,7 @@ def _log_wandb_artifact(trainer: L.Trainer, best: Path) -> None:
     artifact = wandb.Artifact(
         "captioner-model",
         type="model",
-        metadata=json.loads((best / "config.json").read_text())["metadata"],
+        metadata=json.loads((best / MODEL_CONFIG_FILE).read_text())["metadata"],
     )
     artifact.add_dir(str(best))
     trainer.logger.experiment.log_artifact(artifact)

@@ -19,10 +19,11 @@ import torch
 
 from captioner.batch import Batch
 from captioner.config import GenerationConfig
+from captioner.decoding import Hypothesis, generate, max_new_tokens_limit
 from captioner.evaluation.metrics import ptb_tokenize
-from captioner.generation import Hypothesis, generate, max_new_tokens_limit, token_limit
-from captioner.model import Captioner
 from captioner.objective import teacher_forced
+from captioner.runtime.torch import TorchRuntime
+from captioner.torch_model import CaptionModel
 from captioner.training.config import TrainConfig
 from captioner.training.module import CaptionerModule
 
@@ -87,7 +88,7 @@ class CiderD:
 
 
 def sampled_log_probs(
-    model: Captioner,
+    model: CaptionModel,
     features: torch.Tensor,
     image_index: torch.Tensor,
     hypotheses: Sequence[Hypothesis],
@@ -111,13 +112,13 @@ def sampled_log_probs(
 
 
 class SelfCriticalModule(CaptionerModule):
-    def __init__(self, model: Captioner, config: TrainConfig, corpus: Iterable[Sequence[str]]):
+    def __init__(self, model: CaptionModel, config: TrainConfig, corpus: Iterable[Sequence[str]]):
         super().__init__(model, config)
         self.cider = CiderD(corpus)
         self.sampling = GenerationConfig(
             do_sample=True, top_p=config.scst_top_p, temperature=1.0, no_repeat_ngram_size=0,
             max_new_tokens=min(
-                config.validation_generation.max_new_tokens, max_new_tokens_limit(model.decoder)
+                config.validation_generation.max_new_tokens, max_new_tokens_limit(model.config.decoder.max_length)
             ),
         )  # fmt: skip
 
@@ -134,10 +135,9 @@ class SelfCriticalModule(CaptionerModule):
         # runs in full precision: many tiny steps, where bf16 only costs time (3x on CPU).
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            memory = self.model.decoder.encode_image(batch.features)
             hypotheses = generate(
-                self.model.decoder,
-                memory.repeat_interleave(samples, dim=0),
+                TorchRuntime(self.model),
+                batch.features.repeat_interleave(samples, dim=0),
                 self.model.special,
                 self._sampling_at(self.global_step),
             )
@@ -152,7 +152,7 @@ class SelfCriticalModule(CaptionerModule):
         advantage = (rewards - baseline).view(-1).to(self.device)
 
         image_index = torch.arange(images, device=self.device).repeat_interleave(samples)
-        limit = token_limit(self.model.decoder, self.sampling)
+        limit = self.sampling.max_new_tokens  # within the decoder's reach (see __init__)
         log_prob = sampled_log_probs(self.model, batch.features, image_index, hypotheses, limit)
         loss = -(advantage * log_prob).mean()
         if self.config.scst_xe_weight:

@@ -2,12 +2,14 @@ import dataclasses
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from captioner.config import DecoderConfig, GenerationConfig
 from captioner.decoder import CaptionDecoder
-from captioner.generation import SpecialTokens, _repeated_ngram_tokens, generate
+from captioner.decoding import SpecialTokens, generate, nucleus, repeated_ngram_tokens
+from captioner.runtime.torch import TorchDecoding
 
 SPECIAL = SpecialTokens(start=1, end=0, banned=(1, 2))
 VOCAB = 8
@@ -28,8 +30,24 @@ def setup():
     decoder = CaptionDecoder(config).eval()
     with torch.no_grad():  # make the end token reasonably likely so captions finish
         decoder.token_embedding.weight[0] *= 3
-    image = decoder.encode_image(torch.randn(3, 4, 6))
+        image = decoder.encode_image(torch.randn(3, 4, 6))
     return decoder, image
+
+
+class MemorySteps:
+    """A runtime over a bare decoder whose "features" are already its image memory: the loop is
+    checked against the decoder it drives, with no encoder in between."""
+
+    def __init__(self, decoder: CaptionDecoder):
+        self.decoder = decoder
+        self.max_length = decoder.config.max_length
+
+    def start(self, memory, rows_per_image: int, attention: bool = True) -> TorchDecoding:
+        return TorchDecoding(self.decoder, torch.as_tensor(memory), attention)
+
+
+def run(decoder, image, config, return_attention=False):
+    return generate(MemorySteps(decoder), image, SPECIAL, config, return_attention)
 
 
 def sequence_log_prob(decoder, image_row, ids):
@@ -48,7 +66,7 @@ def sequence_log_prob(decoder, image_row, ids):
 def test_greedy_picks_the_argmax_at_every_step(setup):
     decoder, image = setup
     config = GenerationConfig(beam_size=1, max_new_tokens=6, no_repeat_ngram_size=0)
-    for row, hyp in enumerate(generate(decoder, image, SPECIAL, config)):
+    for row, hyp in enumerate(run(decoder, image, config)):
         prefix = [SPECIAL.start]
         for token in [*hyp.ids, SPECIAL.end][: config.max_new_tokens]:
             logits = decoder(torch.tensor([prefix]), image[row : row + 1]).logits[0, -1]
@@ -67,7 +85,7 @@ def test_beam_search_with_full_width_is_exhaustive(setup):
     config = GenerationConfig(
         beam_size=VOCAB, max_new_tokens=max_new, no_repeat_ngram_size=0, length_penalty=0.0
     )
-    results = generate(decoder, image, SPECIAL, config)
+    results = run(decoder, image, config)
     allowed = [t for t in range(VOCAB) if t not in SPECIAL.banned and t != SPECIAL.end]
     for row, hyp in enumerate(results):
         best = max(
@@ -83,7 +101,7 @@ def test_beam_scores_are_length_normalised_log_probs(setup):
     config = GenerationConfig(
         beam_size=3, max_new_tokens=8, no_repeat_ngram_size=0, length_penalty=1.0
     )
-    for row, hyp in enumerate(generate(decoder, image, SPECIAL, config)):
+    for row, hyp in enumerate(run(decoder, image, config)):
         if len(hyp.ids) < config.max_new_tokens:  # finished with an end token
             expected = sequence_log_prob(decoder, image[row], hyp.ids) / (len(hyp.ids) + 1)
             assert hyp.score == pytest.approx(expected, abs=1e-4)
@@ -92,22 +110,22 @@ def test_beam_scores_are_length_normalised_log_probs(setup):
 def test_beam_search_is_batched_consistently(setup):
     decoder, image = setup
     config = GenerationConfig(beam_size=3, max_new_tokens=8)
-    together = generate(decoder, image, SPECIAL, config)
-    alone = [generate(decoder, image[i : i + 1], SPECIAL, config)[0] for i in range(3)]
+    together = run(decoder, image, config)
+    alone = [run(decoder, image[i : i + 1], config)[0] for i in range(3)]
     assert [h.ids for h in together] == [h.ids for h in alone]
 
 
 def test_no_repeat_ngram():
-    assert _repeated_ngram_tokens([5, 6, 7, 5, 6], 3) == [7]
-    assert _repeated_ngram_tokens([5, 6, 7], 3) == []
-    assert sorted(_repeated_ngram_tokens([4, 4, 4], 2)) == [4, 4]
+    assert repeated_ngram_tokens([5, 6, 7, 5, 6], 3) == [7]
+    assert repeated_ngram_tokens([5, 6, 7], 3) == []
+    assert sorted(repeated_ngram_tokens([4, 4, 4], 2)) == [4, 4]
 
 
 def test_no_repeat_ngram_holds_in_generated_captions(setup):
     decoder, image = setup
     for beam in (1, 3):
         config = GenerationConfig(beam_size=beam, max_new_tokens=15, no_repeat_ngram_size=2)
-        for hyp in generate(decoder, image, SPECIAL, config):
+        for hyp in run(decoder, image, config):
             bigrams = list(zip(hyp.ids, hyp.ids[1:]))
             assert len(bigrams) == len(set(bigrams))
 
@@ -119,7 +137,7 @@ def test_banned_tokens_never_appear_and_length_is_bounded(setup):
         GenerationConfig(beam_size=4, max_new_tokens=5),
         GenerationConfig(do_sample=True, top_p=0.95, temperature=1.5, max_new_tokens=5, seed=1),
     ):
-        for hyp in generate(decoder, image, SPECIAL, config):
+        for hyp in run(decoder, image, config):
             assert 1 <= len(hyp.ids) <= 5
             assert not set(hyp.ids) & {0, 1, 2}
 
@@ -127,32 +145,31 @@ def test_banned_tokens_never_appear_and_length_is_bounded(setup):
 def test_sampling_is_seeded_and_top_p_zero_is_greedy(setup):
     decoder, image = setup
     sample = GenerationConfig(do_sample=True, top_p=0.9, max_new_tokens=6, seed=7)
-    first = [h.ids for h in generate(decoder, image, SPECIAL, sample)]
-    assert first == [h.ids for h in generate(decoder, image, SPECIAL, sample)]
+    first = [h.ids for h in run(decoder, image, sample)]
+    assert first == [h.ids for h in run(decoder, image, sample)]
     # top_p -> 0 keeps only the most likely token: sampling becomes greedy.
     nucleus = GenerationConfig(
         do_sample=True, top_p=1e-6, max_new_tokens=6, seed=0, no_repeat_ngram_size=0
     )
     greedy = GenerationConfig(beam_size=1, max_new_tokens=6, no_repeat_ngram_size=0)
-    assert [h.ids for h in generate(decoder, image, SPECIAL, nucleus)] == [
-        h.ids for h in generate(decoder, image, SPECIAL, greedy)
+    assert [h.ids for h in run(decoder, image, nucleus)] == [
+        h.ids for h in run(decoder, image, greedy)
     ]
 
 
 def test_sampling_draws_tokens_with_their_probabilities():
-    from captioner.generation import _nucleus
-
-    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
-    log_probs = probs.log().expand(20000, -1)
-    generator = torch.Generator().manual_seed(0)
+    probs = np.array([0.5, 0.0, 0.3, 0.15, 0.05])
+    with np.errstate(divide="ignore"):
+        log_probs = np.broadcast_to(np.log(probs), (20000, 5))
+    rng = np.random.default_rng(0)
     for top_p, expected in (
         (1.0, probs),  # the whole distribution
-        (0.7, torch.tensor([0.5, 0.0, 0.3, 0.0, 0.0]) / 0.8),  # the nucleus, renormalised
+        (0.7, np.array([0.5, 0.0, 0.3, 0.0, 0.0]) / 0.8),  # the nucleus, renormalised
     ):
-        drawn = _nucleus(log_probs, top_p, generator)
-        frequency = torch.bincount(drawn, minlength=5).float() / len(drawn)
+        drawn = nucleus(log_probs, top_p, rng)
+        frequency = np.bincount(drawn, minlength=5) / len(drawn)
         assert frequency[probs == 0].sum() == 0  # an impossible token never comes up
-        torch.testing.assert_close(frequency, expected, atol=0.015, rtol=0)
+        np.testing.assert_allclose(frequency, expected, atol=0.015, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -207,9 +224,9 @@ def test_valid_settings_pass_and_the_model_limit_bounds_the_length(setup):
     config = GenerationConfig(
         beam_size=1, max_new_tokens=limit + 5, min_new_tokens=limit, no_repeat_ngram_size=0
     )
-    assert all(len(h.ids) == limit for h in generate(decoder, image, SPECIAL, config))
+    assert all(len(h.ids) == limit for h in run(decoder, image, config))
     with pytest.raises(ValueError, match="temperature"):
-        generate(decoder, image, SPECIAL, GenerationConfig(do_sample=True, temperature=0.0))
+        run(decoder, image, GenerationConfig(do_sample=True, temperature=0.0))
 
 
 def test_replace_refuses_unknown_option_names():
@@ -222,10 +239,10 @@ def test_min_new_tokens_bans_the_end_token_until_then(setup):
     decoder, image = setup
     for options in ({"beam_size": 1}, {"beam_size": 4}, {"do_sample": True, "seed": 3}):
         short = GenerationConfig(max_new_tokens=8, no_repeat_ngram_size=0, **options)
-        lengths = [len(h.ids) for h in generate(decoder, image, SPECIAL, short)]
+        lengths = [len(h.ids) for h in run(decoder, image, short)]
         assert min(lengths) < 6  # the end token comes early without the minimum
         config = dataclasses.replace(short, min_new_tokens=6)
-        for hyp in generate(decoder, image, SPECIAL, config):
+        for hyp in run(decoder, image, config):
             assert 6 <= len(hyp.ids) <= 8 and SPECIAL.end not in hyp.ids
 
 
@@ -234,7 +251,7 @@ def test_greedy_with_min_new_tokens_is_the_masked_argmax(setup):
     config = GenerationConfig(
         beam_size=1, max_new_tokens=6, min_new_tokens=4, no_repeat_ngram_size=0
     )
-    for row, hyp in enumerate(generate(decoder, image, SPECIAL, config)):
+    for row, hyp in enumerate(run(decoder, image, config)):
         prefix = [SPECIAL.start]
         for token in [*hyp.ids, SPECIAL.end][: config.max_new_tokens]:
             logits = decoder(torch.tensor([prefix]), image[row : row + 1]).logits[0, -1]
@@ -248,9 +265,9 @@ def test_greedy_with_min_new_tokens_is_the_masked_argmax(setup):
 def test_beam_search_returns_the_best_beams_in_order(setup):
     decoder, image = setup
     one = GenerationConfig(beam_size=4, max_new_tokens=8, no_repeat_ngram_size=0)
-    best = generate(decoder, image, SPECIAL, one)
+    best = run(decoder, image, one)
     assert all(h.alternatives == [] for h in best)
-    several = generate(decoder, image, SPECIAL, dataclasses.replace(one, num_return_sequences=3))
+    several = run(decoder, image, dataclasses.replace(one, num_return_sequences=3))
     for row, (single, hyp) in enumerate(zip(best, several)):
         ranked = [hyp, *hyp.alternatives]
         assert len(ranked) == 3
@@ -268,12 +285,12 @@ def test_several_samples_per_image_are_seeded_draws(setup):
     self-critical training samples), so a seed reproduces them."""
     decoder, image = setup
     config = GenerationConfig(do_sample=True, top_p=0.95, max_new_tokens=6, seed=11)
-    several = generate(decoder, image, SPECIAL, dataclasses.replace(config, num_return_sequences=4))
+    several = run(decoder, image, dataclasses.replace(config, num_return_sequences=4))
     assert len(several) == image.shape[0]
     drawn = [[h.ids for h in [s, *s.alternatives]] for s in several]
-    repeated = generate(decoder, image.repeat_interleave(4, dim=0), SPECIAL, config)
+    repeated = run(decoder, image.repeat_interleave(4, dim=0), config)
     assert drawn == [[h.ids for h in repeated[i : i + 4]] for i in range(0, len(repeated), 4)]
-    again = generate(decoder, image, SPECIAL, dataclasses.replace(config, num_return_sequences=4))
+    again = run(decoder, image, dataclasses.replace(config, num_return_sequences=4))
     assert drawn == [[h.ids for h in [s, *s.alternatives]] for s in again]
     assert len({tuple(ids) for ids in drawn[0]}) > 1  # samples, not one caption four times
 
@@ -281,5 +298,20 @@ def test_several_samples_per_image_are_seeded_draws(setup):
 def test_the_lowest_temperature_still_gives_finite_scores(setup):
     decoder, image = setup
     config = GenerationConfig(do_sample=True, temperature=0.01, top_p=1.0, max_new_tokens=6, seed=0)
-    for hyp in generate(decoder, image, SPECIAL, config):
+    for hyp in run(decoder, image, config):
         assert math.isfinite(hyp.score) and hyp.ids
+
+
+def test_attention_is_what_the_decoder_saw_for_each_token(setup):
+    """The loop records each step's cross-attention; a teacher-forced pass over the caption
+    (the decoder is causal) must see the same for every generated token."""
+    decoder, image = setup
+    for beam in (1, 3):
+        config = GenerationConfig(beam_size=beam, max_new_tokens=6)
+        for row, hyp in enumerate(run(decoder, image, config, return_attention=True)):
+            ids = torch.tensor([[SPECIAL.start, *hyp.ids]])
+            with torch.no_grad():
+                output = decoder(ids, image[row : row + 1], need_weights=True)
+            # (L, H, positions, T) -> one (L, H, T) per generated token
+            expected = output.cross_attention[0].permute(2, 0, 1, 3)[: len(hyp.ids)].numpy()
+            np.testing.assert_allclose(hyp.attention, expected, atol=1e-5)

@@ -1,0 +1,30 @@
+"""The commands beyond captioning and serving need the training extra (`captioner[train]`).
+
+Each checks for it first, before any work, so that a plain install answers in one line what to
+install (exit code 2) instead of a traceback, or a failure after captioning a whole split.
+"""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+from captioner.hub import TRAIN_EXTRA
+
+# The training extra's top-level modules that each command imports.
+NEEDED_MODULES: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "lightning", "pycocoevalcap"),  # validation scores CIDEr-D every epoch
+    "eval": ("torch", "pycocoevalcap"),
+    "features": ("torch",),
+    "export": ("torch", "onnx"),
+}
+
+
+def require_training_extra(command: str) -> None:
+    """UsageError naming the extra to install when a module `command` needs is missing."""
+    from captioner.cli import UsageError
+
+    missing = [name for name in NEEDED_MODULES[command] if find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"{command} needs the training extra: {TRAIN_EXTRA} (missing: {', '.join(missing)})"
+        )

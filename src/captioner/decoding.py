@@ -1,0 +1,297 @@
+"""Greedy decoding, batched beam search and nucleus sampling over any runtime's steps, in numpy.
+
+One loop for every runtime (ONNX Runtime for inference, PyTorch in training); the page's
+`generation.ts` mirrors it. Each step feeds one token per row and reads back the logits and the
+cross-attention behind them, so attention maps come with the captions at no extra pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from captioner.config import GenerationConfig
+from captioner.runtime.base import Decoding, Runtime
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    start: int
+    end: int
+    # Ids the decoder must never produce (the start token, the compact vocabulary's "unknown").
+    banned: tuple[int, ...]
+
+
+@dataclass
+class Hypothesis:
+    ids: list[int]  # generated ids, end token excluded
+    score: float  # sum of log-probabilities, length-normalised for beam search
+    # (tokens, layers, heads, image tokens): the cross-attention behind each id, when asked for
+    attention: np.ndarray | None = None
+    # With num_return_sequences K > 1, the image's other K - 1 captions: the next best beams in
+    # order, or the other samples in the order drawn. Each image still gets one Hypothesis.
+    alternatives: list[Hypothesis] = field(default_factory=list)
+
+
+def max_new_tokens_limit(max_length: int) -> int:
+    """The most tokens a decoder of `max_length` positions can write after the start token."""
+    return max_length - 1
+
+
+def generate(
+    runtime: Runtime,
+    features: np.ndarray,
+    special: SpecialTokens,
+    config: GenerationConfig,
+    return_attention: bool = False,
+) -> list[Hypothesis]:
+    """One caption per image of `features` (the encoder's tokens), with its alternatives when
+    `config.num_return_sequences` > 1. ValueError for invalid settings; a max_new_tokens beyond
+    the decoder's reach is cut to it (a training config's validation length fits any decoder)."""
+    config.validate()
+    max_new = min(config.max_new_tokens, max_new_tokens_limit(runtime.max_length))
+    images = features.shape[0]
+    if config.do_sample:
+        samples = config.num_return_sequences
+        loop = _TokenByToken(special, config, max_new, return_attention, config.seed)
+        # Each sample its own image row: ended samples leave the batch as greedy rows do.
+        if samples > 1:
+            features = np.repeat(features, samples, axis=0)
+        drawn = loop.run(runtime.start(features, 1, return_attention), images * samples)
+        return [_with_alternatives(drawn[i : i + samples]) for i in range(0, len(drawn), samples)]
+    if config.beam_size == 1:
+        loop = _TokenByToken(special, config, max_new, return_attention, seed=None)
+        return loop.run(runtime.start(features, 1, return_attention), images)
+    search = _BeamSearch(special, config, max_new, return_attention)
+    return search.run(runtime.start(features, config.beam_size, return_attention), images)
+
+
+def _with_alternatives(ranked: list[Hypothesis]) -> Hypothesis:
+    """The first hypothesis, carrying the others as its alternatives."""
+    first, *others = ranked
+    return Hypothesis(first.ids, first.score, first.attention, others)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise, in float64: the sums do not depend on the row's neighbours or on SIMD width."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def repeated_ngram_tokens(ids: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already present in `ids`."""
+    if n <= 0 or len(ids) < n:
+        return []
+    prefix = tuple(ids[len(ids) - n + 1 :])
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix]
+
+
+def worth_compacting(dead_rows: int, rows: int) -> bool:
+    """Whether to drop the rows of ended captions (or done images) from the batch now: once they
+    are a quarter of it. Each drop copies the rows kept (their cache, and the image's keys and
+    values), which costs more than running a few dead rows for some steps, but much less than
+    running a quarter of the batch to the end."""
+    return dead_rows > 0 and 4 * dead_rows >= rows
+
+
+class _Step:
+    """What every strategy does with a step's logits: mask, then log-probabilities."""
+
+    def __init__(self, special: SpecialTokens, config: GenerationConfig, temperature: float):
+        self.special, self.config, self.temperature = special, config, temperature
+
+    def log_probs(self, logits: np.ndarray, history: list[list[int]], step: int) -> np.ndarray:
+        """Log-probabilities of the next token for each row, banned tokens at -inf."""
+        logits = np.array(logits, dtype=np.float32)  # a copy: masked in place below
+        if self.temperature != 1.0:
+            logits /= np.float32(self.temperature)
+        logits[:, list(self.special.banned)] = -np.inf
+        if step < self.config.min_new_tokens:  # every live row has `step` tokens so far
+            logits[:, self.special.end] = -np.inf
+        for row, ids in enumerate(history):
+            banned = repeated_ngram_tokens(ids, self.config.no_repeat_ngram_size)
+            if banned:
+                logits[row, banned] = -np.inf
+        return log_softmax(logits)
+
+
+class _TokenByToken(_Step):
+    """Greedy (no seed, no sampling) or nucleus sampling: one hypothesis per row. Ended captions
+    leave the batch (see worth_compacting), so the decoder mostly runs the captions going."""
+
+    def __init__(self, special, config, max_new, return_attention, seed):
+        sampling = config.do_sample
+        super().__init__(special, config, config.temperature if sampling else 1.0)
+        self.max_new, self.return_attention = max_new, return_attention
+        self.rng = np.random.default_rng(seed) if sampling else None
+
+    def run(self, decoding: Decoding, rows: int) -> list[Hypothesis]:
+        end = self.special.end
+        history: list[list[int]] = [[] for _ in range(rows)]
+        attention: list[list[np.ndarray]] = [[] for _ in range(rows)]
+        scores = [0.0] * rows
+        live = list(range(rows))  # the hypothesis of each row the decoder runs
+        ended = [False] * rows  # rows whose caption ended, not yet dropped
+        tokens = [self.special.start] * rows
+        for step in range(self.max_new):
+            logits, weights = decoding.step(np.array(tokens, np.int64))
+            log_probs = self.log_probs(logits, [history[i] for i in live], step)
+            if self.rng is None:
+                chosen = log_probs.argmax(-1)
+            else:
+                chosen = nucleus(log_probs, self.config.top_p, self.rng)
+            tokens = chosen.tolist()
+            chosen_log_probs = log_probs[np.arange(len(tokens)), chosen].tolist()
+            for row, (token, log_prob) in enumerate(zip(tokens, chosen_log_probs)):
+                if ended[row]:
+                    tokens[row] = end
+                    continue
+                scores[live[row]] += log_prob
+                if token == end:
+                    ended[row] = True
+                else:
+                    history[live[row]].append(token)
+                    if self.return_attention:
+                        attention[live[row]].append(weights[row])
+            dead = sum(ended)
+            if dead == len(ended):
+                break
+            if worth_compacting(dead, len(ended)):
+                kept = [row for row, done in enumerate(ended) if not done]
+                decoding.keep(np.array(kept), np.array(kept))  # one row per image row
+                live, tokens = [live[row] for row in kept], [tokens[row] for row in kept]
+                ended = [False] * len(kept)
+        return [
+            Hypothesis(ids, score, _stacked(weights) if self.return_attention else None)
+            for ids, score, weights in zip(history, scores, attention)
+        ]
+
+
+def nucleus(log_probs: np.ndarray, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """Sample from the smallest set of tokens whose probability mass reaches `top_p`: one
+    uniform draw per row against the cumulative distribution (inverse CDF); with top_p >= 1
+    no sort at all (self-critical training samples thousands of captions)."""
+    probs = np.exp(log_probs)
+    order = None
+    if top_p < 1.0:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        probs = np.take_along_axis(probs, order, -1)
+        mass_before = probs.cumsum(-1) - probs
+        probs[mass_before >= top_p] = 0.0
+    cumulative = probs.cumsum(-1)
+    draw = rng.random((len(probs), 1)) * cumulative[:, -1:]
+    # The first token whose cumulative mass exceeds the draw; tokens of zero mass never are.
+    picked = np.minimum((cumulative <= draw).sum(-1), probs.shape[-1] - 1)
+    return picked if order is None else order[np.arange(len(order)), picked]
+
+
+def _stacked(weights: list[np.ndarray]) -> np.ndarray:
+    return np.stack(weights) if weights else np.zeros((0,), np.float32)
+
+
+class _BeamSearch(_Step):
+    """Batched beam search: every image keeps `beam_size` live hypotheses in one decoder call.
+
+    Finished hypotheses are scored as sum(log p) / length ** length_penalty; an image is done once
+    it has `beam_size` of them and no live hypothesis could still beat the worst. Each image's
+    best `num_return_sequences` of them are returned (distinct token sequences). Done images
+    leave the batch (see worth_compacting), so the decoder mostly runs the images searching.
+    """
+
+    def __init__(self, special, config, max_new, return_attention):
+        super().__init__(special, config, 1.0)
+        self.max_new, self.return_attention = max_new, return_attention
+        self.beams = config.beam_size
+
+    def normalised(self, score: float, length: int) -> float:
+        return score / max(length, 1) ** self.config.length_penalty
+
+    def run(self, decoding: Decoding, images: int) -> list[Hypothesis]:
+        beams, end = self.beams, self.special.end
+        tokens = [self.special.start] * (images * beams)
+        history: list[list[int]] = [[] for _ in tokens]
+        attention: list[list[np.ndarray]] = [[] for _ in tokens]
+        # Only the first beam of each image is live at the start, so the beams do not all repeat it.
+        beam_scores = np.full((images, beams), -np.inf)
+        beam_scores[:, 0] = 0.0
+        finished: list[list[Hypothesis]] = [[] for _ in range(images)]
+        done = [False] * images
+        searching = list(range(images))  # the images whose beams the decoder runs, in row order
+        for step in range(self.max_new):
+            logits, weights = decoding.step(np.array(tokens, np.int64))
+            log_probs = self.log_probs(logits, history, step)
+            vocab = log_probs.shape[-1]
+            candidates = (beam_scores[:, :, None] + log_probs.reshape(-1, beams, vocab)).reshape(
+                len(searching), -1
+            )
+            # The 2 * beams best candidates of each image, best first (ties: lower index first).
+            top_index = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * beams]
+            top_scores = np.take_along_axis(candidates, top_index, -1)
+            next_rows, next_tokens, next_scores = [], [], []
+            for slot, b in enumerate(searching):
+                kept = 0
+                for score, index in zip(top_scores[slot].tolist(), top_index[slot].tolist()):
+                    if done[b] or score == -np.inf or kept == beams:
+                        break
+                    row, token = slot * beams + index // vocab, index % vocab
+                    if token == end:  # `step` tokens plus the end token
+                        finished[b].append(self._finished(history, attention, row, score, step))
+                        continue
+                    next_rows.append(row)
+                    next_tokens.append(token)
+                    next_scores.append(score)
+                    kept += 1
+                for _ in range(beams - kept):  # a done image: pad with dead rows
+                    next_rows.append(slot * beams)
+                    next_tokens.append(end)
+                    next_scores.append(-np.inf)
+                if not done[b] and len(finished[b]) >= beams:
+                    worst = sorted(h.score for h in finished[b])[-beams]
+                    # log-probs only fall, so a live beam is unlikely to end above this (as in HF)
+                    done[b] = self.normalised(max(next_scores[-beams:]), step + 2) <= worst
+            going = [slot for slot, b in enumerate(searching) if not done[b]]
+            if not going:
+                break
+            kept_images = None
+            if worth_compacting(len(searching) - len(going), len(searching)):
+                kept_rows = [slot * beams + k for slot in going for k in range(beams)]
+                next_rows, next_tokens, next_scores = (
+                    [values[i] for i in kept_rows]
+                    for values in (next_rows, next_tokens, next_scores)
+                )
+                searching = [searching[slot] for slot in going]
+                kept_images = np.array(going)
+            # A row only inherits from a beam of its own image: the image rows change only when
+            # images leave.
+            decoding.keep(np.array(next_rows), kept_images)
+            history = [history[row] + [token] for row, token in zip(next_rows, next_tokens)]
+            if self.return_attention:
+                attention = [attention[row] + [weights[row]] for row in next_rows]
+            beam_scores = np.array(next_scores).reshape(len(searching), beams)
+            tokens = next_tokens
+        return [
+            self._best(b, finished[b], done[b], searching, beam_scores, history, attention)
+            for b in range(images)
+        ]
+
+    def _finished(self, history, attention, row: int, score: float, step: int) -> Hypothesis:
+        weights = _stacked(attention[row]) if self.return_attention else None
+        return Hypothesis(list(history[row]), self.normalised(score, step + 1), weights)
+
+    def _best(self, image, finished, done, searching, beam_scores, history, attention):
+        """The image's best `num_return_sequences`; out of length, the live beams compete with
+        the finished ones."""
+        pool = list(finished)
+        if not done:
+            slot = searching.index(image)
+            for k in range(self.beams):
+                score = float(beam_scores[slot, k])
+                if score > -np.inf:
+                    row = slot * self.beams + k
+                    weights = _stacked(attention[row]) if self.return_attention else None
+                    pool.append(
+                        Hypothesis(history[row], self.normalised(score, self.max_new), weights)
+                    )
+        pool.sort(key=lambda h: h.score, reverse=True)
+        return _with_alternatives(pool[: self.config.num_return_sequences])
