@@ -102,7 +102,7 @@ def test_folder_to_csv_then_resume_and_sidecars(model_dir, photo, tmp_path, caps
     assert "captioned 2 of 3" in err and "skipped 1 file that is not an image" in err
     text = output.read_text().splitlines()
     assert text[0].startswith("image,caption,") and len(text) == 3
-    assert [line.split(",")[0] for line in text[1:]] == ["a.jpg", "sub/b.png"]
+    assert [line.split(",")[0] for line in text[1:]] == ['"a.jpg"', '"sub/b.png"']  # quoted
     assert main(args) == 0  # nothing left to do
     assert "2 already done" in capsys.readouterr().err
     assert len(output.read_text().splitlines()) == 3
@@ -230,3 +230,16 @@ def test_the_bundled_model_card_is_the_one_save_pretrained_writes():
     config = CaptionerConfig.load(BUNDLED_DIR / "config.json")
     assert card == model_card(config, "flickr8k-effnet", None)
     assert "Captioner.from_pretrained()" in card and card.rstrip().endswith(MARKER)
+
+
+def test_export_never_resaves_over_a_users_config(model_dir, tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "settings"}')
+    assert main(["export", str(model_dir), str(folder)]) == 2
+    assert "config.json exists and is not part of a saved captioner model" in (
+        capsys.readouterr().err
+    )
+    assert (folder / "config.json").read_text() == '{"my": "settings"}'
+    assert main(["export", str(model_dir), str(tmp_path / "copy")]) == 0
+    assert main(["export", str(model_dir), str(tmp_path / "copy"), "--half"]) == 0  # its own

@@ -24,6 +24,7 @@ from captioner.collection import (
     find_images,
 )
 from captioner.collection.job import attention_folders
+from captioner.collection.rows import SIDECAR_MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,12 +192,19 @@ def test_text_options_prefix_suffix_sentence_case(tiny_captioner, tmp_path):
 def test_sidecars_are_written_beside_each_image_and_resume(tiny_captioner, tmp_path):
     images = make_folder(tmp_path / "photos", 3, ".jpg")
     config = fast(sidecar=".txt", recursive=True)
-    summary = caption_collection(tiny_captioner, [tmp_path / "photos"], config, num_return_sequences=2)
+    summary = caption_collection(
+        tiny_captioner, [tmp_path / "photos"], config, num_return_sequences=2
+    )
     assert summary.captioned == 3
     for image in images:
         lines = image.with_suffix(".txt").read_text().splitlines()
         assert len(lines) == 2 and all(lines)
-    assert not list((tmp_path / "photos").glob(".*"))  # no temporary files left behind
+    # no temporary files left behind; the manifest names the caption files captioner wrote
+    hidden = list((tmp_path / "photos").glob(".*"))
+    assert [path.name for path in hidden] == [SIDECAR_MANIFEST]
+    assert sorted(json.loads(line) for line in hidden[0].read_text().splitlines()) == [
+        f"img{i:03d}.txt" for i in range(3)
+    ]
     # The sidecars are outputs, not inputs: a rerun finds all three done and skips nothing else.
     images[1].with_suffix(".txt").unlink()
     summary = caption_collection(tiny_captioner, [tmp_path / "photos"], config)
@@ -209,9 +217,10 @@ def test_sidecars_that_would_collide_are_refused(tiny_captioner, tmp_path):
     make_image(tmp_path / "x.png", 1)
     with pytest.raises(ValueError, match="would share one .txt file"):
         caption_collection(tiny_captioner, [tmp_path], fast(sidecar=".txt"))
+    make_image(tmp_path / "x.dat", 2)  # an image whatever its suffix
     with pytest.raises(ValueError, match="would overwrite"):
         caption_collection(
-            tiny_captioner, [tmp_path / "x.jpg", tmp_path / "x.png"], fast(sidecar=".png")
+            tiny_captioner, [tmp_path / "x.jpg", tmp_path / "x.dat"], fast(sidecar=".dat")
         )
 
 
@@ -368,7 +377,9 @@ def test_pipelined_runs_the_next_items_first_stage_during_this_ones_second():
     assert done == [0, 1]
 
 
-def test_distributed_ranks_start_loader_workers_without_forking_themselves(tiny_captioner, tmp_path):
+def test_distributed_ranks_start_loader_workers_without_forking_themselves(
+    tiny_captioner, tmp_path
+):
     """A rank's process runs the process group's threads: its loader workers come from a clean
     server process, not a fork of it (a forked child can hang on a lock a thread held)."""
     from captioner.collection.job import CollectionJob

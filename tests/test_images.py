@@ -1,10 +1,18 @@
 import io
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.images import ImageLoadError, image_iterator, load_image
+from captioner.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    ImageLoadError,
+    ImageTooLargeError,
+    image_iterator,
+    load_image,
+)
 
 
 def test_every_input_kind_gives_the_same_rgb_image(photo, tmp_path):
@@ -116,3 +124,29 @@ def test_image_iterator_takes_one_image_or_an_ordered_iterable(photo):
     ):
         with pytest.raises(ImageLoadError, match=message):
             image_iterator(source)
+
+
+def test_a_long_thin_image_is_refused_by_its_longest_side(tmp_path):  # issue 18, D19
+    path = tmp_path / "thin.png"
+    Image.new("1", (1, 300)).save(path)
+    assert load_image(path).size == (1, 300)
+    with pytest.raises(ImageTooLargeError, match=r"1x300 pixels, longer than .* 200 pixels a side"):
+        load_image(path, max_side=200)
+    # the default bounds a 1 x 39,000,000 PNG (76 KB, under the pixel limit) before decoding
+    assert DEFAULT_MAX_SIDE < 39_000_000 <= DEFAULT_MAX_PIXELS
+
+
+def test_paths_that_are_not_files_say_what_they_are(tmp_path):  # issue 18, D12
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageLoadError, match="pipe.jpg is not a regular file"):
+        load_image(tmp_path / "pipe.jpg")  # refused without opening it (which would block)
+    with pytest.raises(ImageLoadError, match="is a folder, not an image file"):
+        load_image(tmp_path)
+    with pytest.raises(ImageLoadError, match="nothing.jpg: no such file"):
+        load_image(tmp_path / "nothing.jpg")
+    if os.geteuid() != 0:  # root reads whatever the mode
+        locked = tmp_path / "locked.png"
+        Image.new("RGB", (4, 4)).save(locked)
+        locked.chmod(0)
+        with pytest.raises(ImageLoadError, match="locked.png: cannot read it: Permission denied"):
+            load_image(locked)

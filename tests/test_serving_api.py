@@ -22,7 +22,9 @@ from captioner.torch_model import CaptionModel
 
 
 @pytest.fixture(scope="module")
-def client(tiny_captioner: Captioner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def client(
+    tiny_captioner: Captioner, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
     page = tmp_path_factory.mktemp("page")
     (page / "index.html").write_text("<!doctype html><title>captioner page</title>")
     settings = ServerSettings(model="tiny", max_upload_mb=1, page_dir=page)
@@ -179,9 +181,11 @@ def test_page_served_at_root(client: TestClient) -> None:
 
 
 def test_page_missing_explains_how_to_build(tiny_captioner: Captioner, tmp_path: Path) -> None:
-    with TestClient(create_app(ServerSettings(page_dir=tmp_path), model=tiny_captioner)) as client:
+    missing = tmp_path / "no-such-page"
+    with TestClient(create_app(ServerSettings(page_dir=missing), model=tiny_captioner)) as client:
         response = client.get("/")
     assert response.status_code == 200 and "make frontend" in response.text
+    assert str(tmp_path) not in response.text  # D22: the server's folders are not shown
 
 
 def test_page_json_tells_the_page_a_server_is_behind_it(client: TestClient) -> None:
@@ -311,8 +315,13 @@ def test_truncated_file(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("width", "height", "reason"),
-    [(8_000, 8_000, "over the limit of 40000000 pixels"), (30_000, 30_000, "decompression bomb")],
-    ids=["over-pixel-limit", "pillow-bomb-check"],
+    [
+        (8_000, 8_000, "over the limit of 40000000 pixels (max_pixels)"),
+        (30_000, 30_000, "more pixels than the limit of 40000000 (max_pixels)"),
+        # D19: few pixels, but a row each: refused before decoding, not 5 s and a gigabyte
+        (1, 39_000_000, "1x39000000 pixels, longer than the limit of 32768 pixels a side"),
+    ],
+    ids=["over-pixel-limit", "pillow-bomb-check", "over-side-limit"],
 )
 def test_decompression_bombs_refused(
     client: TestClient, width: int, height: int, reason: str
@@ -450,8 +459,25 @@ def test_a_request_past_its_deadline_is_a_504(tiny_captioner: Captioner, model_o
 
 def test_a_wrong_method_keeps_the_allow_header(client: TestClient) -> None:
     response = client.request("TRACE", "/api/health")
-    assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
     assert response.json() == {"error": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_the_api_answers_its_paths_not_the_page(client: TestClient, method: str) -> None:
+    # D20: with the page mounted at /, it used to answer 404, or 405 "Allow: GET, HEAD"
+    assert client.get("/").status_code == 200  # the page is there
+    response = client.request(method, "/api/caption")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json() == {"error": "Method Not Allowed"}
+
+
+def test_several_file_parts_are_refused_not_all_but_one_ignored(client: TestClient) -> None:
+    data = encode(photo(), "PNG")
+    files = [("file", ("a.png", data)), ("file", ("b.png", data))]
+    response = client.post("/api/caption", files=files)  # D21
+    assert response.status_code == 422
+    assert response.json() == {"error": "send one image a request: this one has several file parts"}
 
 
 # A part header without a colon: "Found invalid character 13 in header".
@@ -470,8 +496,12 @@ def test_a_malformed_multipart_body_is_a_declared_400(client: TestClient) -> Non
 
 
 @pytest.mark.parametrize("origins", [(), ("https://cms.example",)], ids=["off", "on"])
-def test_cors_only_for_the_origins_given(tiny_captioner: Captioner, origins: tuple[str, ...]) -> None:
-    with TestClient(create_app(ServerSettings(cors_origins=origins), model=tiny_captioner)) as client:
+def test_cors_only_for_the_origins_given(
+    tiny_captioner: Captioner, origins: tuple[str, ...]
+) -> None:
+    with TestClient(
+        create_app(ServerSettings(cors_origins=origins), model=tiny_captioner)
+    ) as client:
         simple = client.get("/api/health", headers={"origin": "https://cms.example"})
         preflight = client.options(
             "/api/caption",

@@ -161,6 +161,13 @@ def test_resume_alone_continues_the_run_and_refuses_contradicting_flags(dataset,
     assert last["epoch"] == 1 and last["global_step"] == 6  # the second epoch ran
     assert json.loads((run / "train_config.json").read_text())["max_minutes"] == 30
 
+    # Without --resume, a new run never replaces this one's best/, checkpoints or settings (D23)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    code, err = run_cli(["train", "--output-dir", str(run), "--data", str(dataset)], capsys)
+    assert_one_line_usage_error(code, err, "already holds train_config.json", "--resume")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
     action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

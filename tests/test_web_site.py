@@ -8,6 +8,8 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,14 @@ import pytest
 from captioner.cli import main
 from captioner.collection.job import CollectionConfig
 from captioner.onnx.export import DESCRIPTION_FILE, export_onnx
-from captioner.onnx.web import MODEL_DIR, compress_graphs, site_size, write_site
+from captioner.onnx.web import (
+    EXPORT_MANIFEST,
+    MODEL_DIR,
+    SCRATCH_MARKER,
+    compress_graphs,
+    site_size,
+    write_site,
+)
 from captioner.page import DEVICE_MODEL_FILE, PAGE_FILE, page_description
 
 # Cases the page's sentence rule (frontend/src/sentence.ts, its Vitest test) is checked on too.
@@ -106,14 +115,67 @@ def test_an_unrelated_folder_is_never_overwritten(tiny_model, tmp_path, page_dir
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_site_written_before_is_replaced_whole(tiny_model, tmp_path, page_dir):
+def test_a_site_written_before_keeps_the_files_the_user_added(tiny_model, tmp_path, page_dir):
     target = tmp_path / "site"
     write_site(tiny_model, target, page_dir)
-    (target / "stale.txt").write_text("from the last export")
+    (target / "CNAME").write_text("captions.example")  # D16: the user's, never removed
+    (target / "blog").mkdir()
+    (target / "blog" / "post.html").write_text("<p>hello</p>")
+    (page_dir / "assets" / "index.js").rename(page_dir / "assets" / "index-2.js")  # a new build
     write_site(tiny_model, target, page_dir)
-    assert not (target / "stale.txt").exists()
-    assert (target / "assets" / "index.js").is_file()
+    assert (target / "CNAME").read_text() == "captions.example"
+    assert (target / "blog" / "post.html").is_file()
+    assert not (target / "assets" / "index.js").exists()  # the old build's own file is gone
+    assert (target / "assets" / "index-2.js").is_file()
     assert {p.name for p in tmp_path.iterdir()} == {"dist", "site"}  # no scratch left behind
+    # a file of the user's where the new site puts one is refused, before anything changes
+    (page_dir / "favicon.ico").write_bytes(b"icon")
+    (target / "favicon.ico").write_bytes(b"mine")
+    with pytest.raises(ValueError, match="favicon.ico was not written by captioner"):
+        write_site(tiny_model, target, page_dir)
+    assert (target / "favicon.ico").read_bytes() == b"mine"
+    assert (target / "assets" / "index-2.js").is_file()
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next(tiny_model, tmp_path, page_dir):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    stale = tmp_path / ".site-export-abc123"
+    (stale / "export").mkdir(parents=True)
+    (stale / SCRATCH_MARKER).write_text(dead)
+    unrelated = tmp_path / ".site-export-notes"  # no marker: not ours
+    unrelated.mkdir()
+    write_site(tiny_model, tmp_path / "site", page_dir)
+    assert not stale.exists() and unrelated.is_dir()
+
+
+def test_export_onnx_never_replaces_a_file_it_did_not_write(tiny_model, tmp_path, capsys):
+    model_dir = tiny_model.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "graphs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    export = ["export", str(model_dir), "--variants", "int8", "--onnx"]
+    assert main([*export, str(folder)]) == 0
+    assert (folder / "notes.txt").read_text() == "mine"  # D17: beside the export, untouched
+    encoder = json.loads((folder / DESCRIPTION_FILE).read_text())["variants"]["int8"]["encoder"]
+    graph = (folder / encoder).read_bytes()
+    (folder / encoder).write_bytes(b"an export's own file, damaged")
+    assert main([*export, str(folder)]) == 0  # an export replaces its own files
+    assert (folder / encoder).read_bytes() == graph
+    assert (folder / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / encoder).write_text("a graph of mine")
+    capsys.readouterr()
+    assert main([*export, str(other)]) == 2
+    assert "was not written by captioner" in capsys.readouterr().err
+    assert (other / encoder).read_text() == "a graph of mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graphs", "model", "other"]
+    (tmp_path / "file").write_text("x")
+    assert main([*export, str(tmp_path / "file")]) == 2  # D10
+    error = capsys.readouterr().err.strip()
+    assert error == f"captioner: export: --onnx {tmp_path / 'file'} is a file: give a folder"
 
 
 def test_export_web_usage_errors_are_one_line(tiny_model, tmp_path, capsys):
@@ -125,6 +187,17 @@ def test_export_web_usage_errors_are_one_line(tiny_model, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("captioner: export: ") and "\n" not in error
     assert (folder / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_a_tampered_manifest_never_reaches_outside_the_site(tiny_model, tmp_path, page_dir):
+    target = tmp_path / "site"
+    write_site(tiny_model, target, page_dir)
+    (tmp_path / "outside.txt").write_text("keep me")
+    manifest = target / EXPORT_MANIFEST
+    files = json.loads(manifest.read_text())["files"]
+    manifest.write_text(json.dumps({"files": [*files, "../outside.txt", str(tmp_path)]}))
+    write_site(tiny_model, target, page_dir)
+    assert (tmp_path / "outside.txt").read_text() == "keep me"
 
 
 def test_the_site_tells_the_page_it_is_static_with_the_model_beside_it(site):

@@ -118,7 +118,7 @@ DETOKENIZE = ((" ([.,!?;:])", "$1"), (" '(s|t|re|ve|m|ll|d)\\b", "'$1"))
 
 
 def detokenize(text: str) -> str:
-    """"it 's a dog ." -> "it's a dog."."""
+    """ "it 's a dog ." -> "it's a dog."."""
     text = clean(text)
     for pattern, replacement in DETOKENIZE:
         text = re.sub(pattern, replacement.replace("$1", r"\1"), text)

@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (
-        ModelNotFoundError, ModelLoadError, ExportedModelError, MissingExtraError, UsageError
+        ModelNotFoundError,
+        ModelLoadError,
+        ExportedModelError,
+        MissingExtraError,
+        UsageError,
     ) as error:
         print(f"captioner: {error}", file=sys.stderr)
         return 2

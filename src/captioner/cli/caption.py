@@ -4,11 +4,12 @@ many). The work is `captioner.collection`'s; this module only turns flags into i
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
 from captioner.collection.job import CollectionConfig, default_workers
+from captioner.collection.rows import json_line
 from captioner.config import GenerationConfig
 
 # flag -> GenerationConfig field
@@ -172,6 +173,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from captioner.cli import UsageError
     from captioner.collection import CollectionJob, dataset_images, find_images, read_list
+    from captioner.collection.inputs import dataset_files
     from captioner.model import Captioner
 
     config = _collection_config(args)
@@ -187,6 +189,13 @@ def run(args: argparse.Namespace) -> int:
         items = find_images(sources, bool(config.recursive))
         if args.data is not None:
             items += dataset_images(args.data, args.split)
+            if config.output is not None and config.output.resolve() in {
+                file.resolve() for file in dataset_files(args.data)
+            }:
+                raise ValueError(
+                    f"the output {config.output} is the data set's own caption file: "
+                    "choose another output"
+                )
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     if not items:
@@ -202,7 +211,12 @@ def run(args: argparse.Namespace) -> int:
         job = CollectionJob(model, items, config, printer, **options)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    summary = _predict(job, args) if distributed else job.run()
+    try:
+        summary = _predict(job, args) if distributed else job.run()
+    except OSError as error:  # disk full, a folder made read-only meanwhile: rerun to resume
+        where = f" {printable(os.fsdecode(error.filename))}" if error.filename else ""
+        print(f"captioner: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return 1
     if not args.quiet and not to_stdout and job.rank == 0:
         print(f"captioner: {summary}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -269,9 +283,14 @@ class _Printer:
 
     def __call__(self, row: dict) -> None:
         if self.to_stdout and self.json_lines:
-            print(json.dumps(row, ensure_ascii=False), flush=True)
+            print(json_line(row), flush=True)
         elif "error" in row:
-            print(f"{row['image']}: error: {row['error']}", file=sys.stderr, flush=True)
+            print(f"{printable(row['image'])}: error: {row['error']}", file=sys.stderr, flush=True)
         elif self.to_stdout:
             for text in row.get("captions", [row["caption"]]):
-                print(text if self.single else f"{row['image']}\t{text}", flush=True)
+                print(text if self.single else f"{printable(row['image'])}\t{text}", flush=True)
+
+
+def printable(name: str) -> str:
+    """A file name for a terminal: the bytes of one that is not UTF-8 as \\xNN escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")

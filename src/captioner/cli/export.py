@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from captioner.cli.extras import require_training_extra
 
     require_training_extra("export")  # before any work or import of the extra
-    import torch
 
     from captioner.cli import UsageError
     from captioner.torch_model import CaptionModel
@@ -57,15 +58,30 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("export: --half applies to the re-saved folder (OUTPUT); none given")
     if args.variants and args.onnx is None:
         raise UsageError("export: --variants applies to --onnx DIR; none given")
+    for flag, folder in (("OUTPUT", args.output), ("--onnx", args.onnx), ("--web", args.web)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UsageError(f"export: {flag} {folder} is a file: give a folder")
+    if args.output is not None:
+        _check_model_folder(args.output)
     model = CaptionModel.from_pretrained(args.model)
+    try:
+        _write(model, args)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile
+        where = f" {error.filename}" if error.filename else ""
+        print(f"captioner: export: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write(model, args: argparse.Namespace) -> None:
+    import torch
+
     if args.output is not None:
         model.save_pretrained(args.output, dtype=torch.float16 if args.half else None)
         print(f"saved {args.output} ({_megabytes(args.output):.1f} MB)")
     if args.onnx is not None:
-        from captioner.onnx.export import export_onnx
-
         with _onnx_errors("--onnx"):
-            export_onnx(model, args.onnx, args.variants or VARIANTS)
+            _export_onnx(model, args.onnx, args.variants or VARIANTS)
         print(f"saved {args.onnx} ({_megabytes(args.onnx):.1f} MB)")
     if args.web is not None:
         from captioner.onnx.web import site_size, write_site
@@ -73,7 +89,61 @@ def run(args: argparse.Namespace) -> int:
         with _onnx_errors("--web"):
             write_site(model, args.web)
         print(f"saved {args.web}: a static site of {site_size(args.web) / 1e6:.1f} MB")
-    return 0
+
+
+def _export_onnx(model, directory: Path, variants) -> None:
+    """ONNX graphs + captioner.json built beside `directory` and moved into it: a file there
+    that an earlier export did not write is never replaced (one in the way is refused)."""
+    from captioner.onnx.export import export_onnx
+    from captioner.onnx.web import install_export, scratch_beside
+
+    ours = _onnx_files(directory)
+    with scratch_beside(directory) as built:
+        export_onnx(model, built, variants)
+        install_export(built, directory, ours)
+
+
+def _onnx_files(directory: Path) -> set[str] | None:
+    """The files an earlier ONNX export wrote in `directory` (named in its manifest; from
+    before manifests, the description, the graphs it names, the config and vocabulary); None
+    when the folder is new or empty."""
+    from captioner.hub import CONFIG_FILE, TOKENIZER_FILE
+    from captioner.onnx.export import DESCRIPTION_FILE
+    from captioner.onnx.web import files_written
+
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return None
+    if (written := files_written(directory)) is not None:
+        return written
+    try:
+        description = json.loads((directory / DESCRIPTION_FILE).read_text())
+        files = {name for files in description["variants"].values() for name in files.values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()  # not an export's folder: every file in it is the user's
+    return {DESCRIPTION_FILE, CONFIG_FILE, TOKENIZER_FILE, *files}
+
+
+def _check_model_folder(directory: Path) -> None:
+    """UsageError for a folder whose config, weights or tokenizer files are not a saved
+    captioner model's: re-saving would replace them."""
+    from captioner.cli import UsageError
+    from captioner.config import CaptionerConfig
+    from captioner.hub import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+
+    names = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+    present = [name for name in names if (directory / name).exists()]
+    if not present:
+        return
+    try:
+        saved = json.loads((directory / CONFIG_FILE).read_text())
+        CaptionerConfig.from_dict(saved)
+        if not {"encoder", "decoder"} <= set(saved):
+            raise ValueError("not a captioner config")
+    except Exception:  # noqa: BLE001 (any failure: not a captioner model's config)
+        raise UsageError(
+            f"export: {directory / present[0]} exists and is not part of a saved captioner "
+            "model: give a new or empty folder"
+        ) from None
 
 
 @contextlib.contextmanager

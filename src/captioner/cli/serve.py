@@ -13,6 +13,7 @@ DEFAULTS = ServerSettings()
 LIMITS = (
     ("--max-upload-mb", float, "largest upload"),
     ("--max-pixels", int, "largest decoded image, in pixels"),
+    ("--max-side", int, "longest side of a decoded image, in pixels"),
     ("--max-batch-size", int, "images per model call"),
     ("--batch-wait-ms", float, "how long a request waits for a batch to fill"),
     ("--max-queue", int, "requests waiting before more are answered 503"),

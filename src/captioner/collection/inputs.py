@@ -3,6 +3,7 @@ caption datasets, each with the name its output row is keyed by (and resumed by)
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from collections.abc import Iterable
@@ -25,6 +26,8 @@ class ImageItem:
     # Found by walking a folder: a file there that is not an image is skipped and counted, not
     # reported as an error (a folder of photos often holds notes, sidecars, thumbnails' indexes).
     in_folder: bool = False
+    # Why it cannot be read, known before loading (a sub-folder that cannot be listed).
+    error: str | None = None
 
     @property
     def source(self) -> Path | bytes:
@@ -34,32 +37,75 @@ class ImageItem:
 def find_images(sources: Iterable[str | Path], recursive: bool = False) -> list[ImageItem]:
     """Files as given, the files of folders (of their sub-folders too with `recursive`; hidden
     ones left out) and the matches of glob patterns (`**` descends). A path that does not exist
-    is kept, so that it is reported as a per-image error like any other unreadable image."""
+    is kept, so that it is reported as a per-image error like any other unreadable image, as is
+    a sub-folder that cannot be listed. Symbolic links to folders are not descended into (a
+    link back up would never end); named or matched, a link is followed once.
+    ValueError for a pattern that matches nothing."""
     items: list[ImageItem] = []
     for source in sources:
         text = str(source)
         path = Path(text).expanduser()
-        if path.is_dir():
+        if os.path.isdir(path):  # False, not PermissionError, in a folder that is locked
             items += _walk(path, recursive)
-        elif not path.exists() and any(c in text for c in GLOB_CHARACTERS):
-            for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
+        elif not os.path.lexists(path) and any(c in text for c in GLOB_CHARACTERS):
+            matches = _glob(os.path.expanduser(text))
+            if not matches:
+                raise ValueError(f"no file matches the pattern {text!r}")
+            for match in matches:
                 matched = Path(match)
-                items += _walk(matched, recursive) if matched.is_dir() else [_file(match)]
+                items += _walk(matched, recursive) if os.path.isdir(matched) else [_file(match)]
         else:
             items.append(_file(text))
     return unique(items)
 
 
+def _glob(pattern: str) -> list[str]:
+    """`glob.glob(pattern, recursive=True)`, sorted, except that `**` does not follow symbolic
+    links to folders (Python 3.11's does, forever round a loop)."""
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    wanted = parts[fixed:]
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if _glob_matches(wanted, path.relative_to(root).parts):
+                found.append(str(path) if fixed else os.path.relpath(path))
+    return sorted(found)
+
+
+def _glob_matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether a relative path's parts match a pattern's (`**`: any number of folders; a hidden
+    name only matches a part that starts with a dot, as in glob)."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_glob_matches(rest, parts[i:]) for i in range(len(parts) + 1))
+    return (
+        bool(parts)
+        and (head.startswith(".") or not parts[0].startswith("."))
+        and fnmatch.fnmatchcase(parts[0], head)
+        and _glob_matches(rest, parts[1:])
+    )
+
+
 def read_list(path: str | Path) -> list[str]:
-    """The sources in a list file: one path, folder or pattern a line; blank lines and lines
-    starting with # are left out. Relative paths are taken from the current folder, as on the
-    command line."""
+    """The sources in a list file: one path, folder or pattern a line (ended by "\n" or "\r\n"
+    only: a name may hold any other character, U+2028 included); spaces and tabs around a line,
+    blank lines and lines starting with # are left out. A name that is not UTF-8 is read as its
+    bytes. Relative paths are taken from the current folder, as on the command line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read the list {path}: {error}") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as error:
+        raise ValueError(f"cannot read the list {path}: {error.strerror}") from None
+    lines = [line.removesuffix("\r").strip(" \t") for line in text.split("\n")]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def dataset_images(source: str | Path, split: str | None = None) -> list[ImageItem]:
@@ -81,6 +127,17 @@ def dataset_images(source: str | Path, split: str | None = None) -> list[ImageIt
             name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
             items.append(ImageItem(name, path))
     return unique(items)
+
+
+def dataset_files(source: str | Path) -> list[Path]:
+    """The caption files `load_records` reads for `source` (a folder's captions.jsonl,
+    dataset_*.json, captions.txt, results.csv; or the file itself): never an output."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return [path] if path.is_file() else []
+    candidates = [path / "captions.jsonl", *path.glob("dataset_*.json")]
+    candidates += [path / "captions.txt", path / "results.csv"]
+    return [candidate for candidate in candidates if candidate.is_file()]
 
 
 def unique(items: Iterable[ImageItem]) -> list[ImageItem]:
@@ -110,7 +167,15 @@ def _file(text: str) -> ImageItem:
 def _walk(folder: Path, recursive: bool) -> list[ImageItem]:
     """The files of `folder` in sorted order, named relative to it."""
     items = []
-    for root, dirs, files in os.walk(folder):
+
+    def unreadable(error: OSError) -> None:  # a folder that cannot be listed: an error row
+        path = Path(error.filename)
+        name = f"{path.relative_to(folder).as_posix()}/" if path != folder else f"{folder}/"
+        items.append(
+            ImageItem(name, path, error=f"cannot read the folder {path}: {error.strerror}")
+        )
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         for name in sorted(f for f in files if not f.startswith(".")):
             path = Path(root) / name

@@ -17,9 +17,18 @@ from PIL import Image
 
 from captioner.collection.inputs import ImageItem, find_images, unique
 from captioner.collection.loader import BatchLoader
-from captioner.collection.rows import Row, RowFile, Sidecars, interleave, is_caption, merge_rows
+from captioner.collection.rows import (
+    OutputLock,
+    Row,
+    RowFile,
+    Sidecars,
+    interleave,
+    is_caption,
+    merge_rows,
+)
 from captioner.config import check_int
 from captioner.images import ImageLoadError, UnsupportedImageError
+from captioner.launcher import launcher_rank
 from captioner.model import Caption, Captioner
 from captioner.transforms import Preprocess
 
@@ -92,6 +101,11 @@ class CollectionConfig:
                     f"sidecar must be a file suffix such as .txt (a dot, then letters, digits, "
                     f"'-', '_' or '.'; at most 16 characters), got {suffix!r}"
                 )
+            if suffix.lower() in Image.registered_extensions():
+                raise ValueError(
+                    f"sidecar {suffix} is an image format: caption files would replace images; "
+                    "choose a text suffix such as .txt"
+                )
         return self
 
     def finish_text(self, text: str) -> str:
@@ -149,6 +163,8 @@ class _LoadImages:
 
     def load(self, index: int) -> tuple:
         item = self.items[index]
+        if item.error is not None:
+            return (index, None, None, item.error)
         try:
             image = self.preprocess.load(item.source)
             pixels = self.preprocess(image)
@@ -207,42 +223,69 @@ class CollectionJob:
         self.on_row = on_row
         self.output = RowFile(self.config.output) if self.config.output is not None else None
         self.sidecars = Sidecars(self.config.sidecar) if self.config.sidecar else None
+        for folder in (self.config.output, self.config.attention_dir):
+            if folder is not None:
+                check_writable(Path(folder), is_folder=folder is self.config.attention_dir)
         self.items = self._leave_out_outputs(_items(sources, self.config.recursive))
         self.attention_folders = (
             attention_folders(self.items) if self.config.attention_dir is not None else {}
         )
+        # One job an output: a second on the same file is refused. Taken where the job is built
+        # (by the process that becomes rank 0 of a distributed one), released by finish().
+        self._lock = None
+        if self.output is not None and launcher_rank() == 0:
+            self._lock = OutputLock(self.output.path).acquire()
         # Read now, before any rank of a job over several processes can start writing; a file
         # that is not a captioner output is refused here, before any work.
         reading = self.output is not None and not self.config.overwrite
-        self._existing, self._torn = self._existing_rows() if reading else ([[]], False)
+        try:
+            self._existing, self._torn = self._existing_rows() if reading else ([[]], False)
+        except ValueError:
+            self.release()
+            raise
         self.share: list[ImageItem] = []
         self.rank = 0
         self.counts = {"captioned": 0, "failed": 0, "not_images": 0}
         self.already_done = 0
 
     def _leave_out_outputs(self, items: list[ImageItem]) -> list[ImageItem]:
-        """Leave out this job's own output files found in the input folders (the row file, and
-        with sidecars every file with their suffix), and refuse sidecars that would overwrite an
-        image or each other."""
+        """Leave out this job's own output files found in the input folders (the row file, its
+        heatmaps, and with sidecars every file with their suffix); refuse an output that is an
+        image named as input, and sidecars that would overwrite an image, the output, a file of
+        the user's or each other."""
         outputs = set()
         if self.output is not None:
             outputs = {f.path.resolve() for f in [self.output, *self.output.parts()]}
+            for item in items:
+                if not item.in_folder and item.path is not None and item.path.resolve() in outputs:
+                    raise ValueError(
+                        f"the output {self.output.path} is one of the images to caption: "
+                        "choose another output"
+                    )
+        if self.config.attention_dir is not None:
+            heatmaps = Path(self.config.attention_dir).resolve()
+            items = [
+                i for i in items if not (i.in_folder and i.path.resolve().is_relative_to(heatmaps))
+            ]
         if self.sidecars is not None:
             if any(item.path is None for item in items):
                 raise ValueError("sidecar files need image files; this dataset holds image bytes")
             suffix = self.sidecars.suffix.lower()
             items = [i for i in items if not (i.in_folder and i.path.suffix.lower() == suffix)]
-            images = {item.path.resolve() for item in items}
+            # An unreadable folder's error row has no caption file.
+            readable = [item for item in items if item.error is None]
+            images = {item.path.resolve() for item in readable}
             owners: dict[Path, ImageItem] = {}
-            for item in items:
+            for item in readable:
                 sidecar = self.sidecars.path(item).resolve()
-                if sidecar in images:
+                if sidecar in images or sidecar in outputs:
                     raise ValueError(f"the {suffix} file of {item.path} would overwrite {sidecar}")
                 if sidecar in owners:
                     raise ValueError(
                         f"{owners[sidecar].path} and {item.path} would share one {suffix} file"
                     )
                 owners[sidecar] = item
+            self.sidecars.check(readable, self.config.overwrite)
         return [i for i in items if i.path is None or i.path.resolve() not in outputs]
 
     # ---- the three steps -------------------------------------------------------------------
@@ -256,6 +299,8 @@ class CollectionJob:
         barrier()  # every rank has read the files before any is changed
         if self.output is not None:
             own = self.output if world == 1 else self.output.part(rank)
+            if self._lock is not None:
+                self.output.remove_stale_temporaries()
             if rank == 0 and self.config.overwrite:
                 for stale in [self.output, *self.output.parts()]:
                     stale.delete()
@@ -342,6 +387,7 @@ class CollectionJob:
                 self.output.rewrite(merged)
                 for part in parts:
                     part.delete()
+        self.release()
         captioned, failed, not_images = sum_over_ranks(
             [self.counts["captioned"], self.counts["failed"], self.counts["not_images"]]
         )
@@ -349,12 +395,22 @@ class CollectionJob:
 
     def run(self) -> CollectionSummary:
         """The whole job in this process (the loader's workers aside)."""
-        share = self.start()
+        try:
+            share = self.start()
+        except BaseException:
+            self.release()
+            raise
         try:
             pipelined(self.loader(share), self.encode, self.process)
         finally:
             summary = self.finish()
         return summary
+
+    def release(self) -> None:
+        """Let another job write the output (finish() does; for a job that does not run)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ---- helpers ---------------------------------------------------------------------------
     def _existing_rows(self) -> tuple[list[list[Row]], bool]:
@@ -444,9 +500,35 @@ def attention_folders(items: list[ImageItem]) -> dict[str, PurePosixPath]:
         folder = relative.with_suffix("") if relative.suffix else relative
         if folder in taken:
             folder = relative
+        number = 2
+        while folder in taken:  # `y.jpg` took `y`, and this is a file named `y`
+            folder = relative.with_name(f"{relative.name}~{number}")
+            number += 1
         taken.add(folder)
         folders[item.name] = folder
     return folders
+
+
+def check_writable(path: Path, is_folder: bool) -> None:
+    """ValueError, before any work, for an output file or folder that cannot be written: one of
+    the wrong kind there, a folder above it that is a file, or no permission. Creates the
+    folder it goes in."""
+    kind = "folder" if is_folder else "file"
+    if os.path.exists(path) and os.path.isdir(path) != is_folder:
+        raise ValueError(f"{path} is not a {kind}: give a {kind} to write")
+    folder = path if is_folder else path.parent
+    above = folder
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if not os.path.isdir(above):
+        raise ValueError(f"cannot write {path}: {above} is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror}") from None
+    writable = os.access(folder, os.W_OK | os.X_OK)
+    if not writable or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"cannot write {path}: permission denied")
 
 
 def _items(sources: Iterable[ImageItem | str | Path], recursive: bool) -> list[ImageItem]:

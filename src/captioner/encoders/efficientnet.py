@@ -40,7 +40,6 @@ _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
 
 
-
 # (convolution, the batch norm right after it) as the package names them in `EfficientNet` and
 # `MBConvBlock`; a module has at most one pair per batch norm name.
 _CONV_BN_PAIRS = (

@@ -12,11 +12,15 @@ page with both: it then offers "on this device" and "server".
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import gzip
 import json
+import os
 import shutil
 import tempfile
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from captioner.page import PAGE_FILE, default_page_dir, page_description
@@ -35,6 +39,11 @@ WEB_VARIANTS = ("int8",)
 # to download at 50 Mbit/s); below a few percent the browser would decompress for little.
 MIN_GZIP_SAVING = 0.05
 GZIP_SUFFIX = ".gz"
+# In a site's or an ONNX export's folder: the files export wrote there (the only ones a later
+# export replaces or removes).
+EXPORT_MANIFEST = ".captioner-export.json"
+# In an export's temporary folder: the id of the process writing it (stale when it is gone).
+SCRATCH_MARKER = ".captioner-export-pid"
 
 
 def site_size(directory: str | Path) -> int:
@@ -47,8 +56,11 @@ def write_site(
 ) -> Path:
     """The page from `page_dir` and `model`'s int8 ONNX export, as a static site in `directory`.
 
-    `directory` must be new, empty or a site written before (it is then replaced whole), so a
-    typo never overwrites an unrelated folder. ValueError says what is wrong."""
+    `directory` must be new, empty or a site written before. The site is built in a temporary
+    folder beside it and moved into place; over a site written before, only the files that
+    export wrote (named in its `EXPORT_MANIFEST`) are replaced or removed, so files the user
+    added (a CNAME, a blog/) stay, and a file of theirs where the new site has one is refused.
+    ValueError says what is wrong."""
     from captioner.onnx.export import export_onnx
 
     directory, page_dir = Path(directory), Path(page_dir)
@@ -56,16 +68,8 @@ def write_site(
         raise ValueError(
             f"the page is not built ({page_dir} has no index.html): run `make frontend`"
         )
-    if directory.exists() and not _replaceable(directory):
-        raise ValueError(
-            f"{directory} exists and is not a site `--web` wrote (no {MODEL_DIR}/"
-            f"{DESCRIPTION_FILE}): give a new or empty folder"
-        )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and moved into place, so a failed export leaves no half site.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        site = scratch / "site"
+    ours = _files_written(directory)
+    with scratch_beside(directory) as site:
         shutil.copytree(page_dir, site)
         if (site / MODEL_DIR).exists():
             raise ValueError(f"{page_dir} already has a {MODEL_DIR}/ folder: not a built page")
@@ -74,12 +78,131 @@ def write_site(
         # Tells the page it is static: it then never asks for the API a static host lacks.
         description = page_description(server=False, device_model=True)
         (site / PAGE_FILE).write_text(json.dumps(description) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        site.rename(directory)
+        install_export(site, directory, ours)
+    return directory
+
+
+@contextlib.contextmanager
+def scratch_beside(directory: Path) -> Iterator[Path]:
+    """A new path to build an export for `directory` in, in a temporary folder beside it (the
+    same file system, so moving it into place is a rename), removed afterwards; those of killed
+    exports are removed first. ValueError when the folder cannot be made."""
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_scratch(directory)
+        scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(directory), dir=directory.parent))
+        (scratch / SCRATCH_MARKER).write_text(str(os.getpid()))
+    except OSError as error:
+        raise ValueError(f"cannot write {directory}: {error.strerror}") from None
+    try:
+        yield scratch / "export"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return directory
+
+
+def _files_written(directory: Path) -> set[str] | None:
+    """The files an earlier export wrote in `directory` (None: it is new or empty); ValueError
+    for a folder that is not a site `--web` wrote."""
+    if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
+        return None
+    written = files_written(directory)
+    if written is not None:
+        return written
+    if directory.is_dir() and (directory / MODEL_DIR / DESCRIPTION_FILE).is_file():
+        # Written before sites named their files: the model and the page's own folders.
+        folders = (MODEL_DIR, "assets")
+        return {
+            p.relative_to(directory).as_posix()
+            for p in directory.rglob("*")
+            if p.is_file()
+            and (p.relative_to(directory).parts[0] in folders or p.name == "index.html")
+        }
+    raise ValueError(
+        f"{directory} exists and is not a site `--web` wrote (no {EXPORT_MANIFEST}): give a new "
+        "or empty folder"
+    )
+
+
+def files_written(directory: Path) -> set[str] | None:
+    """The files (relative paths) an earlier export's `EXPORT_MANIFEST` in `directory` names,
+    itself included; None without one."""
+    manifest = directory / EXPORT_MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        return {str(file) for file in files} | {EXPORT_MANIFEST}
+    except (ValueError, KeyError, TypeError, OSError):
+        raise ValueError(f"{manifest} is damaged: give a new or empty folder") from None
+
+
+def install_export(built: Path, directory: Path, ours: set[str] | None) -> None:
+    """Move the export in `built` to `directory`, naming its files in `EXPORT_MANIFEST`:
+    renamed into place when `directory` is new or empty (`ours` None); else its files moved
+    over those an earlier export wrote (`ours`, relative paths), which it no longer has
+    removed. Anything else in `directory` is the user's and stays; one where the export has a
+    file is refused before anything moves."""
+    files = sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file())
+    (built / EXPORT_MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+    if ours is None:
+        if directory.exists():
+            directory.rmdir()
+        built.rename(directory)
+        return
+    files.append(EXPORT_MANIFEST)
+    # A manifest is a file anyone can edit: nothing outside `directory` is ever touched.
+    ours = {file for file in ours if _inside(file)}
+    for file in files:
+        target = directory / file
+        if file not in ours and os.path.lexists(target):
+            raise ValueError(
+                f"{target} was not written by captioner and the export has a file there: move "
+                "it, or give a new folder"
+            )
+    for file in sorted(ours - set(files)):
+        old = directory / file
+        if old.is_file():
+            old.unlink()
+        for folder in old.parents:  # folders the old site's files leave empty
+            if folder == directory or not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    for file in files:
+        target = directory / file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(built / file, target)
+
+
+def _inside(relative: str) -> bool:
+    """Whether a relative path from a manifest stays inside the folder it names files of."""
+    path = PurePosixPath(relative)
+    return bool(relative) and not path.is_absolute() and ".." not in path.parts
+
+
+def _scratch_prefix(directory: Path) -> str:
+    return f".{directory.name}-export-"
+
+
+def remove_stale_scratch(directory: Path) -> None:
+    """Remove the temporary folders of exports to `directory` that were killed (their process
+    is gone), recognised by the `SCRATCH_MARKER` inside."""
+    for folder in directory.parent.glob(glob.escape(_scratch_prefix(directory)) + "*"):
+        try:
+            pid = int((folder / SCRATCH_MARKER).read_text())
+        except (OSError, ValueError):
+            continue  # not a scratch folder of ours, or one just being made
+        if not _running(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
 
 
 def compress_graphs(model_dir: str | Path) -> None:
@@ -107,9 +230,3 @@ def _gzip_if_smaller(file: Path) -> Path:
     target.write_bytes(packed)
     file.unlink()
     return target
-
-
-def _replaceable(directory: Path) -> bool:
-    return directory.is_dir() and (
-        not any(directory.iterdir()) or (directory / MODEL_DIR / DESCRIPTION_FILE).is_file()
-    )

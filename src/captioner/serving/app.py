@@ -23,7 +23,7 @@ from captioner.page import DEVICE_MODEL_DIR, DEVICE_MODEL_FILE, PAGE_FILE, page_
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import caption_batch
 from captioner.serving.errors import UploadLimit, add_error_handlers, upload_too_large_message
-from captioner.serving.routes import Serving, router
+from captioner.serving.routes import Serving, api_fallback, router
 from captioner.serving.schemas import DecoderInfo, EncoderInfo, ModelInfo, ServerInfo
 from captioner.serving.settings import ServerSettings
 
@@ -69,6 +69,7 @@ def create_app(settings: ServerSettings | None = None, model: Captioner | None =
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
         )
+    app.include_router(api_fallback)
     mount_page(app, settings)
     return app
 
@@ -125,8 +126,9 @@ def mount_page(app: FastAPI, settings: ServerSettings) -> None:
             # No icon to ask for: the browser's /favicon.ico request would only 404.
             "<!doctype html><title>captioner</title><link rel='icon' href='data:,'>"
             "<h1>captioner</h1>"
-            f"<p>The page is not built ({settings.page_dir} has no index.html): run "
-            "<code>make frontend</code>. The API is up: see <a href='/docs'>/docs</a>.</p>"
+            "<p>The page is not built (its folder has no index.html): run "
+            "<code>make frontend</code>, or give <code>--page-dir</code>. The API is up: see "
+            "<a href='/docs'>/docs</a>.</p>"
         )
 
 

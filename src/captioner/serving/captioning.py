@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from captioner.images import full_size
+from captioner.images import DEFAULT_MAX_SIDE, full_size, load_image
 from captioner.model import Caption, Captioner
 from captioner.serving.schemas import CropBox, crop_box
 
@@ -29,10 +29,12 @@ class PreparedImage:
     crop: CropBox
 
 
-def prepare_image(model: Captioner, data: bytes, max_pixels: int) -> PreparedImage:
+def prepare_image(
+    model: Captioner, data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
+) -> PreparedImage:
     """Decode and preprocess an upload; ImageLoadError says what is wrong with it."""
     preprocess = model.preprocess
-    image = preprocess.load(data, max_pixels)
+    image = load_image(data, max_pixels, min_size=preprocess.resize_size, max_side=max_side)
     width, height = full_size(image)
     return PreparedImage(preprocess(image), width, height, crop_box(preprocess, *image.size))
 

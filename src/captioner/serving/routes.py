@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from captioner.model import Caption, Captioner
 from captioner.serving.batcher import MicroBatcher
@@ -55,6 +56,7 @@ async def model_info(state: ServingState) -> ModelInfo:
 
 @router.post("/caption", response_model=CaptionResponse, responses=ERROR_RESPONSES)
 async def caption(
+    request: Request,
     state: ServingState,
     file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, HEIC, GIF, ...)")],
     beam_size: Annotated[
@@ -67,6 +69,8 @@ async def caption(
 ) -> JSONResponse:
     started = time.perf_counter()
     settings, model = state.settings, state.model
+    if len((await request.form()).getlist("file")) > 1:  # parsed already: FastAPI's copy
+        return error_response(422, "send one image a request: this one has several file parts")
     asked = {"beam_size": beam_size, "max_new_tokens": max_new_tokens}
     try:
         generation = model.generation_config(**{k: v for k, v in asked.items() if v is not None})
@@ -77,7 +81,7 @@ async def caption(
         return error_response(413, upload_too_large_message(settings.max_upload_mb))
     read = time.perf_counter()
     options = Options(generation.beam_size, generation.max_new_tokens, attention)
-    prepare = partial(prepare_image, model, data, settings.max_pixels)
+    prepare = partial(prepare_image, model, data, settings.max_pixels, settings.max_side)
     done = await state.batcher.submit(prepare, options, settings.request_timeout_s)
     image, result, stats = done.item, done.result, done.stats
     timings = Timings(
@@ -97,3 +101,24 @@ async def caption(
         batch_size=stats.size,
     )
     return JSONResponse(body.model_dump())
+
+
+# Every other /api path and method, answered as the API (JSON), not by the page mounted at `/`,
+# which would take a GET of /api/caption for a file it does not have. Included after every route
+# and just before the page (create_app).
+api_fallback = APIRouter(prefix="/api")
+
+
+@api_fallback.api_route(
+    "/{path:path}",
+    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"],
+    include_in_schema=False,
+)
+async def not_an_endpoint(request: Request, path: str) -> JSONResponse:
+    allowed: set[str] = set()
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+            allowed |= route.methods
+    if allowed:
+        return error_response(405, "Method Not Allowed", {"Allow": ", ".join(sorted(allowed))})
+    return error_response(404, "Not Found")

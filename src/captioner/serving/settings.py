@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from captioner.config import check_int, check_number, parse_value
-from captioner.images import DEFAULT_MAX_PIXELS
+from captioner.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from captioner.page import default_page_dir
 
 ENV_PREFIX = "CAPTIONER_"
@@ -29,6 +29,7 @@ class ServerSettings:
     port: int = 8000  # 0: any free port
     max_upload_mb: float = 10.0
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded size limit: refuses decompression bombs
+    max_side: int = DEFAULT_MAX_SIDE  # longest side: a 1 x 39,000,000 PNG decodes for seconds
     batching: bool = True  # off: one model call per request (for comparison in benchmarks)
     max_batch_size: int = 8
     batch_wait_ms: float = 5.0  # how long a lone request waits for company before running
@@ -45,6 +46,7 @@ class ServerSettings:
         check_int("port", self.port, 0, 65535)
         check_number("max_upload_mb", self.max_upload_mb, 0, None, low_open=True)
         check_int("max_pixels", self.max_pixels, 1, None)
+        check_int("max_side", self.max_side, 1, None)
         check_int("max_batch_size", self.max_batch_size, 1, 256)
         check_number("batch_wait_ms", self.batch_wait_ms, 0, 10_000)
         check_int("max_queue", self.max_queue, 1, None)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ from captioner.encoders import build_encoder
 from captioner.features import FeatureCache, build_cache, cached_records, image_source
 from captioner.hub import CONFIG_FILE as MODEL_CONFIG_FILE
 from captioner.hub import TOKENIZER_FILE
+from captioner.launcher import launcher_rank
 from captioner.tokenizer import CaptionTokenizer
 from captioner.torch_model import CaptionModel
 from captioner.training.averaging import DecoderAverage
@@ -195,6 +197,8 @@ def train(
     last = last_checkpoint(output_dir)
     if resume and not last.is_file():
         raise TrainingSetupError(f"nothing to resume: {last} does not exist")
+    if not resume and launcher_rank() == 0:  # the other ranks start once rank 0 has written
+        _check_new_output_dir(output_dir)
     initial = CaptionModel.from_pretrained(config.init_from) if config.init_from else None
     if initial is not None:  # continue from a trained model: its encoder, decoder, vocabulary
         config = dataclasses.replace(
@@ -289,6 +293,23 @@ def train(
     if config.wandb and trainer.is_global_zero:
         _log_wandb_artifact(trainer, best)
     return best
+
+
+# What a run writes in its output folder (besides logs of other loggers).
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, BEST_DIR, TOKENIZER_FILE, "logs", "wandb")
+
+
+def _check_new_output_dir(output_dir: Path) -> None:
+    """A new run never writes over an earlier one (its best/, checkpoints, settings) or over
+    files of the user's with those names: TrainingSetupError, before anything is written."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TrainingSetupError(f"--output-dir {output_dir} is a file: give a folder")
+    found = [name for name in RUN_FILES if os.path.lexists(output_dir / name)]
+    if found:
+        raise TrainingSetupError(
+            f"{output_dir} already holds {found[0]} (a training run): continue it with "
+            "--resume, or give a new --output-dir"
+        )
 
 
 # Lightning's advice that does not apply here: the frozen encoder is in eval mode on purpose,
