@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from captioner.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from captioner.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageInput, load_image
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,15 @@ class Preprocess:
         """(batch, 3, crop, crop) float32 pixels."""
         return np.stack([self(image) for image in images])
 
-    def load(self, source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    def load(
+        self,
+        source: ImageInput,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_side: int = DEFAULT_MAX_SIDE,
+    ) -> Image.Image:
         """`load_image`, decoding a large JPEG at the smallest scale this preprocessing can
         still resize from."""
-        return load_image(source, max_pixels, min_size=self.resize_size)
+        return load_image(source, max_pixels, min_size=self.resize_size, max_side=max_side)
 
 
 # Bumped when the same settings start giving (even slightly) different pixels, so that feature

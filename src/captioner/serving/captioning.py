@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from captioner.images import DEFAULT_MAX_SIDE, full_size, load_image
+from captioner.images import DEFAULT_MAX_SIDE, full_size
 from captioner.model import Caption, Captioner
 from captioner.serving.schemas import CropBox, crop_box
 
@@ -34,7 +34,7 @@ def prepare_image(
 ) -> PreparedImage:
     """Decode and preprocess an upload; ImageLoadError says what is wrong with it."""
     preprocess = model.preprocess
-    image = load_image(data, max_pixels, min_size=preprocess.resize_size, max_side=max_side)
+    image = preprocess.load(data, max_pixels, max_side)
     width, height = full_size(image)
     return PreparedImage(preprocess(image), width, height, crop_box(preprocess, *image.size))
 
