@@ -315,3 +315,20 @@ def test_onnx_runtime_refuses_features_of_another_grid(tiny_dir):
     tokens = runtime.image_tokens
     with pytest.raises(ValueError, match=f"reads {tokens} image tokens a row"):
         runtime.start(np.zeros((2, tokens + 1, 8), np.float32), 1)
+
+
+def test_a_saved_folder_takes_its_own_graphs_and_then_captions_without_pytorch(tiny_dir, tmp_path):
+    """Re-saved and exported into one folder (as the bundled model is made): the export's
+    config and vocabulary equal the saved ones, so nothing is refused; the folder then runs
+    its own int8 graphs."""
+    out = tmp_path / "model"
+    assert (
+        main(
+            ["export", str(tiny_dir), str(out), "--half", "--onnx", str(out), "--variants", "int8"]
+        )
+        == 0
+    )
+    assert (out / "model.safetensors").is_file() and (out / "decoder_step.int8.onnx").is_file()
+    model = Captioner.from_pretrained(out)
+    assert model.runtime.name == "onnx-int8" and model.runtime.directory == out
+    assert model.caption(generated_images(1))[0].text

@@ -154,7 +154,7 @@ def install_export(built: Path, directory: Path, ours: set[str] | None) -> None:
     ours = {file for file in ours if _inside(file)}
     for file in files:
         target = directory / file
-        if file not in ours and os.path.lexists(target):
+        if file not in ours and os.path.lexists(target) and not _same_bytes(built / file, target):
             raise ValueError(
                 f"{target} was not written by captioner and the export has a file there: move "
                 "it, or give a new folder"
@@ -171,6 +171,12 @@ def install_export(built: Path, directory: Path, ours: set[str] | None) -> None:
         target = directory / file
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(built / file, target)
+
+
+def _same_bytes(new: Path, old: Path) -> bool:
+    """Whether `old` already holds exactly `new`'s bytes (a model folder's own config.json and
+    tokenizer.json, when its graphs are exported into it): replacing it loses nothing."""
+    return old.is_file() and not old.is_symlink() and new.read_bytes() == old.read_bytes()
 
 
 def _inside(relative: str) -> bool:
