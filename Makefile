@@ -74,6 +74,7 @@ bundled-model: install
 # Python (ruff), then the page (ESLint with the React hooks rules: frontend/eslint.config.js).
 lint: install frontend/node_modules/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	cd frontend && npm run lint
 
 test: install lint test-frontend
