@@ -12,7 +12,7 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Mapping, Set
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +20,9 @@ from pillow_heif import register_heif_opener
 
 # iPhone photos (HEIC/HEIF) open like any other format.
 register_heif_opener()
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 ImageInput = (
     str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
@@ -72,7 +75,7 @@ def load_image(
     return to_rgb(image)
 
 
-def is_image_input(source: object) -> bool:
+def is_image_input(source: object) -> TypeIs[ImageInput]:
     """Whether `source` is one image (of a kind `load_image` reads), not a collection of them."""
     single = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
     return isinstance(source, single) or hasattr(source, "read")
@@ -105,7 +108,7 @@ def _readable(image: Image.Image) -> Image.Image:
     return image
 
 
-def _binary_file(source) -> BinaryIO:
+def _binary_file(source: Any) -> BinaryIO:
     if getattr(source, "closed", False):
         raise ImageLoadError(f"{_file_label(source)} is closed")
     if isinstance(source, io.TextIOBase):
@@ -113,12 +116,12 @@ def _binary_file(source) -> BinaryIO:
     return source
 
 
-def _file_label(source) -> str:
+def _file_label(source: object) -> str:
     name = getattr(source, "name", None)
     return name if isinstance(name, str) else f"the {type(source).__name__}"
 
 
-def _open(fp, label: str, max_pixels: int, min_size: int | None) -> Image.Image:
+def _open(fp: Path | BinaryIO, label: str, max_pixels: int, min_size: int | None) -> Image.Image:
     try:
         image = Image.open(fp)
     except UnidentifiedImageError:

@@ -107,6 +107,7 @@ class RowFile:
     def append(self, rows: list[Row]) -> None:
         """Write whole lines and flush them, so that they outlive a kill of this process."""
         if rows:
+            assert self._handle is not None, "open() first"
             self._handle.write(self._encode(rows))
             self._handle.flush()
 
@@ -173,6 +174,7 @@ class Sidecars:
         self.suffix = suffix
 
     def path(self, item: ImageItem) -> Path:
+        assert item.path is not None  # sidecars are for image files
         return item.path.with_suffix(self.suffix)
 
     def exists(self, item: ImageItem) -> bool:
