@@ -8,7 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.collection.job import CollectionConfig, default_workers
+from captioner.collection.job import (
+    CollectionConfig,
+    CollectionJob,
+    CollectionSummary,
+    default_workers,
+)
 from captioner.config import GenerationConfig
 
 # flag -> GenerationConfig field
@@ -240,7 +245,7 @@ def _runtime(distributed: bool) -> str:
     return "torch" if torch.cuda.is_available() else "auto"
 
 
-def _predict(job, args: argparse.Namespace):
+def _predict(job: CollectionJob, args: argparse.Namespace) -> CollectionSummary:
     from captioner.cli import UsageError
 
     try:
