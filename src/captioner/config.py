@@ -157,7 +157,11 @@ def check_int(name: str, value: Any, low: int, high: int | None, why: str = "") 
 
 
 def check_number(
-    name: str, value: Any, low: float | None = None, high: float | None = None, low_open: bool = False
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
 ) -> None:
     """A finite real number, within [low, high] (or (low, high]) where they are given."""
     bounds = []

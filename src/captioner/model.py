@@ -103,7 +103,9 @@ class Captioner:
         found = generate(self.runtime, features, self.special, generation, return_attention)
         return [self._caption(h, [self._caption(a) for a in h.alternatives]) for h in found]
 
-    def _caption(self, hypothesis: Hypothesis, alternatives: list[Caption] | None = None) -> Caption:
+    def _caption(
+        self, hypothesis: Hypothesis, alternatives: list[Caption] | None = None
+    ) -> Caption:
         attention = hypothesis.attention
         if attention is not None:  # (tokens, L, H, T) -> (tokens, L, H, grid_h, grid_w)
             attention = attention.reshape(len(hypothesis.ids), *attention.shape[1:3], *self.grid)

@@ -231,7 +231,9 @@ class CollectionJob:
             if any(item.path is None for item in items):
                 raise ValueError("sidecar files need image files; this dataset holds image bytes")
             suffix = self.sidecars.suffix.lower()
-            items = [i for i in items if not (i.in_folder and i.path and i.path.suffix.lower() == suffix)]
+            items = [
+                i for i in items if not (i.in_folder and i.path and i.path.suffix.lower() == suffix)
+            ]
             images = {item.path.resolve() for item in items if item.path is not None}
             owners: dict[Path, ImageItem] = {}
             for item in items:
