@@ -71,7 +71,8 @@ bundled-model: install
 	$(VENV)/bin/captioner train --preset flickr8k-effnet-scst --data $(FLICKR8K) --output-dir runs/flickr8k-effnet-scst
 	$(VENV)/bin/captioner export runs/flickr8k-effnet-scst/best src/captioner/pretrained/flickr8k-effnet --half
 
-# Python (ruff, then mypy: pyproject.toml [tool.mypy]), then the page (ESLint with the React hooks rules: frontend/eslint.config.js).
+# Python (ruff, then mypy as pyproject.toml's [tool.mypy] sets it), then the page (ESLint with
+# the React hooks rules: frontend/eslint.config.js).
 lint: install frontend/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
