@@ -72,9 +72,11 @@ bundled-model: install
 	$(VENV)/bin/captioner train --preset flickr8k-effnet-scst --data $(FLICKR8K) --output-dir runs/flickr8k-effnet-scst
 	$(VENV)/bin/captioner export runs/flickr8k-effnet-scst/best $(BUNDLED) --half --onnx $(BUNDLED) --variants int8
 
-# Python (ruff), then the page (ESLint with the React hooks rules: frontend/eslint.config.js).
+# Python (ruff, then mypy as pyproject.toml's [tool.mypy] sets it), then the page (ESLint with
+# the React hooks rules: frontend/eslint.config.js).
 lint: install frontend/node_modules/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	cd frontend && npm run lint
 
 test: install lint test-frontend

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
 
 from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig, GenerationConfig
 from captioner.images import ImageInput, ImageLoadError
@@ -24,7 +25,7 @@ def caption(
     model: str | None = None,
     beam_size: int | None = None,
     return_attention: bool = False,
-    **options,
+    **options: Any,
 ) -> list[Caption]:
     """Caption images with the bundled model (or `model`: folder, hub id, wandb: artifact);
     `options` are `Captioner.caption`'s (batch_size, GenerationConfig fields)."""

@@ -24,7 +24,8 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         tensors = (self.features, self.ids, self.lengths, self.image_index)
-        return Batch(*(t.to(device) for t in tensors), self.captions)
+        features, ids, lengths, image_index = (t.to(device) for t in tensors)
+        return Batch(features, ids, lengths, image_index, self.captions)
 
 
 class CaptionCollator:
@@ -47,7 +48,9 @@ class CaptionCollator:
             torch.stack([grid for grid, _ in items]), [texts for _, texts in items]
         )
 
-    def dev(self, items: list[tuple[torch.Tensor, str, list[str]]]):
+    def dev(
+        self, items: list[tuple[torch.Tensor, str, list[str]]]
+    ) -> tuple[torch.Tensor, list[str], list[list[str]]]:
         """Dev batches: the grids, image ids and reference lists."""
         features = torch.stack([grid for grid, _, _ in items]).float()
         return features, [image_id for _, image_id, _ in items], [refs for _, _, refs in items]

@@ -152,12 +152,16 @@ def check_int(name: str, value: Any, low: int, high: int | None, why: str = "") 
         allowed += f" ({why})"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if value < low or (high is not None and value > high):
+    if int(value) < low or (high is not None and int(value) > high):
         raise ValueError(f"{name} must be {allowed}, got {value}")
 
 
 def check_number(
-    name: str, value: Any, low: float | None = None, high: float | None = None, low_open=False
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
 ) -> None:
     """A finite real number, within [low, high] (or (low, high]) where they are given."""
     bounds = []
@@ -170,8 +174,8 @@ def check_number(
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     if (
         low is not None
-        and (value <= low if low_open else value < low)
-        or (high is not None and value > high)
+        and (float(value) <= low if low_open else float(value) < low)
+        or (high is not None and float(value) > high)
     ):
         raise ValueError(f"{name} must be {allowed}, got {value}")
 
@@ -231,7 +235,7 @@ def setting_keys(kind: type, prefix: str = "") -> dict[str, Any]:
     dataclass's field), with its type."""
     keys: dict[str, Any] = {}
     for name, annotation in typing.get_type_hints(kind).items():
-        if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             keys.update(setting_keys(annotation, f"{prefix}{name}."))
         else:
             keys[prefix + name] = annotation

@@ -143,10 +143,9 @@ class Attention(nn.Module):
             weights = None
             mixed = F.scaled_dot_product_attention(query, key, value, mask, dropout)
         if group > 1:  # back to (rows, H, length, ...)
-            mixed, weights = (
-                None if t is None else t.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
-                for t in (mixed, weights)
-            )
+            mixed = mixed.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
+            if weights is not None:
+                weights = weights.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         return self.out(mixed.transpose(1, 2).reshape(rows, length, -1)), weights
 
 
@@ -228,6 +227,8 @@ class DecoderOutput:
 
 
 class CaptionDecoder(nn.Module):
+    clip_ids: torch.Tensor  # a buffer, with CLIP token input
+
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config

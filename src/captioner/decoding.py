@@ -57,7 +57,7 @@ def generate(
         loop = _TokenByToken(special, config, max_new, return_attention, config.seed)
         # Each sample its own image row: ended samples leave the batch as greedy rows do.
         if samples > 1:
-            features = np.repeat(features, samples, axis=0)
+            features = features[np.repeat(np.arange(images), samples)]  # numpy, or a tensor
         drawn = loop.run(runtime.start(features, 1, return_attention), images * samples)
         return [_with_alternatives(drawn[i : i + samples]) for i in range(0, len(drawn), samples)]
     if config.beam_size == 1:
@@ -120,7 +120,14 @@ class _TokenByToken(_Step):
     """Greedy (no seed, no sampling) or nucleus sampling: one hypothesis per row. Ended captions
     leave the batch (see worth_compacting), so the decoder mostly runs the captions going."""
 
-    def __init__(self, special, config, max_new, return_attention, seed):
+    def __init__(
+        self,
+        special: SpecialTokens,
+        config: GenerationConfig,
+        max_new: int,
+        return_attention: bool,
+        seed: int | None,
+    ) -> None:
         sampling = config.do_sample
         super().__init__(special, config, config.temperature if sampling else 1.0)
         self.max_new, self.return_attention = max_new, return_attention
@@ -153,6 +160,7 @@ class _TokenByToken(_Step):
                 else:
                     history[live[row]].append(token)
                     if self.return_attention:
+                        assert weights is not None  # started with attention
                         attention[live[row]].append(weights[row])
             dead = sum(ended)
             if dead == len(ended):
@@ -199,7 +207,9 @@ class _BeamSearch(_Step):
     leave the batch (see worth_compacting), so the decoder mostly runs the images searching.
     """
 
-    def __init__(self, special, config, max_new, return_attention):
+    def __init__(
+        self, special: SpecialTokens, config: GenerationConfig, max_new: int, return_attention: bool
+    ) -> None:
         super().__init__(special, config, 1.0)
         self.max_new, self.return_attention = max_new, return_attention
         self.beams = config.beam_size
@@ -267,6 +277,7 @@ class _BeamSearch(_Step):
             decoding.keep(np.array(next_rows), kept_images)
             history = [history[row] + [token] for row, token in zip(next_rows, next_tokens)]
             if self.return_attention:
+                assert weights is not None  # started with attention
                 attention = [attention[row] + [weights[row]] for row in next_rows]
             beam_scores = np.array(next_scores).reshape(len(searching), beams)
             tokens = next_tokens
@@ -275,11 +286,27 @@ class _BeamSearch(_Step):
             for b in range(images)
         ]
 
-    def _finished(self, history, attention, row: int, score: float, step: int) -> Hypothesis:
+    def _finished(
+        self,
+        history: list[list[int]],
+        attention: list[list[np.ndarray]],
+        row: int,
+        score: float,
+        step: int,
+    ) -> Hypothesis:
         weights = _stacked(attention[row]) if self.return_attention else None
         return Hypothesis(list(history[row]), self.normalised(score, step + 1), weights)
 
-    def _best(self, image, finished, done, searching, beam_scores, history, attention):
+    def _best(
+        self,
+        image: int,
+        finished: list[Hypothesis],
+        done: bool,
+        searching: list[int],
+        beam_scores: np.ndarray,
+        history: list[list[int]],
+        attention: list[list[np.ndarray]],
+    ) -> Hypothesis:
         """The image's best `num_return_sequences`; out of length, the live beams compete with
         the finished ones."""
         pool = list(finished)

@@ -69,7 +69,7 @@ def record_key(record: CaptionRecord, mirrored: bool = False) -> str:
     return fingerprint(image_source(record, mirrored))
 
 
-def _digest(data: bytes) -> str:
+def _digest(data: bytes | bytearray) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -131,7 +131,7 @@ class _Pixels(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         source = self.sources[i]
         try:
             pixels = torch.from_numpy(self.preprocess(self.preprocess.load(source.image)))
@@ -142,7 +142,7 @@ class _Pixels(Dataset):
         return i, pixels.flip(-1) if source.mirrored else pixels
 
 
-def _collate(items):
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> list[tuple[int, torch.Tensor | str]]:
     return items
 
 

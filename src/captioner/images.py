@@ -13,7 +13,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Set
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +21,9 @@ from pillow_heif import register_heif_opener
 
 # iPhone photos (HEIC/HEIF) open like any other format.
 register_heif_opener()
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 ImageInput = (
     str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
@@ -84,7 +87,7 @@ def load_image(
     return to_rgb(image)
 
 
-def is_image_input(source: object) -> bool:
+def is_image_input(source: object) -> TypeIs[ImageInput]:
     """Whether `source` is one image (of a kind `load_image` reads), not a collection of them."""
     single = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
     return isinstance(source, single) or hasattr(source, "read")
@@ -117,7 +120,7 @@ def _readable(image: Image.Image) -> Image.Image:
     return image
 
 
-def _binary_file(source) -> BinaryIO:
+def _binary_file(source: Any) -> BinaryIO:
     if getattr(source, "closed", False):
         raise ImageLoadError(f"{_file_label(source)} is closed")
     if isinstance(source, io.TextIOBase):
@@ -125,7 +128,7 @@ def _binary_file(source) -> BinaryIO:
     return source
 
 
-def _file_label(source) -> str:
+def _file_label(source: object) -> str:
     name = getattr(source, "name", None)
     return name if isinstance(name, str) else f"the {type(source).__name__}"
 
@@ -145,7 +148,11 @@ def _check_file(path: Path) -> None:
 
 
 def _open(
-    fp, label: str, max_pixels: int, min_size: int | None, max_side: int = DEFAULT_MAX_SIDE
+    fp: Path | BinaryIO,
+    label: str,
+    max_pixels: int,
+    min_size: int | None,
+    max_side: int = DEFAULT_MAX_SIDE,
 ) -> Image.Image:
     try:
         image = Image.open(fp)

@@ -11,11 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from captioner.config import CaptionerConfig, GenerationConfig
-from captioner.decoding import SpecialTokens, generate, max_new_tokens_limit
+from captioner.decoding import Hypothesis, SpecialTokens, generate, max_new_tokens_limit
 from captioner.hub import (
     DESCRIPTION_FILE,
     load_config,
@@ -84,7 +85,7 @@ class Captioner:
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         return self.runtime.encode(pixels)
 
-    def generation_config(self, **options) -> GenerationConfig:
+    def generation_config(self, **options: Any) -> GenerationConfig:
         """This model's decoding defaults with `options` changed, validated: a ValueError names
         an unknown option or gives the allowed range (for the API, the CLI and the server)."""
         generation = self.config.generation.replace(**options)
@@ -102,7 +103,9 @@ class Captioner:
         found = generate(self.runtime, features, self.special, generation, return_attention)
         return [self._caption(h, [self._caption(a) for a in h.alternatives]) for h in found]
 
-    def _caption(self, hypothesis, alternatives: list[Caption] | None = None) -> Caption:
+    def _caption(
+        self, hypothesis: Hypothesis, alternatives: list[Caption] | None = None
+    ) -> Caption:
         attention = hypothesis.attention
         if attention is not None:  # (tokens, L, H, T) -> (tokens, L, H, grid_h, grid_w)
             attention = attention.reshape(len(hypothesis.ids), *attention.shape[1:3], *self.grid)
@@ -121,7 +124,7 @@ class Captioner:
         beam_size: int | None = None,
         return_attention: bool = False,
         batch_size: int = 16,
-        **generation_options,
+        **generation_options: Any,
     ) -> list[Caption]:
         """Caption one image (a path, bytes, binary file object, PIL image or array) or an
         iterable of them, read `batch_size` at a time (a generator too): one Caption per image,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from captioner.batch import Batch
 
 if TYPE_CHECKING:
-    from captioner.model import Captioner
+    from captioner.torch_model import CaptionModel
 
 
 def token_loss_and_accuracy(
@@ -31,7 +31,7 @@ def token_loss_and_accuracy(
 
 
 def teacher_forced(
-    model: Captioner, batch: Batch, label_smoothing: float = 0.0
+    model: CaptionModel, batch: Batch, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The model fed each reference caption: its loss, and its correct and counted next tokens."""
     logits = model(batch.features, batch.ids[:, :-1], batch.image_index)

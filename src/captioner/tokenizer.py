@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ CLIP_VOCAB_SIZE = 49408
 UNKNOWN = -1  # stands in the vocabulary list for "outside the vocabulary"
 
 
-def _clip_bpe():
+def _clip_bpe() -> Any:
     import instant_clip_tokenizer
 
     return instant_clip_tokenizer.Tokenizer()
@@ -70,6 +71,7 @@ class CaptionTokenizer:
         ids = self.clip_ids(text)
         if self.vocab is None:
             return ids
+        assert self.unknown_id is not None  # a compact vocabulary has one
         return [self._to_model.get(i, self.unknown_id) for i in ids]
 
     def batch(self, texts: Sequence[str], max_length: int) -> np.ndarray:

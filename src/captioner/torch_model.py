@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -95,6 +96,7 @@ class CaptionModel(nn.Module):
         return_attention: bool = False,
     ) -> list[Caption]:
         """`Captioner.generate_from_features` in PyTorch, on this model's device."""
+        features = cast(np.ndarray, features)  # TorchRuntime takes tensors as they are
         return self.captioner().generate_from_features(features, generation, return_attention)
 
     def caption(
@@ -104,7 +106,7 @@ class CaptionModel(nn.Module):
         return_attention: bool = False,
         batch_size: int = 16,
         runtime: str = "torch",
-        **generation_options,
+        **generation_options: Any,
     ) -> list[Caption]:
         """`Captioner.caption` with this model, in PyTorch unless `runtime` says otherwise."""
         return self.captioner(runtime).caption(

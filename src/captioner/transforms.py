@@ -87,7 +87,7 @@ class Preprocess:
     def __call__(self, image: Image.Image) -> np.ndarray:
         """One RGB image to normalised (3, crop, crop) float32 pixels."""
         image = self.resize_and_crop(image)
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 

@@ -8,7 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from captioner.collection.job import CollectionConfig, default_workers
+from captioner.collection.job import (
+    CollectionConfig,
+    CollectionJob,
+    CollectionSummary,
+    default_workers,
+)
 from captioner.collection.rows import json_line
 from captioner.config import GenerationConfig
 
@@ -254,7 +259,7 @@ def _runtime(distributed: bool) -> str:
     return "torch" if torch.cuda.is_available() else "auto"
 
 
-def _predict(job, args: argparse.Namespace):
+def _predict(job: CollectionJob, args: argparse.Namespace) -> CollectionSummary:
     from captioner.cli import UsageError
 
     try:

@@ -6,10 +6,14 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from captioner.runtime.onnx import VARIANTS
+
+if TYPE_CHECKING:
+    from captioner.torch_model import CaptionModel
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(model, args: argparse.Namespace) -> None:
+def _write(model: CaptionModel, args: argparse.Namespace) -> None:
     import torch
 
     if args.output is not None:
@@ -91,7 +95,7 @@ def _write(model, args: argparse.Namespace) -> None:
         print(f"saved {args.web}: a static site of {site_size(args.web) / 1e6:.1f} MB")
 
 
-def _export_onnx(model, directory: Path, variants) -> None:
+def _export_onnx(model: CaptionModel, directory: Path, variants: Sequence[str]) -> None:
     """ONNX graphs + captioner.json built beside `directory` and moved into it: a file there
     that an earlier export did not write is never replaced (one in the way is refused)."""
     from captioner.onnx.export import export_onnx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from captioner.cache import ENCODE_WORKERS, FEATURES_DIR
 from captioner.config import EncoderConfig
@@ -68,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given(**options):
+def _given(**options: Any) -> dict[str, Any]:
     """The options whose flag was given: the others keep the library's default."""
     return {key: value for key, value in options.items() if value is not None}

@@ -15,6 +15,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from captioner.collection.job import CollectionJob, CollectionSummary, LoadedBatch
+from captioner.collection.loader import BatchLoader
 from captioner.config import check_int
 from captioner.runtime.torch import TorchRuntime
 
@@ -36,10 +37,12 @@ class CollectionPredictor(L.LightningModule):
             runtime.model.to(strategy.root_device)
         self.share = self.job.start(self.global_rank, self.trainer.world_size, strategy.barrier)
 
-    def predict_dataloader(self):
+    def predict_dataloader(self) -> BatchLoader:
         return self.job.loader(self.share, fresh_workers=True)
 
-    def transfer_batch_to_device(self, batch: LoadedBatch, device, dataloader_idx: int):
+    def transfer_batch_to_device(
+        self, batch: LoadedBatch, device: torch.device, dataloader_idx: int
+    ) -> LoadedBatch:
         return batch  # the job moves the pixels; the rest stays on the host
 
     def predict_step(self, batch: LoadedBatch, batch_idx: int) -> None:
@@ -89,4 +92,5 @@ def predict_collection(
         warnings.filterwarnings("ignore", message=".*predict returned None.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.predict(module, return_predictions=False)
+    assert module.summary is not None  # on_predict_end ran on every rank
     return module.summary

@@ -31,7 +31,10 @@ class ImageItem:
 
     @property
     def source(self) -> Path | bytes:
-        return self.data if self.data is not None else self.path
+        if self.data is not None:
+            return self.data
+        assert self.path is not None  # an item has its file or its bytes
+        return self.path
 
 
 def find_images(sources: Iterable[str | Path], recursive: bool = False) -> list[ImageItem]:

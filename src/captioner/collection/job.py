@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -215,7 +215,7 @@ class CollectionJob:
         sources: Iterable[ImageItem | str | Path],
         config: CollectionConfig | None = None,
         on_row: Callable[[Row], None] | None = None,
-        **generation_options,
+        **generation_options: Any,
     ):
         self.model = model
         self.config = (config or CollectionConfig()).validate()
@@ -265,16 +265,24 @@ class CollectionJob:
         if self.config.attention_dir is not None:
             heatmaps = Path(self.config.attention_dir).resolve()
             items = [
-                i for i in items if not (i.in_folder and i.path.resolve().is_relative_to(heatmaps))
+                i
+                for i in items
+                if not (
+                    i.in_folder and i.path is not None and i.path.resolve().is_relative_to(heatmaps)
+                )
             ]
         if self.sidecars is not None:
             if any(item.path is None for item in items):
                 raise ValueError("sidecar files need image files; this dataset holds image bytes")
             suffix = self.sidecars.suffix.lower()
-            items = [i for i in items if not (i.in_folder and i.path.suffix.lower() == suffix)]
+            items = [
+                i
+                for i in items
+                if not (i.in_folder and i.path is not None and i.path.suffix.lower() == suffix)
+            ]
             # An unreadable folder's error row has no caption file.
             readable = [item for item in items if item.error is None]
-            images = {item.path.resolve() for item in readable}
+            images = {item.path.resolve() for item in readable if item.path is not None}
             owners: dict[Path, ImageItem] = {}
             for item in readable:
                 sidecar = self.sidecars.path(item).resolve()
@@ -354,6 +362,7 @@ class CollectionJob:
         if batch.pixels is not None:
             model = self.model
             features = self.encode(batch) if features is None else features
+            assert features is not None  # the batch has pixels
             want_attention = bool(self.attention_folders)
             captions = model.generate_from_features(features, self.generation, want_attention)
             for index, caption, image in zip(batch.loaded, captions, batch.images):
@@ -416,6 +425,7 @@ class CollectionJob:
     def _existing_rows(self) -> tuple[list[list[Row]], bool]:
         """The rows of the output and of every per-rank file, and whether the output's last
         line was cut off."""
+        assert self.output is not None  # read only with an output
         main, torn = self.output.read()
         return [main, *(part.read()[0] for part in self.output.parts())], torn
 
@@ -446,6 +456,8 @@ class CollectionJob:
         if image is not None:
             from captioner.attention import save_token_heatmaps
 
+            # images are kept only with attention_dir, and then the captions have attention
+            assert self.config.attention_dir is not None and caption.attention is not None
             folder = self.config.attention_dir / self.attention_folders[item.name]
             save_token_heatmaps(image, caption.tokens, caption.attention, folder)
             row["attention_dir"] = str(folder)
@@ -475,7 +487,7 @@ def caption_collection(
     sources: Iterable[ImageItem | str | Path],
     config: CollectionConfig | None = None,
     on_row: Callable[[Row], None] | None = None,
-    **generation_options,
+    **generation_options: Any,
 ) -> CollectionSummary:
     """Caption every image of `sources` (ImageItems, or files, folders and glob patterns) in this
     process, writing as `config` says; `on_row` also gets each row (captions and errors) in

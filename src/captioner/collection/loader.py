@@ -7,7 +7,7 @@ import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Result = TypeVar("Result")
 # Batches handed to each worker ahead of the one being captioned.
@@ -21,7 +21,7 @@ def _install(load: Callable) -> None:
     _load = load
 
 
-def _run(indices: list[int]):
+def _run(indices: list[int]) -> Any:
     assert _load is not None
     return _load(indices)
 

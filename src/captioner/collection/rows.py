@@ -30,6 +30,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from itertools import accumulate, zip_longest
 from pathlib import Path
 from typing import Any, TextIO
@@ -121,7 +122,7 @@ class RowFile:
         ends = list(accumulate(len(line) for line in lines))
         taken = 0  # lines the reader has taken
 
-        def take():
+        def take() -> Iterator[str]:
             nonlocal taken
             for line in lines:
                 taken += 1
@@ -172,6 +173,7 @@ class RowFile:
     def append(self, rows: list[Row]) -> None:
         """Write whole lines and flush them, so that they outlive a kill of this process."""
         if rows:
+            assert self._handle is not None, "open() first"
             try:
                 self._handle.write(self._encode(rows))
                 self._handle.flush()
@@ -341,6 +343,7 @@ class Sidecars:
         self._written: dict[Path, set[str]] = {}  # folder -> names its manifest holds
 
     def path(self, item: ImageItem) -> Path:
+        assert item.path is not None  # sidecars are for image files
         return item.path.with_suffix(self.suffix)
 
     def ours(self, path: Path) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,9 @@ class CLIPEncoder(ImageEncoder):
         config = self.net.config
         self.name = f"clip:{self.source}"
         self.dim = config.hidden_size
-        self.grid_h = self.grid_w = config.image_size // config.patch_size
-        self.preprocess = clip_preprocess(config.image_size)
+        image_size = cast(int, config.image_size)  # transformers allows pairs; CLIP has ints
+        self.grid_h = self.grid_w = image_size // cast(int, config.patch_size)
+        self.preprocess = clip_preprocess(image_size)
         self.freeze()
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -106,6 +107,12 @@ class CLIPTextTokens(nn.Module):
     `transformers`) so that it can keep a key/value cache and run one new token per step: being
     causal, its states for earlier tokens never change."""
 
+    # Buffers (`_keep` adds the per-layer ones, read through `_layer`).
+    table: torch.Tensor
+    position: torch.Tensor
+    final_weight: torch.Tensor
+    final_bias: torch.Tensor
+
     def __init__(self, source: str, contextual: bool):
         super().__init__()
         from transformers import CLIPTextModel
@@ -124,7 +131,7 @@ class CLIPTextTokens(nn.Module):
         self.n_layers = config.num_hidden_layers if contextual else 0
         self.n_heads = config.num_attention_heads
         self.max_positions = config.max_position_embeddings
-        self.eps = config.layer_norm_eps
+        self.eps = cast(float, config.layer_norm_eps)  # None only in transformers' annotation
         self.activation = ACT2FN[config.hidden_act]
         if contextual:
             self._keep("position", text.embeddings.position_embedding.weight)

@@ -12,7 +12,7 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ class FeatureMap(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = net
+        self.net: Any = net  # efficientnet_lite_pytorch's, untyped: has extract_features
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(pixels).flatten(2).transpose(1, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,11 +74,11 @@ def evaluate(
         correct += int(right)
         counted += int(count)
     references = {r.image_id: r.captions for r in records}
-    scores = caption_metrics(predictions, references, meteor=meteor)
+    scores: dict[str, Any] = caption_metrics(predictions, references, meteor=meteor)
     scores["token_accuracy"] = correct / max(counted, 1)
     if clip is not None:
         scores.update(_clip_scores(clip, records, predictions))
-    if clip_rerank:
+    if clip_rerank and clip is not None:  # checked above: re-ranking has a CLIP model
         images = [r.image for r in records]
         chosen = clip.rerank(images, [beams[r.image_id] for r in records])
         reranked = {r.image_id: beams[r.image_id][k] for r, k in zip(records, chosen)}

@@ -41,7 +41,12 @@ def weights_key(model: CaptionModel) -> str:
     import onnxruntime
 
     digest = hashlib.sha256()
-    facts = [model.config.to_dict(), model.tokenizer.vocab, FORMAT_VERSION, GRAPHS_REVISION]
+    facts: list[object] = [
+        model.config.to_dict(),
+        model.tokenizer.vocab,
+        FORMAT_VERSION,
+        GRAPHS_REVISION,
+    ]
     facts += [torch.__version__, onnxruntime.__version__]
     digest.update(json.dumps(facts, sort_keys=True, default=str).encode())
     for name, tensor in model.decoder.state_dict().items():

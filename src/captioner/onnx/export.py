@@ -13,16 +13,16 @@ import logging
 import math
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.decoder import CaptionDecoder
+from captioner.decoder import CaptionDecoder, DecoderBlock
 from captioner.hub import CONFIG_FILE, TOKENIZER_FILE
 from captioner.runtime.onnx import (
     DESCRIPTION_FILE,
@@ -34,6 +34,9 @@ from captioner.runtime.onnx import (
 from captioner.tokenizer import DETOKENIZE
 
 if TYPE_CHECKING:
+    import onnx
+
+    from captioner.config import DecoderConfig
     from captioner.tokenizer import CaptionTokenizer
     from captioner.torch_model import CaptionModel
 
@@ -64,7 +67,7 @@ def trace_to_onnx(
         torch.onnx.export(
             module.eval(),
             inputs,
-            file,
+            file,  # type: ignore[arg-type]  # torch's annotation omits the file objects it takes
             dynamo=False,
             opset_version=OPSET,
             input_names=list(input_names),
@@ -73,7 +76,7 @@ def trace_to_onnx(
         )
 
 
-def kv_shape(config, batch: int, length: int) -> tuple[int, ...]:
+def kv_shape(config: DecoderConfig, batch: int, length: int) -> tuple[int, ...]:
     """(batch, heads, length, head width): the shape of each past, present and cross tensor."""
     return (batch, config.n_heads, length, config.d_model // config.n_heads)
 
@@ -87,7 +90,8 @@ class ImageMemory(nn.Module):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         memory = self.decoder.encode_image(features)
-        return tuple(t for b in self.decoder.blocks for t in b.cross_attention.project_kv(memory))
+        blocks = cast(Iterable[DecoderBlock], self.decoder.blocks)
+        return tuple(t for b in blocks for t in b.cross_attention.project_kv(memory))
 
 
 class DecodingStep(nn.Module):
@@ -105,12 +109,13 @@ class DecodingStep(nn.Module):
         self.heads, self.width = config.n_heads, config.d_model
         self.head_width = config.d_model // config.n_heads
         self.query_key_value = nn.ModuleList(
-            _stacked(b.self_attention.query, b.self_attention.key_value) for b in decoder.blocks
+            _stacked(b.self_attention.query, b.self_attention.key_value)
+            for b in cast(Iterable[DecoderBlock], decoder.blocks)
         )
         self.token_table = token_table(decoder)
 
     def embed(
-        self, ids: torch.Tensor, position: torch.Tensor, text_past: Sequence[torch.Tensor]
+        self, ids: torch.Tensor, position: int | torch.Tensor, text_past: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`CaptionDecoder.embed_tokens` for one token a row, from `token_table`: (rows, 1, d)
         and, with clip-contextual, the text tower's present keys and values."""
@@ -136,7 +141,7 @@ class DecodingStep(nn.Module):
         embedded, text_present = self.embed(ids, position, kv[4 * layers :])
         x = embedded + decoder.positions[:, position : position + 1]
         present, weights = [], []
-        for layer, block in enumerate(decoder.blocks):
+        for layer, block in enumerate(cast(Iterable[DecoderBlock], decoder.blocks)):
             h = self.query_key_value[layer](block.self_norm(x))  # (rows, 1, 3d)
             h = h.reshape(-1, 3, heads, 1, head_width)
             key = torch.cat([past[2 * layer], h[:, 1]], 2)  # (rows, H, position + 1, E)
@@ -284,7 +289,7 @@ def quantize(source: Path, target: Path) -> None:
         onnx.save(model, str(target))
 
 
-def quantize_lookups(graph) -> int:
+def quantize_lookups(graph: onnx.GraphProto) -> int:
     """Every Gather from a float32 table (the token embedding) reads int8 rows instead, each
     row with its own scale (largest magnitude / 127), then multiplied back: a quarter of the
     bytes (the embedding is a quarter of the int8 step graph otherwise). How many it changed."""
@@ -417,6 +422,7 @@ def export_onnx(
     directory = Path(directory)
     export_decoder(model.decoder, directory, variants)
     if encoder:
+        assert isinstance(model.encoder, EfficientNetLiteEncoder)  # checked above
         model.encoder.export_onnx(directory / ENCODER_FILE)
     description = describe(model, variants)
     (directory / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1) + "\n")

@@ -30,12 +30,12 @@ class TorchRuntime:
         self.preprocess = model.encoder.preprocess
         self.grid = (model.encoder.grid_h, model.encoder.grid_w)
         self.max_length = model.config.decoder.max_length
-        self.parameters = sum(p.numel() for p in model.decoder.parameters())
+        self.parameters: int | None = sum(p.numel() for p in model.decoder.parameters())
 
     @torch.inference_mode()
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = torch.from_numpy(np.ascontiguousarray(pixels, np.float32)).to(self.model.device)
-        return self.model.encoder(pixels).tokens.float().cpu().numpy()
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels, np.float32)).to(self.model.device)
+        return self.model.encoder(tensor).tokens.float().cpu().numpy()
 
     @torch.inference_mode()
     def start(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class MicroBatcher(Generic[Key, Item, Result]):
         loop = asyncio.get_running_loop()
         job.item = await loop.run_in_executor(self._prepare_pool, prepare)
         job.prepared_at = time.perf_counter()
+        assert self._queue is not None  # started: submit checked
         self._queue.put_nowait(job)
         result, stats = await job.future
         return Outcome(job.item, result, stats)
@@ -149,6 +150,7 @@ class MicroBatcher(Generic[Key, Item, Result]):
 
     async def _collect(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
+        assert self._queue is not None  # the worker runs only once started
         jobs = [await self._take()]
         deadline = loop.time() + self.max_wait_s
         while len(jobs) < self.max_batch_size:
@@ -165,13 +167,14 @@ class MicroBatcher(Generic[Key, Item, Result]):
         return jobs
 
     async def _take(self) -> _Job:
+        assert self._queue is not None  # the worker runs only once started
         job = await self._queue.get()
         self._waiting.discard(job)
         return job
 
     async def _run_group(self, key: Hashable, group: list[_Job]) -> None:
         started = time.perf_counter()
-        call = partial(self.run_batch, key, [job.item for job in group])
+        call = partial(self.run_batch, cast(Key, key), [job.item for job in group])
         try:
             results = await asyncio.get_running_loop().run_in_executor(self._model_thread, call)
         except Exception as error:

@@ -118,7 +118,7 @@ async def not_an_endpoint(request: Request, path: str) -> JSONResponse:
     allowed: set[str] = set()
     for route in router.routes:
         if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
-            allowed |= route.methods
+            allowed |= route.methods or set()
     if allowed:
         return error_response(405, "Method Not Allowed", {"Allow": ", ".join(sorted(allowed))})
     return error_response(404, "Not Found")

@@ -32,7 +32,8 @@ class DecoderAverage(Callback):
         self.average: AveragedModel | None = None
         self._swapped = False
 
-    def setup(self, trainer: L.Trainer, module: CaptionerModule, stage: str) -> None:
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        assert isinstance(module, CaptionerModule)
         if stage == "fit" and self.average is None:
             self.average = AveragedModel(
                 module.model.decoder,
@@ -41,19 +42,23 @@ class DecoderAverage(Callback):
                 use_buffers=True,
             )
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: CaptionerModule, *_) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_: object) -> None:
+        assert isinstance(module, CaptionerModule) and self.average is not None  # set up to fit
         self.average.update_parameters(module.model.decoder)
 
-    def on_validation_start(self, trainer: L.Trainer, module: CaptionerModule) -> None:
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        assert isinstance(module, CaptionerModule)
         if self.average is not None and trainer.state.fn == "fit":
             self._swap(module)
 
-    def on_validation_end(self, trainer: L.Trainer, module: CaptionerModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        assert isinstance(module, CaptionerModule)
         if self._swapped:
             self._swap(module)
 
     @torch.no_grad()
     def _swap(self, module: CaptionerModule) -> None:
+        assert self.average is not None  # swapped only once set up
         current = [*module.model.decoder.parameters(), *module.model.decoder.buffers()]
         averaged = [*self.average.module.parameters(), *self.average.module.buffers()]
         for mine, theirs in zip(current, averaged, strict=True):
@@ -67,4 +72,5 @@ class DecoderAverage(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         if state["average"] is not None:
+            assert self.average is not None  # setup ran before the state loads
             self.average.load_state_dict(state["average"])

@@ -202,7 +202,7 @@ PRESETS["flickr8k-effnet-scst"] = {
     "max_minutes": 30.0,
 }
 # Production: CLIP ViT-B/32 from the Hugging Face hub and the default 6-layer decoder, on a GPU.
-_CLIP = {
+_CLIP: dict[str, Any] = {
     "encoder": {"name": "clip", "source": "openai/clip-vit-base-patch32"},
     "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 6, "dropout": 0.1},
     "learning_rate": 3e-4,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -48,6 +48,7 @@ class TrainCaptions(Dataset):
 
     def __getitem__(self, key: ItemKey) -> tuple[torch.Tensor, list[str]]:
         image, captions, mirrored = key
+        assert self.cache is not None  # only lengths can be read without one
         grid = torch.from_numpy(self.cache[self.keys[image][mirrored]].copy())
         texts = [self.records[image].captions[j] for j in captions]
         return grid, [mirror_caption(t) for t in texts] if mirrored else texts
@@ -82,7 +83,7 @@ class CaptionSampler(Sampler[ItemKey]):
     def __len__(self) -> int:
         return len(self.counts) // self._rank_and_world()[1]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ItemKey]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.counts), generator=generator).tolist()
         picks = (
@@ -121,10 +122,10 @@ class LengthBucketBatches(Sampler[list[ItemKey]]):
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[ItemKey]]:
         items = list(self.sampler)
         span = self.window * self.batch_size
-        batches = []
+        batches: list[list[ItemKey]] = []
         for start in range(0, len(items), span):
             window = sorted(items[start : start + span], key=self._length)
             batches += [
@@ -152,9 +153,9 @@ class ResumableLoader(DataLoader):
         self.epoch = self.handed_out = 0
         self._resume_at: dict[str, int] | None = None
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator:  # type: ignore[override]  # a generator over DataLoader's iterator
         # A generator: this runs at the first batch, after Lightning has set the epoch.
-        sampler: LengthBucketBatches = self.batch_sampler
+        sampler = cast(LengthBucketBatches, self.batch_sampler)  # the one __init__ was given
         self.epoch = sampler.sampler.epoch
         resume, self._resume_at = self._resume_at, None
         sampler.skip = resume["batches"] if resume and resume["epoch"] == self.epoch else 0

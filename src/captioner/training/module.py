@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 from captioner.batch import Batch
 from captioner.objective import teacher_forced
@@ -31,15 +33,17 @@ class CaptionerModule(L.LightningModule):
         self._references: dict[str, list[str]] = {}
         self._dev_correct = self._dev_count = 0
 
-    def training_step(self, batch: Batch, _) -> torch.Tensor:
+    def training_step(self, batch: Batch, _: int) -> torch.Tensor:
         loss, correct, count = teacher_forced(self.model, batch, self.config.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.ids))
         self.log("train/token_acc", correct / count, prog_bar=True, batch_size=len(batch.ids))
         return loss
 
-    def validation_step(self, batch, _) -> None:
+    def validation_step(
+        self, batch: tuple[torch.Tensor, list[str], list[list[str]]], _: int
+    ) -> None:
         features, image_ids, references = batch
-        collator = self.trainer.datamodule.collator
+        collator = self.trainer.datamodule.collator  # type: ignore[attr-defined]  # set by Lightning, untyped
         # Teacher forcing on every reference caption of each image.
         flat = collator.tokenize(features, references).to(self.device)
         loss, correct, count = teacher_forced(self.model, flat)
@@ -57,7 +61,7 @@ class CaptionerModule(L.LightningModule):
         predictions, references = self._predictions, self._references
         correct, count = self._dev_correct, self._dev_count
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, (predictions, references, correct, count))
             predictions = {k: v for part in gathered for k, v in part[0].items()}
             references = {k: v for part in gathered for k, v in part[1].items()}
@@ -66,13 +70,16 @@ class CaptionerModule(L.LightningModule):
         if predictions:
             scores = caption_metrics(predictions, references, meteor=False)
             for name in ("bleu4", "cider", "rouge_l"):
-                self.log(f"val/{name}", float(scores[name]), prog_bar=name != "rouge_l")
+                score = scores[name]
+                assert score is not None  # only METEOR may be missing
+                self.log(f"val/{name}", float(score), prog_bar=name != "rouge_l")
             self.log("val/token_acc", correct / max(count, 1))
         self._predictions, self._references = {}, {}
         self._dev_correct = self._dev_count = 0
 
-    def configure_optimizers(self):
-        decay, no_decay = [], []
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, parameter in self.model.decoder.named_parameters():
             # Norms, biases, embeddings and positions are not weight-decayed.
             (

@@ -13,7 +13,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+_NumpyState = tuple[str, np.ndarray, int, int, float]  # np.random.get_state()'s legacy form
 
 
 def last_checkpoint(output_dir: str | Path) -> Path:
@@ -50,7 +51,7 @@ class ResumeCheckpoint(Checkpoint):
     ) -> None:
         if index + 1 >= trainer.num_training_batches:
             return  # the epoch's last step: the end-of-epoch checkpoint follows
-        due = bool(self.every_steps) and trainer.global_step % self.every_steps == 0
+        due = bool(self.every_steps and trainer.global_step % self.every_steps == 0)
         if self.every_seconds is not None:
             late = time.monotonic() - self._written_at >= self.every_seconds
             due |= trainer.strategy.broadcast(late)  # every rank must join the write
@@ -76,7 +77,7 @@ class ExactResume(Callback):
     asks for `estimated_stepping_batches`: that sets the loader up before the checkpoint's loop
     state is read, and its state is then never loaded (Lightning 2.6)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._trainer: L.Trainer | None = None
         self._restore: dict[str, Any] | None = None
 
@@ -85,14 +86,17 @@ class ExactResume(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         version, state, gauss = random.getstate()
-        kind, keys, position, has_gauss, cached = np.random.get_state()
+        # legacy=True (the default): a tuple, which numpy's annotation leaves as a union with a dict
+        kind, keys, position, has_gauss, cached = cast(_NumpyState, np.random.get_state())
         loader = self._trainer.train_dataloader if self._trainer is not None else None
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python": [version, list(state), gauss],
             "numpy": [kind, keys.tolist(), position, has_gauss, cached],
-            "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+            "loader": loader.state_dict()
+            if loader is not None and hasattr(loader, "state_dict")
+            else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -104,6 +108,7 @@ class ExactResume(Callback):
             return
         state, self._restore = self._restore, None
         if state["loader"] is not None:
+            assert trainer.train_dataloader is not None  # set up before training starts
             trainer.train_dataloader.load_state_dict(state["loader"])
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import (
     ProgressBar,
     TQDMProgressBar,
 )
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
 from captioner.batch import CaptionCollator
@@ -140,7 +142,8 @@ class ExportBest(Callback):
         self.monitor = monitor
         self.best = float("-inf")
 
-    def on_validation_end(self, trainer: L.Trainer, module: CaptionerModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        assert isinstance(module, CaptionerModule)
         score = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or score is None or float(score) <= self.best:
             return
@@ -240,7 +243,7 @@ def train(
     data = CaptionData(config, cache, records, collator)
     if config.objective == "scst":
         corpus = [r.captions for r in records[config.train_split]]
-        module = SelfCriticalModule(model, config, corpus)
+        module: CaptionerModule = SelfCriticalModule(model, config, corpus)
     else:
         module = CaptionerModule(model, config)
     (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
@@ -270,12 +273,14 @@ def train(
         trainer = L.Trainer(
             max_epochs=config.epochs,
             limit_train_batches=config.steps_per_epoch,
-            max_time={"minutes": config.max_minutes} if config.max_minutes else None,
+            # Lightning's dict[str, int] is too narrow: it makes a timedelta(**max_time) of it
+            max_time={"minutes": config.max_minutes} if config.max_minutes else None,  # type: ignore[dict-item]
             accelerator=config.accelerator,
             devices=config.devices,
             num_nodes=config.num_nodes,
             strategy=config.strategy,
-            precision=config.precision or default_precision(),
+            # checked against PRECISIONS (TrainConfig.validate), Lightning's Literal values
+            precision=config.precision or default_precision(),  # type: ignore[arg-type]
             gradient_clip_val=config.grad_clip,
             logger=_logger(config, output_dir),
             callbacks=callbacks,
@@ -333,7 +338,7 @@ class _NoTips(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_lightning(resume: bool):
+def _quiet_lightning(resume: bool) -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
     tips = _NoTips()
     noise = list(_LIGHTNING_NOISE)
@@ -363,7 +368,7 @@ def default_precision() -> str:
     return "bf16-mixed" if " avx512_bf16" in flags or " amx_bf16" in flags else "32-true"
 
 
-def _logger(config: TrainConfig, output_dir: Path):
+def _logger(config: TrainConfig, output_dir: Path) -> Logger:
     if config.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -378,7 +383,9 @@ def _logger(config: TrainConfig, output_dir: Path):
 
 def _log_wandb_artifact(trainer: L.Trainer, best: Path) -> None:
     import wandb
+    from lightning.pytorch.loggers import WandbLogger
 
+    assert isinstance(trainer.logger, WandbLogger)  # _logger's, with config.wandb
     artifact = wandb.Artifact(
         "captioner-model",
         type="model",

@@ -14,7 +14,9 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import cast
 
+import numpy as np
 import torch
 
 from captioner.batch import Batch
@@ -127,7 +129,7 @@ class SelfCriticalModule(CaptionerModule):
         seed = (self.config.seed * 1_000_003 + step) * 1024 + self.global_rank
         return dataclasses.replace(self.sampling, seed=seed)
 
-    def training_step(self, batch: Batch, _) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_index: int) -> torch.Tensor:
         samples = self.config.scst_samples
         images = batch.features.shape[0]
         # Dropout stays off for the whole step: the policy gradient needs the log-probabilities of
@@ -137,7 +139,8 @@ class SelfCriticalModule(CaptionerModule):
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             hypotheses = generate(
                 TorchRuntime(self.model),
-                batch.features.repeat_interleave(samples, dim=0),
+                # TorchRuntime takes tensors as they are
+                cast(np.ndarray, batch.features.repeat_interleave(samples, dim=0)),
                 self.model.special,
                 self._sampling_at(self.global_step),
             )
