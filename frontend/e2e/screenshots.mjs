@@ -1,11 +1,13 @@
 // The README's screenshots of the page, from the current build: the static site `captioner export
-// --web` writes (the bundled model), a Flickr8k photo, a word hovered; on a desktop and a phone.
-// Saved as 256-colour PNGs (Pillow) to keep them small. Run from frontend/ after `npm run build`:
-//   node e2e/screenshots.mjs ../docs/images
+// --web` writes (the bundled model), a photo, a word hovered; on a desktop and a phone. Saved as
+// 256-colour PNGs (Pillow) to keep them small. Run from frontend/ after `npm run build`:
+//   node e2e/screenshots.mjs ../docs/images [PHOTO]
+// The README's come from NASA's public-domain astronaut portrait (scikit-image's sample data,
+// skimage/data/astronaut.png): a photo the repository may carry, unlike Flickr8k's.
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import {
   captionOfNewPhoto,
   dropFile,
@@ -32,10 +34,12 @@ const server = spawn(PYTHON, ["-m", "http.server", String(port), "--bind", "127.
 const { context, page, problems } = await launchChromium(join(work, "profile"));
 try {
   await waitForUrl(`${url}/index.html`, server, 30);
-  const name = photos(2)[1];
+  const chosen = process.argv[3] ? resolve(process.argv[3]) : join(PHOTOS, photos(2)[1]);
+  const name = basename(chosen);
+  const type = name.endsWith(".png") ? "image/png" : "image/jpeg";
   await page.setViewportSize({ width: 1100, height: 640 });
   await page.goto(url);
-  await captionOfNewPhoto(page, () => dropFile(page, readFileSync(join(PHOTOS, name)), name, "image/jpeg"));
+  await captionOfNewPhoto(page, () => dropFile(page, readFileSync(chosen), name, type));
   const words = page.getByRole("group", { name: "Caption words" }).getByRole("button");
   await words.nth(1).hover();
   const shots = [join(work, "page-desktop.png"), join(work, "page-phone.png")];
