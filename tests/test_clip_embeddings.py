@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_clip import save_tiny_clip
+from training_data import make_colour_dataset, tiny_config
 from transformers import CLIPTextModel
 
 from captioner import Captioner, CaptionTokenizer, DecoderConfig
@@ -18,8 +20,6 @@ from captioner.decoder import CaptionDecoder
 from captioner.torch_model import CaptionModel
 from captioner.training.config import PRESETS, preset
 from captioner.training.run import train
-from tests.tiny_clip import save_tiny_clip
-from tests.training_data import make_colour_dataset, tiny_config
 
 CAPTIONS = ["a dog runs across the grass .", "two children play in the water ."]
 MODES = ["clip", "clip-contextual"]

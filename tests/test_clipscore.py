@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_clip import save_tiny_clip
+from training_data import make_colour_dataset
 from transformers import CLIPModel
 
 from captioner.cli import main
 from captioner.evaluation.clipscore import CLIPScorer
 from captioner.tokenizer import CaptionTokenizer
-from tests.tiny_clip import save_tiny_clip
-from tests.training_data import make_colour_dataset
 
 CAPTIONS = ["a dog runs across the grass", "two red squares", "a man climbs a very tall rock wall"]
 REFERENCES = [
