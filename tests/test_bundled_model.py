@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,33 @@ def test_golden_captions_and_logits(bundled, name, request):
     assert bundled.caption(image, beam_size=1)[0].text == golden.greedy
     assert bundled.caption(image, beam_size=3)[0].text == golden.beam3
     np.testing.assert_allclose(first_step_logits(bundled, image), golden.logits, atol=1e-3)
+
+
+def caption_texts(model: Captioner, images: list, beam_size: int) -> list[str]:
+    return [c.text for c in model.caption(images, beam_size=beam_size)]
+
+
+def test_default_captions_do_not_depend_on_the_batch(flickr8k):
+    """The default path (the int8 decoder) writes each photo's caption whatever else is in its
+    call: 48 dev photos together, one by one, reversed, and shuffled in calls of other sizes,
+    greedy and beam 3 (the per-tensor int8 quantisation changed 4 of these captions)."""
+    from captioner.data import load_records
+
+    model = load_bundled("auto")
+    paths = [record.image for record in load_records(flickr8k, "dev")[:48]]
+    order = np.random.default_rng(0).permutation(len(paths)).tolist()
+    sizes = [7, 2, 16, 1, 22]  # calls over the shuffled photos
+    for beam_size in (1, 3):
+        texts = partial(caption_texts, model, beam_size=beam_size)
+        together = texts(paths)
+        assert [texts([path])[0] for path in paths] == together
+        assert texts(paths[::-1])[::-1] == together
+        shuffled, start = [], 0
+        for size in sizes:
+            shuffled += texts([paths[i] for i in order[start : start + size]])
+            start += size
+        assert start == len(paths)
+        assert [shuffled[order.index(i)] for i in range(len(paths))] == together
 
 
 def print_golden(flickr8k: Path, runtime: str) -> None:
