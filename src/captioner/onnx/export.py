@@ -1,8 +1,9 @@
 """Export a `Captioner` to ONNX: the graphs and `captioner.json` described in `captioner.onnx`.
 
 The decoder graphs are traced from `CaptionDecoder` itself (its KV-cache path, one token), so
-they compute what PyTorch computes; the int8 variant quantises their MatMul/Gemm weights with
-ONNX Runtime's dynamic quantisation (activations quantised per call, no calibration data).
+they compute what PyTorch computes; the int8 variant stores their matrices as int8 and
+quantises each activation row when it is computed (`quantize_matmuls`: no calibration data, and
+no row's result depends on the rest of its batch or, for the integer products, on the CPU).
 """
 
 from __future__ import annotations
