@@ -282,9 +282,11 @@ def test_int8_step_graph_looks_tokens_up_in_int8_rows(tiny_model, tmp_path):
     int8 = onnx.load(str(tmp_path / FILES["int8"]["step"])).graph
     floats = [t for t in int8.initializer if t.data_type == onnx.TensorProto.FLOAT]
     assert not [t.name for t in floats if list(t.dims) == table]
-    assert [t.data_type for t in int8.initializer if t.name.endswith("_int8")] == [
-        onnx.TensorProto.INT8
+    stored = {t.name: t for t in int8.initializer}
+    tables = [
+        stored[n.input[0]] for n in int8.node if n.op_type == "Gather" and n.input[0] in stored
     ]
+    assert [t.data_type for t in tables if list(t.dims) == table] == [onnx.TensorProto.INT8]
     fp32 = onnx.load(str(tmp_path / FILES["fp32"]["step"]))
     assert quantize_lookups(fp32.graph) == 1
     layers = config.n_layers
