@@ -288,9 +288,11 @@ def test_int8_step_graph_looks_tokens_up_in_int8_rows(tiny_model, tmp_path):
     int8 = onnx.load(str(tmp_path / FILES["int8"]["step"])).graph
     floats = [t for t in int8.initializer if t.data_type == onnx.TensorProto.FLOAT]
     assert not [t.name for t in floats if list(t.dims) == table]
-    assert [t.data_type for t in int8.initializer if t.name.endswith("_int8")] == [
-        onnx.TensorProto.INT8
+    stored = {t.name: t for t in int8.initializer}
+    tables = [
+        stored[n.input[0]] for n in int8.node if n.op_type == "Gather" and n.input[0] in stored
     ]
+    assert [t.data_type for t in tables if list(t.dims) == table] == [onnx.TensorProto.INT8]
     fp32 = onnx.load(str(tmp_path / FILES["fp32"]["step"]))
     assert quantize_lookups(fp32.graph) == 1
     layers = config.n_layers
@@ -332,3 +334,66 @@ def test_a_saved_folder_takes_its_own_graphs_and_then_captions_without_pytorch(t
     model = Captioner.from_pretrained(out)
     assert model.runtime.name == "onnx-int8" and model.runtime.directory == out
     assert model.caption(generated_images(1))[0].text
+
+
+def rows_of_different_magnitudes(rng, shape: tuple[int, ...]) -> np.ndarray:
+    """Normal values, each row (first axis) scaled differently, as different images give."""
+    scale = rng.uniform(0.2, 5.0, (shape[0],) + (1,) * (len(shape) - 1))
+    return (rng.normal(size=shape) * scale).astype(np.float32)
+
+
+def test_int8_graphs_give_each_row_the_same_bits_in_any_batch(tiny_model, tmp_path):
+    """Each row's int8 results, image and step graph, are bit for bit what it gets alone, in
+    a reversed batch, and on one or two threads: the activations are quantised per row."""
+    from captioner.onnx.export import FILES, export_decoder
+
+    config = tiny_model.decoder.config
+    layers, rows, rng = config.n_layers, 5, np.random.default_rng(0)
+    export_decoder(tiny_model.decoder, tmp_path, ["int8"])
+    image_inputs = {
+        "features": rows_of_different_magnitudes(rng, (rows, config.image_tokens, config.image_dim))
+    }
+    step_inputs = {
+        "ids": rng.integers(3, config.vocab_size, (rows, 1)),
+        **{
+            name: rows_of_different_magnitudes(rng, kv_shape(config, rows, 3))
+            for name in kv_names("past", layers)
+        },
+        **{
+            name: rows_of_different_magnitudes(rng, kv_shape(config, rows, config.image_tokens))
+            for name in kv_names("cross", layers)
+        },
+    }
+    for graph, inputs in [("image", image_inputs), ("step", step_inputs)]:
+        batch = cpu_session(tmp_path / FILES["int8"][graph], 1).run(None, inputs)
+        two_threads = cpu_session(tmp_path / FILES["int8"][graph], 2)
+        reversed_batch = two_threads.run(None, {k: v[::-1].copy() for k, v in inputs.items()})
+        for got, want in zip(reversed_batch, batch, strict=True):
+            assert np.array_equal(got[::-1], want), graph
+        for row in range(rows):
+            alone = two_threads.run(None, {k: v[row : row + 1] for k, v in inputs.items()})
+            for got, want in zip(alone, batch, strict=True):
+                assert np.array_equal(got[0], want[row]), (graph, row)
+
+
+def test_int8_products_cannot_saturate_a_16_bit_pair_sum(tiny_model, tmp_path):
+    """x86 CPUs without VNNI multiply uint8 by int8 in pairs summed in int16 with saturation
+    (`vpmaddubsw`): with activations in 0..255 around 128 and weights within 63, no pair
+    reaches 32767 (255 * 63 * 2 = 32130), so those CPUs compute the integer products every
+    other kernel computes."""
+    import onnx
+    from onnx import numpy_helper
+
+    from captioner.onnx.export import FILES, export_decoder
+
+    export_decoder(tiny_model.decoder, tmp_path, ["int8"])
+    for graph in FILES["int8"].values():
+        model = onnx.load(str(tmp_path / graph))
+        values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        products = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
+        assert products, graph
+        assert not [n.op_type for n in model.graph.node if n.op_type.startswith("Dynamic")]
+        for node in products:
+            weights = values[node.input[1]]
+            assert weights.dtype == np.int8 and np.abs(weights.astype(int)).max() <= 63
+            assert values[node.input[4]].dtype == np.uint8 and values[node.input[4]] == 128

@@ -1,15 +1,15 @@
 """Export a `CaptionModel` to ONNX: the graphs and `captioner.json` described in `captioner.onnx`.
 
 The decoder graphs are traced from `CaptionDecoder` itself (its KV-cache path, one token), so
-they compute what PyTorch computes; the int8 variant quantises their MatMul/Gemm weights with
-ONNX Runtime's dynamic quantisation (activations quantised per call, no calibration data).
+they compute what PyTorch computes; the int8 variant stores their matrices as int8 and
+quantises each activation row when it is computed (`quantize_matmuls`: no calibration data, and
+no row's result depends on the rest of its batch or, for the integer products, on the CPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import tempfile
 import warnings
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 # Bumped whenever the exported graphs change while their interface (FORMAT_VERSION) does not, so
 # the runtime's cache (`runtime.weights_key`) never serves graphs an older export wrote.
-GRAPHS_REVISION = 3
+GRAPHS_REVISION = 4
 OPSET = 17
 ENCODER_FILE = "encoder.onnx"
 # variant -> graph -> file; the encoder stays float32 in both (int8 convolutions lost accuracy
@@ -260,33 +260,117 @@ def export_decoder(
     decoder.train(was_training)
 
 
-class _QuantizerAdvice(logging.Filter):
-    """The quantiser logs advice for calibrated image models on the root logger at every call."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+# int8 products that every CPU computes exactly. Weights are int8 in [-63, 63] (7 bits, a scale
+# per output column), activations uint8 around 128 (a scale per row): no pair of products
+# u8 x s8 then exceeds the int16 range (255 * 63 * 2 < 32767), so the AVX2 kernels' saturating
+# pairwise add (`vpmaddubsw`) gives what AVX-512 VNNI, ARM and WASM give.
+WEIGHT_LEVELS = 63
+ACTIVATION_LEVELS = 127
+ACTIVATION_ZERO = 128
 
 
 def quantize(source: Path, target: Path) -> None:
-    """int8 weights for every MatMul/Gemm, activations quantised per call (dynamic), and int8
-    lookup tables (`quantize_lookups`)."""
+    """int8 weights for every MatMul by a float32 matrix (`quantize_matmuls`) and int8 lookup
+    tables (`quantize_lookups`)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    advice = _QuantizerAdvice()
-    logging.getLogger().addFilter(advice)
-    try:
-        quantize_dynamic(
-            source,
-            target,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            weight_type=QuantType.QInt8,
+    model = onnx.load(str(source))
+    quantize_matmuls(model)
+    quantize_lookups(model.graph)
+    onnx.save(model, str(target))
+
+
+def quantize_matmuls(model) -> int:
+    """Every MatMul of activations by a float32 initializer matrix becomes an integer product
+    with a scale per activation row, so no row's result depends on the other rows of its batch
+    (ONNX Runtime's dynamic quantisation takes one range for the whole tensor):
+
+        peak = ReduceMax(Abs(x), last axis)           one per row: (..., 1)
+        q = QuantizeLinear(x / peak, 1/127, 128)      uint8, the row's values in 1..255
+        y = MatMulIntegerToFloat(q - 128, W8, 1/127, column_scale) * peak
+
+    W8 holds round(W / column_scale) with column_scale = max |W[:, j]| / 63. The integer
+    products and sums are exact on every kernel, and each output is float(sum) * column_scale
+    / 127 * peak, each product rounded once; only the float ops around them (attention, softmax,
+    layer norm, GELU) may round differently on another CPU. MatMulIntegerToFloat (ONNX
+    Runtime's com.microsoft domain, in its CPU and WASM builds) is what ONNX Runtime fuses
+    MatMulInteger, Cast and Mul into; written out, it saves the fusion a pattern it only finds
+    for a scalar activation scale. A row of zeros has peak 0 and gives 0 whatever its quantised
+    values. Each activation is quantised once for all the products that read it. How many
+    MatMuls it changed."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+
+    weights = {
+        t.name: t
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
+    }
+    constants = {
+        "quantize_scale": np.array(1 / ACTIVATION_LEVELS, np.float32),
+        "quantize_zero": np.array(ACTIVATION_ZERO, np.uint8),
+    }
+    quantised: dict[str, tuple[str, str]] = {}  # activation -> (uint8 values, row peaks)
+    changed, nodes = 0, []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        source, (out,) = node.input[0], node.output
+        if source not in quantised:
+            peak, values = f"{source}_row_peak", f"{source}_row_uint8"
+            nodes += [
+                helper.make_node("Abs", [source], [f"{source}_abs"]),
+                helper.make_node("ReduceMax", [f"{source}_abs"], [peak], axes=[-1], keepdims=1),
+                helper.make_node("Div", [source, peak], [f"{source}_by_peak"]),
+                helper.make_node(
+                    "QuantizeLinear",
+                    [f"{source}_by_peak", "quantize_scale", "quantize_zero"],
+                    [values],
+                ),
+            ]
+            quantised[source] = values, peak
+        values, peak = quantised[source]
+        name = node.input[1]
+        matrix = numpy_helper.to_array(weights[name])
+        column_scale = np.abs(matrix).max(axis=0) / WEIGHT_LEVELS
+        column_scale[column_scale == 0] = 1
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(
+                    np.round(matrix / column_scale).astype(np.int8), f"{name}_int8"
+                ),
+                numpy_helper.from_array(column_scale.astype(np.float32), f"{name}_column_scale"),
+            ]
         )
-    finally:
-        logging.getLogger().removeFilter(advice)
-    model = onnx.load(str(target))
-    if quantize_lookups(model.graph):
-        onnx.save(model, str(target))
+        nodes += [
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [values, f"{name}_int8", "quantize_scale", f"{name}_column_scale", "quantize_zero"],
+                [f"{out}_by_column"],
+                domain="com.microsoft",
+            ),
+            helper.make_node("Mul", [f"{out}_by_column", peak], [out]),
+        ]
+        changed += 1
+    if changed:
+        graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+        replace_nodes(graph, nodes)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return changed
+
+
+def replace_nodes(graph, nodes: list) -> None:
+    """`graph`'s nodes become `nodes`; initializers no node reads any more are dropped."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def quantize_lookups(graph: onnx.GraphProto) -> int:
@@ -323,12 +407,7 @@ def quantize_lookups(graph: onnx.GraphProto) -> int:
         ]
         changed += 1
     if changed:
-        del graph.node[:]
-        graph.node.extend(nodes)
-        used = {name for node in graph.node for name in node.input}
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        replace_nodes(graph, nodes)
     return changed
 
 
