@@ -131,8 +131,12 @@ def bundled(request) -> Captioner:
 
 
 def test_bundled_model_is_small_and_recorded(bundled):
-    size = sum(p.stat().st_size for p in BUNDLED_DIR.iterdir())
-    assert size <= 30_000_000
+    def megabytes(pattern: str) -> float:
+        return sum(p.stat().st_size for p in BUNDLED_DIR.glob(pattern)) / 1e6
+
+    # What the base install runs, and the PyTorch weights beside it (float16).
+    assert megabytes("*.onnx") <= 40 and megabytes("*.safetensors") <= 30
+    assert (BUNDLED_DIR / "captioner.json").is_file()
     assert bundled.config.encoder.name == "efficientnet-lite2"
     assert bundled.config.metadata["dev_metrics"]["cider"] > 0.4
 
@@ -204,3 +208,25 @@ if __name__ == "__main__":
 
     for runtime in RUNTIMES:
         print_golden(FLICKR8K, runtime)
+
+
+def test_the_bundled_model_captions_by_name_without_torch():
+    """Its own graphs ship with it: `import torch` fails, and the caption is the golden one."""
+    import subprocess
+
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # as in a plain `pip install captioner`
+        "from captioner import Captioner\n"
+        "model = Captioner.from_pretrained('flickr8k-effnet')\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_bundled_model import generated_image\n"
+        "print(model.runtime.name, model.caption(generated_image(), beam_size=1)[0].text)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"onnx-int8 {GOLDEN['onnx-int8'][GENERATED].greedy}"
