@@ -280,7 +280,7 @@ def quantize(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def quantize_matmuls(model) -> int:
+def quantize_matmuls(model: onnx.ModelProto) -> int:
     """Every MatMul of activations by a float32 initializer matrix becomes an integer product
     with a scale per activation row, so no row's result depends on the other rows of its batch
     (ONNX Runtime's dynamic quantisation takes one range for the whole tensor):
@@ -308,7 +308,7 @@ def quantize_matmuls(model) -> int:
         for t in graph.initializer
         if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
     }
-    constants = {
+    constants: dict[str, np.ndarray] = {
         "quantize_scale": np.array(1 / ACTIVATION_LEVELS, np.float32),
         "quantize_zero": np.array(ACTIVATION_ZERO, np.uint8),
     }
@@ -363,7 +363,7 @@ def quantize_matmuls(model) -> int:
     return changed
 
 
-def replace_nodes(graph, nodes: list) -> None:
+def replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
     """`graph`'s nodes become `nodes`; initializers no node reads any more are dropped."""
     del graph.node[:]
     graph.node.extend(nodes)
