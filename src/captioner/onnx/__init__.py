@@ -20,9 +20,11 @@ the layers 0..L-1, keys and values as separate tensors so no graph slices a pack
                                  cross_attention [batch, L, H, T]
                               (one token per row at position P, taken from the past's shape;
                               P = 0 is a zero-length past; P + 1 <= max_length)
-    decoder_image.int8.onnx   the same graphs with int8 MatMul/Gemm weights (ONNX Runtime's
-    decoder_step.int8.onnx    dynamic quantisation) and int8 token-embedding rows with a scale
-                              each; the int8 variant shares encoder.onnx
+    decoder_image.int8.onnx   the same graphs with 7-bit int8 weights (a scale per column),
+    decoder_step.int8.onnx    activations quantised per row (MatMulIntegerToFloat), int8
+                              token-embedding rows with a scale each
+                              (`export.quantize_matmuls`, docs/determinism.md); the int8
+                              variant shares encoder.onnx
 
 With `config.json` and `tokenizer.json` beside them (the export writes both), the folder is a
 model `Captioner.from_pretrained` runs in ONNX Runtime without torch (`captioner.runtime.onnx`).
