@@ -9,11 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import FLICKR8K, require_flickr8k
 from PIL import Image
 
 from captioner.data import CaptionRecord, hash_split, load_records, same_split
-
-FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (4, 3)) -> bytes:
@@ -334,8 +333,7 @@ def test_hash_split_is_deterministic_and_proportioned():
 
 
 def test_real_flickr8k():
-    if not (FLICKR8K / "captions.jsonl").is_file():
-        pytest.skip(f"{FLICKR8K} is absent")
+    require_flickr8k()
     train = load_records(FLICKR8K, "train")
     dev = load_records(FLICKR8K, "dev")
     assert (len(train), len(dev)) == (6000, 1000)

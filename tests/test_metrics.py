@@ -6,14 +6,13 @@ import json
 import logging
 import math
 import shutil
-from pathlib import Path
 
 import pytest
+from conftest import FLICKR8K, require_flickr8k
 
 from captioner.evaluation import caption_metrics, ptb_tokenize
 from captioner.evaluation import metrics as metrics_module
 
-FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
 HAS_JAVA = shutil.which("java") is not None
 
 
@@ -64,8 +63,7 @@ def test_ptb_tokenize_examples(raw, tokenized):
 @pytest.mark.skipif(not HAS_JAVA, reason="needs java for coco-caption's PTBTokenizer")
 def test_ptb_tokenize_matches_java_on_flickr8k_dev():
     """Our tokenizer against the real thing, on 5000 real captions."""
-    if not (FLICKR8K / "captions.jsonl").is_file():
-        pytest.skip(f"{FLICKR8K} is absent")
+    require_flickr8k()
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     captions = {}
