@@ -150,3 +150,28 @@ def test_paths_that_are_not_files_say_what_they_are(tmp_path):  # issue 18, D12
         locked.chmod(0)
         with pytest.raises(ImageLoadError, match="locked.png: cannot read it: Permission denied"):
             load_image(locked)
+
+
+def test_a_heic_photo_without_the_heif_extra_is_one_line_naming_it(tmp_path):
+    """Without pillow-heif (`pip install captioner` alone) an iPhone photo is refused in one
+    line that says what to install, not called "not an image"."""
+    import subprocess
+    import sys
+
+    from PIL import Image as PILImage
+
+    path = tmp_path / "IMG_0001.HEIC"
+    PILImage.new("RGB", (32, 24), (200, 100, 50)).save(path, "HEIF")
+    assert path.read_bytes()[4:12] == b"ftypheic"
+    script = (
+        "import sys; sys.modules['pillow_heif'] = None\n"  # as without the extra
+        "from captioner.images import ImageLoadError, load_image\n"
+        "try:\n    load_image(sys.argv[1])\n"
+        "except ImageLoadError as error:\n    print(error)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (
+        run.stdout
+        == f"{path} is a HEIC/HEIF image: reading it needs pillow-heif, pip install 'captioner[heif]'\n"
+    )

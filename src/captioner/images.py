@@ -17,10 +17,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pillow_heif import register_heif_opener
 
-# iPhone photos (HEIC/HEIF) open like any other format.
-register_heif_opener()
+try:  # the heif extra: iPhone photos (HEIC/HEIF) then open like any other format
+    from pillow_heif import register_heif_opener
+except ImportError:
+    HEIF_EXTRA = False
+else:
+    register_heif_opener()
+    HEIF_EXTRA = True
+# The brands of an ISO media file's `ftyp` box that mark HEIF images (HEIC and AVIF among them).
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"}
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
@@ -147,6 +153,20 @@ def _check_file(path: Path) -> None:
         raise ImageLoadError(f"{path} is not a regular file (a pipe, socket or device)")
 
 
+def _is_heif(fp: Path | BinaryIO) -> bool:
+    """Whether the file starts as a HEIF image does (an `ftyp` box with a HEIF brand)."""
+    try:
+        if isinstance(fp, Path):
+            with fp.open("rb") as file:
+                head = file.read(12)
+        else:
+            fp.seek(0)
+            head = fp.read(12)
+    except (OSError, ValueError):
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
 def _open(
     fp: Path | BinaryIO,
     label: str,
@@ -157,6 +177,11 @@ def _open(
     try:
         image = Image.open(fp)
     except UnidentifiedImageError:
+        if not HEIF_EXTRA and _is_heif(fp):
+            raise UnsupportedImageError(
+                f"{label} is a HEIC/HEIF image: reading it needs pillow-heif, "
+                "pip install 'captioner[heif]'"
+            ) from None
         raise UnsupportedImageError(f"{label} is not an image in a supported format") from None
     except Image.DecompressionBombError:
         # Pillow's own ceiling (twice Image.MAX_IMAGE_PIXELS), far above ours.
