@@ -264,3 +264,17 @@ def test_a_damaged_model_folder_is_one_line_and_exit_code_2(
     assert main(["caption", "--model", str(directory), str(tmp_path / "photo.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_the_bundled_model_without_its_weights_says_where_they_are(tmp_path, monkeypatch):
+    """A wheel ships the bundled model's graphs only: its PyTorch path is one clear line."""
+    import shutil
+
+    from captioner.hub import BUNDLED_DIR, ModelLoadError
+
+    graphs_only = tmp_path / "flickr8k-effnet"
+    shutil.copytree(BUNDLED_DIR, graphs_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    monkeypatch.setitem(BUNDLED_MODELS, "flickr8k-effnet", graphs_only)
+    assert Captioner.from_pretrained().runtime.name == "onnx-int8"  # the base install's path
+    with pytest.raises(ModelLoadError, match="PyTorch weights are not in this installation"):
+        CaptionModel.from_pretrained("flickr8k-effnet")

@@ -19,6 +19,7 @@ from captioner.config import CaptionerConfig, GenerationConfig
 from captioner.decoder import CaptionDecoder
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.hub import (
+    BUNDLED_MODELS,
     CONFIG_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
@@ -148,6 +149,12 @@ class CaptionModel(nn.Module):
         directory = resolve_model_dir(source)
         model = cls(load_config(directory), load_tokenizer(directory), encoder, encoder_runtime)
         path = directory / WEIGHTS_FILE
+        if directory in BUNDLED_MODELS.values() and not path.is_file():
+            raise ModelLoadError(
+                f"the bundled model's PyTorch weights are not in this installation (the wheel "
+                f"ships its ONNX graphs only, {directory}): use a checkout of the repository "
+                "for them, or pass another model folder"
+            )
         try:
             state = load_file(path)
             model.decoder.load_state_dict({k: v.float() for k, v in state.items()})
