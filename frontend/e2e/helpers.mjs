@@ -158,6 +158,8 @@ export function pasteFile(page, bytes, name, type) {
 /** Drop a text file named like a photo on the page at `url`: it must say it can't caption it. */
 export async function dropNotAnImage(page, url) {
   await page.goto(url);
+  // The page asks page.json where it runs before it takes a file: drop only once that is done.
+  await page.waitForLoadState("networkidle");
   await dropFile(page, Buffer.from("just some text"), "notes.jpg", "image/jpeg");
   await page.getByText(/That file can't be captioned: .*not an image/).waitFor();
 }
