@@ -109,7 +109,6 @@ class OnnxRuntime:
         self.name = f"onnx-{variant}"
         self.variant = variant
         self.directory = directory
-        self.description = description
         self.preprocess = preprocess_of(description)
         spec = description["encoder"]
         self.grid = (spec["grid_h"], spec["grid_w"])
