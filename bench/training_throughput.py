@@ -48,7 +48,7 @@ def encode(model: CaptionModel, images: list[ImageInput]) -> torch.Tensor:
     """The frozen encoder's tokens of `images`, decoded and preprocessed as `Captioner.pixels`
     does it; cloned out of inference mode, so that the decoder can train on them."""
     preprocess = model.encoder.preprocess
-    pixels = preprocess.batch([preprocess.load(image) for image in images])
+    pixels = preprocess.batch(images)
     return model.encoder(pixels).tokens.clone()
 
 

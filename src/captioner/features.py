@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,7 @@ def cache_dir(cache_root: str | Path, encoder: ImageEncoder) -> Path:
 
 
 class _Pixels(Dataset):
-    """Decodes and preprocesses images in DataLoader workers; a bad image yields None."""
+    """Decodes and preprocesses images in DataLoader workers; a bad image yields its error."""
 
     def __init__(self, sources: Sequence[ImageSource], encoder: ImageEncoder):
         self.sources = sources
@@ -134,16 +134,24 @@ class _Pixels(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         source = self.sources[i]
         try:
-            pixels = torch.from_numpy(self.preprocess(self.preprocess.load(source.image)))
+            prepared = self.preprocess.prepare(source.image, mirrored=source.mirrored)
         except ImageLoadError as error:
             return i, str(error)
-        # The resize and centre crop are symmetric, so mirroring their output is preprocessing
-        # the mirrored image.
-        return i, pixels.flip(-1) if source.mirrored else pixels
+        return i, torch.from_numpy(prepared.pixels)
 
 
 def _collate(items: list[tuple[int, torch.Tensor | str]]) -> list[tuple[int, torch.Tensor | str]]:
     return items
+
+
+@dataclass
+class _Encoded:
+    """What one build encoded: its rows of grids, their fingerprints, and the images that
+    could not be read."""
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 def build_cache(
@@ -157,24 +165,36 @@ def build_cache(
     """Encode every image not already cached under this encoder; reuse the rest. The global
     random state is left alone, so a seeded run is the same whether or not it filled the cache."""
     directory = cache_dir(cache_root, encoder)
-    sources = list(sources)
+    old = _reusable_cache(directory, encoder)
     wanted = {fingerprint(s): s for s in sources}
-    old: FeatureCache | None = None
-    if (directory / INDEX_FILE).is_file():
-        try:
-            old = FeatureCache(directory)
-        except (ValueError, OSError, KeyError) as error:
-            log.warning("rebuilding the feature cache: %s", error)
-        if old is not None and old.encoder_key != encoder.cache_key:  # never mix encoders
-            old = None
     todo = [s for key, s in wanted.items() if old is None or key not in old]
     if old is not None and not todo:
         return old
+    encoded = _encode(encoder, todo, batch_size, num_workers, progress)
+    return _write_cache(directory, encoder, old, encoded)
 
-    shape = (encoder.grid_h * encoder.grid_w, encoder.dim)
-    new_rows: list[np.ndarray] = []
-    new_keys: list[str] = []
-    failed: list[str] = []
+
+def _reusable_cache(directory: Path, encoder: ImageEncoder) -> FeatureCache | None:
+    """The cache already in `directory` if it is readable and of this encoder."""
+    if not (directory / INDEX_FILE).is_file():
+        return None
+    try:
+        old = FeatureCache(directory)
+    except (ValueError, OSError, KeyError) as error:
+        log.warning("rebuilding the feature cache: %s", error)
+        return None
+    return old if old.encoder_key == encoder.cache_key else None  # never mix encoders
+
+
+def _encode(
+    encoder: ImageEncoder,
+    todo: list[ImageSource],
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> _Encoded:
+    """Run the encoder over `todo`, decoded in `num_workers` processes meanwhile; the images
+    that cannot be read are logged and skipped."""
     loader = DataLoader(
         _Pixels(todo, encoder),
         batch_size=batch_size,
@@ -182,37 +202,48 @@ def build_cache(
         collate_fn=_collate,
         generator=torch.Generator(),  # its worker seed is drawn from here, not the global state
     )
+    encoded = _Encoded()
     bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress)
     for items in loader:
         good = [(i, pixels) for i, pixels in items if isinstance(pixels, torch.Tensor)]
         for i, message in items:
             if isinstance(message, str):
-                failed.append(todo[i].image_id)
+                encoded.failed.append(todo[i].image_id)
                 log.warning("skipping image %s: %s", todo[i].image_id, message)
         if good:
             grid = encoder(torch.stack([pixels for _, pixels in good])).tokens
-            new_rows.append(grid.to(torch.float16).numpy())
-            new_keys += [fingerprint(todo[i]) for i, _ in good]
+            encoded.rows.append(grid.to(torch.float16).numpy())
+            encoded.keys += [fingerprint(todo[i]) for i, _ in good]
         bar.update(len(items))
     bar.close()
+    return encoded
 
+
+def _write_cache(
+    directory: Path, encoder: ImageEncoder, old: FeatureCache | None, encoded: _Encoded
+) -> FeatureCache:
+    """The old rows and the new ones in one file, written then renamed: an interrupted build
+    never leaves a half-written cache behind."""
     keys = list(old.rows) if old is not None else []
     directory.mkdir(parents=True, exist_ok=True)
-    total = len(keys) + len(new_keys)
+    shape = (len(keys) + len(encoded.keys), encoder.grid_h * encoder.grid_w, encoder.dim)
     tmp = directory / (FEATURES_FILE + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, *shape))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
     if old is not None:
         out[: len(keys)] = old.array
     position = len(keys)
-    for rows in new_rows:
+    for rows in encoded.rows:
         out[position : position + len(rows)] = rows
         position += len(rows)
     out.flush()
     del out
-    # Write-then-rename: an interrupted build never leaves a half-written cache behind.
     os.replace(tmp, directory / FEATURES_FILE)
-    index = {"encoder_key": encoder.cache_key, "fingerprints": keys + new_keys, "failed": failed}
+    index = {
+        "encoder_key": encoder.cache_key,
+        "fingerprints": keys + encoded.keys,
+        "failed": encoded.failed,
+    }
     (directory / INDEX_FILE).write_text(json.dumps(index))
-    if failed:
-        log.warning("%d images could not be read and were skipped", len(failed))
+    if encoded.failed:
+        log.warning("%d images could not be read and were skipped", len(encoded.failed))
     return FeatureCache(directory)

@@ -45,7 +45,11 @@ DEFAULT_MAX_SIDE = 32_768
 
 
 class ImageLoadError(ValueError):
-    """The input is not a usable image; the message says why in plain words."""
+    """The input is not a usable image; the message says why in plain words, on one line
+    whatever the file's name holds (a name may hold line breaks)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.split()))
 
 
 class UnsupportedImageError(ImageLoadError):
@@ -255,9 +259,17 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB whatever the mode: transparency goes onto white, 16-bit is scaled down."""
+    """Upright RGB whatever the mode: transparency goes onto white, 16-bit is scaled down.
+    ImageLoadError for a mode Pillow cannot convert (such as premultiplied "La")."""
     with contextlib.suppress(OSError, ValueError, SyntaxError):  # broken EXIF: keep the pixels
         image = ImageOps.exif_transpose(image)
+    try:
+        return _rgb(image)
+    except (OSError, ValueError) as error:
+        raise ImageLoadError(f"a {image.mode} image cannot be read as RGB: {error}") from None
+
+
+def _rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

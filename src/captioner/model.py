@@ -80,7 +80,7 @@ class Captioner:
 
     def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
         """(batch, 3, S, S) normalised pixels; ImageLoadError for an input that is no image."""
-        return self.preprocess.batch([self.preprocess.load(image) for image in images])
+        return self.preprocess.batch(images)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         return self.runtime.encode(pixels)

@@ -1,14 +1,36 @@
-"""Image preprocessing with PIL and numpy only (no torchvision): resize, centre crop, normalise."""
+"""Image preprocessing with PIL and numpy only (no torchvision): resize, centre crop, normalise;
+and `Preprocess.prepare`, the one way any input becomes the encoder's pixels."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from captioner.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageInput, load_image
+from captioner.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    ImageInput,
+    full_size,
+    load_image,
+)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One input made ready for the encoder, with what a caller shows beside its caption."""
+
+    pixels: np.ndarray  # (3, crop, crop) float32, normalised
+    width: int  # of the upright image as its owner knows it, also when decoded at a reduced scale
+    height: int
+    # The square the encoder sees, (left, top, right, bottom) as fractions of width and height:
+    # the same at any decoding scale.
+    crop: tuple[float, float, float, float]
+    # The upright RGB image, shrunk to the `image_side` asked for (None when not asked).
+    image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -91,19 +113,48 @@ class Preprocess:
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
-    def batch(self, images: list[Image.Image]) -> np.ndarray:
-        """(batch, 3, crop, crop) float32 pixels."""
-        return np.stack([self(image) for image in images])
-
-    def load(
+    def prepare(
         self,
         source: ImageInput,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_side: int = DEFAULT_MAX_SIDE,
-    ) -> Image.Image:
-        """`load_image`, decoding a large JPEG at the smallest scale this preprocessing can
-        still resize from."""
-        return load_image(source, max_pixels, min_size=self.resize_size, max_side=max_side)
+        mirrored: bool = False,
+        image_side: int | None = None,
+    ) -> PreparedImage:
+        """Any input (path, bytes, file object, PIL image, array) as the encoder's pixels: the
+        one way features, collections, the server and `Captioner` read an image, so that each
+        answers a bad one alike. Everything wrong with it is an ImageLoadError of one line
+        (UnsupportedImageError when it is not an image, ImageTooLargeError over `max_pixels` or
+        `max_side`); a large JPEG is decoded at the smallest scale this preprocessing can still
+        resize from.
+
+        `mirrored`: all of it is of the left-right mirror image (a training augmentation).
+        `image_side`: keep the upright image too, shrunk to at most this many pixels a side (to
+        draw heatmaps on; a 12 MP photo would be costly to ship between processes)."""
+        image = load_image(source, max_pixels, min_size=self.resize_size, max_side=max_side)
+        width, height = full_size(image)
+        left, top, right, bottom = self.crop_region(*image.size)
+        pixels = self(image)
+        crop = (left / image.width, top / image.height, right / image.width, bottom / image.height)
+        shown = None if image_side is None else _shrunk(image, image_side)
+        if mirrored:
+            # The resize and centre crop are symmetric, so mirroring their output is
+            # preprocessing the mirrored image.
+            pixels = np.ascontiguousarray(pixels[:, :, ::-1])
+            crop = (1.0 - crop[2], crop[1], 1.0 - crop[0], crop[3])
+            shown = None if shown is None else ImageOps.mirror(shown)
+        return PreparedImage(pixels, width, height, crop, shown)
+
+    def batch(self, sources: Sequence[ImageInput]) -> np.ndarray:
+        """(batch, 3, crop, crop) float32 pixels of `sources`, each read by `prepare`."""
+        return np.stack([self.prepare(source).pixels for source in sources])
+
+
+def _shrunk(image: Image.Image, side: int) -> Image.Image:
+    """A copy of `image` at most `side` pixels a side (`image` may be the caller's own)."""
+    shrunk = image.copy()
+    shrunk.thumbnail((side, side))
+    return shrunk
 
 
 # Bumped when the same settings start giving (even slightly) different pixels, so that feature

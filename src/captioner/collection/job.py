@@ -17,20 +17,12 @@ from PIL import Image
 
 from captioner.collection.inputs import ImageItem, find_images, unique
 from captioner.collection.loader import BatchLoader
-from captioner.collection.rows import (
-    OutputLock,
-    Row,
-    RowFile,
-    Sidecars,
-    interleave,
-    is_caption,
-    merge_rows,
-)
+from captioner.collection.outputs import JobOutputs
+from captioner.collection.rows import Row, RowFile
 from captioner.config import check_int
 from captioner.images import ImageLoadError, UnsupportedImageError
-from captioner.launcher import launcher_rank
 from captioner.model import Caption, Captioner
-from captioner.transforms import Preprocess
+from captioner.transforms import PreparedImage, Preprocess
 
 Item = TypeVar("Item")
 Partial = TypeVar("Partial")
@@ -151,41 +143,40 @@ class LoadedBatch:
 
 
 class _LoadImages:
-    """Runs in the loader processes: files -> upright RGB -> normalised pixels, a batch a call."""
+    """Runs in the loader processes: files -> normalised pixels (and the image to draw heatmaps
+    on, when kept), a batch a call."""
 
     def __init__(self, items: list[ImageItem], preprocess: Preprocess, keep_images: bool):
         self.items = items
         self.preprocess = preprocess
-        self.keep_images = keep_images
+        self.image_side = ATTENTION_IMAGE_SIDE if keep_images else None
 
     def __call__(self, indices: list[int]) -> LoadedBatch:
-        return _collate([self.load(index) for index in indices])
+        return _collate([(index, *self.load(index)) for index in indices])
 
-    def load(self, index: int) -> tuple:
+    def load(self, index: int) -> tuple[PreparedImage | None, str | None]:
+        """The image prepared, or its error; neither for a file found in a folder that is not
+        an image (skipped, not a failure)."""
         item = self.items[index]
         if item.error is not None:
-            return (index, None, None, item.error)
+            return None, item.error
         try:
-            image = self.preprocess.load(item.source)
-            pixels = self.preprocess(image)
+            return self.preprocess.prepare(item.source, image_side=self.image_side), None
         except UnsupportedImageError as error:
-            return (index, None, None, None if item.in_folder else str(error))
-        except (ImageLoadError, OSError) as error:
-            return (index, None, None, " ".join(str(error).split()))
-        if self.keep_images:
-            image.thumbnail((ATTENTION_IMAGE_SIDE, ATTENTION_IMAGE_SIDE))
-        return (index, pixels, image if self.keep_images else None, None)
+            return None, None if item.in_folder else str(error)
+        except ImageLoadError as error:
+            return None, str(error)
 
 
-def _collate(loaded: list[tuple]) -> LoadedBatch:
+def _collate(loaded: list[tuple[int, PreparedImage | None, str | None]]) -> LoadedBatch:
     batch = LoadedBatch([], None, [], [], {}, [])
     pixels = []
-    for index, item_pixels, image, error in loaded:
+    for index, prepared, error in loaded:
         batch.indices.append(index)
-        if item_pixels is not None:
+        if prepared is not None:
             batch.loaded.append(index)
-            pixels.append(item_pixels)
-            batch.images.append(image)
+            pixels.append(prepared.pixels)
+            batch.images.append(prepared.image)
         elif error is not None:
             batch.errors[index] = error
         else:
@@ -221,104 +212,29 @@ class CollectionJob:
         self.config = (config or CollectionConfig()).validate()
         self.generation = model.generation_config(**generation_options)
         self.on_row = on_row
-        self.output = RowFile(self.config.output) if self.config.output is not None else None
-        self.sidecars = Sidecars(self.config.sidecar) if self.config.sidecar else None
-        for folder in (self.config.output, self.config.attention_dir):
-            if folder is not None:
-                check_writable(Path(folder), is_folder=folder is self.config.attention_dir)
-        self.items = self._leave_out_outputs(_items(sources, self.config.recursive))
-        self.attention_folders = (
-            attention_folders(self.items) if self.config.attention_dir is not None else {}
-        )
-        # One job an output: a second on the same file is refused. Taken where the job is built
-        # (by the process that becomes rank 0 of a distributed one), released by finish().
-        self._lock = None
-        if self.output is not None and launcher_rank() == 0:
-            self._lock = OutputLock(self.output.path).acquire()
-        # Read now, before any rank of a job over several processes can start writing; a file
-        # that is not a captioner output is refused here, before any work.
-        reading = self.output is not None and not self.config.overwrite
-        try:
-            self._existing, self._torn = self._existing_rows() if reading else ([[]], False)
-        except ValueError:
-            self.release()
-            raise
-        self.share: list[ImageItem] = []
+        output, attention_dir = self.config.output, self.config.attention_dir
+        self.outputs = JobOutputs(output, self.config.sidecar, attention_dir, self.config.overwrite)
+        self.items = self.outputs.leave_out(_items(sources, self.config.recursive))
+        self.attention_folders = attention_folders(self.items) if attention_dir is not None else {}
+        # Taken where the job is built, so that a second job on the same output is refused
+        # before any work; a file that is not a captioner output too.
+        self.outputs.claim()
+        self.share: list[ImageItem] = []  # this rank's images, from start()
         self.rank = 0
         self.counts = {"captioned": 0, "failed": 0, "not_images": 0}
         self.already_done = 0
-
-    def _leave_out_outputs(self, items: list[ImageItem]) -> list[ImageItem]:
-        """Leave out this job's own output files found in the input folders (the row file, its
-        heatmaps, and with sidecars every file with their suffix); refuse an output that is an
-        image named as input, and sidecars that would overwrite an image, the output, a file of
-        the user's or each other."""
-        outputs = set()
-        if self.output is not None:
-            outputs = {f.path.resolve() for f in [self.output, *self.output.parts()]}
-            for item in items:
-                if not item.in_folder and item.path is not None and item.path.resolve() in outputs:
-                    raise ValueError(
-                        f"the output {self.output.path} is one of the images to caption: "
-                        "choose another output"
-                    )
-        if self.config.attention_dir is not None:
-            heatmaps = Path(self.config.attention_dir).resolve()
-            items = [
-                i
-                for i in items
-                if not (
-                    i.in_folder and i.path is not None and i.path.resolve().is_relative_to(heatmaps)
-                )
-            ]
-        if self.sidecars is not None:
-            if any(item.path is None for item in items):
-                raise ValueError("sidecar files need image files; this dataset holds image bytes")
-            suffix = self.sidecars.suffix.lower()
-            items = [
-                i
-                for i in items
-                if not (i.in_folder and i.path is not None and i.path.suffix.lower() == suffix)
-            ]
-            # An unreadable folder's error row has no caption file.
-            readable = [item for item in items if item.error is None]
-            images = {item.path.resolve() for item in readable if item.path is not None}
-            owners: dict[Path, ImageItem] = {}
-            for item in readable:
-                sidecar = self.sidecars.path(item).resolve()
-                if sidecar in images or sidecar in outputs:
-                    raise ValueError(f"the {suffix} file of {item.path} would overwrite {sidecar}")
-                if sidecar in owners:
-                    raise ValueError(
-                        f"{owners[sidecar].path} and {item.path} would share one {suffix} file"
-                    )
-                owners[sidecar] = item
-            self.sidecars.check(readable, self.config.overwrite)
-        return [i for i in items if i.path is None or i.path.resolve() not in outputs]
+        self.bar: Any = None  # this rank's progress bar (tqdm), from start()
 
     # ---- the three steps -------------------------------------------------------------------
     def start(
         self, rank: int = 0, world: int = 1, barrier: Callable[[], None] = _alone
     ) -> list[ImageItem]:
         """Find what is left to do, clean up the output, open this rank's file: its share."""
-        done = set() if self.config.overwrite else self._done(self._existing)
+        done = self.outputs.done(self.items)
         todo = [item for item in self.items if item.name not in done]
         self.already_done = len(self.items) - len(todo)
         barrier()  # every rank has read the files before any is changed
-        if self.output is not None:
-            own = self.output if world == 1 else self.output.part(rank)
-            if self._lock is not None:
-                self.output.remove_stale_temporaries()
-            if rank == 0 and self.config.overwrite:
-                for stale in [self.output, *self.output.parts()]:
-                    stale.delete()
-            barrier()
-            own_rows, own_torn = own.read() if world > 1 else (self._existing[0], self._torn)
-            kept = [row for row in own_rows if is_caption(row)]
-            if not self.config.overwrite and (own_torn or len(kept) < len(own_rows)):
-                own.rewrite(kept)  # the cut-off line goes; failed images are tried again
-            own.open()
-            self.own = own
+        self.outputs.open(rank, world, barrier)
         self.share = todo[rank::world]
         self.rank = rank
         from tqdm import tqdm
@@ -360,16 +276,14 @@ class CollectionJob:
             for index, error in batch.errors.items()
         }
         if batch.pixels is not None:
-            model = self.model
             features = self.encode(batch) if features is None else features
             assert features is not None  # the batch has pixels
             want_attention = bool(self.attention_folders)
-            captions = model.generate_from_features(features, self.generation, want_attention)
+            captions = self.model.generate_from_features(features, self.generation, want_attention)
             for index, caption, image in zip(batch.loaded, captions, batch.images):
                 rows[index] = self._caption_row(self.share[index], caption, image)
         ordered = [rows[index] for index in batch.indices if index in rows]
-        if self.output is not None:
-            self.own.append(ordered)
+        self.outputs.append(ordered)
         if self.on_row is not None:
             for row in ordered:
                 self.on_row(row)
@@ -386,16 +300,7 @@ class CollectionJob:
     ) -> CollectionSummary:
         """Close this rank's file; rank 0 merges the per-rank files into the output."""
         self.bar.close()
-        if self.output is not None:
-            self.own.close()
-            barrier()
-            parts = self.output.parts()
-            if self.rank == 0 and parts:
-                main, _ = self.output.read()
-                merged = merge_rows(main, interleave([part.read()[0] for part in parts]))
-                self.output.rewrite(merged)
-                for part in parts:
-                    part.delete()
+        self.outputs.close(self.rank, barrier)
         self.release()
         captioned, failed, not_images = sum_over_ranks(
             [self.counts["captioned"], self.counts["failed"], self.counts["not_images"]]
@@ -417,28 +322,9 @@ class CollectionJob:
 
     def release(self) -> None:
         """Let another job write the output (finish() does; for a job that does not run)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self.outputs.release()
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _existing_rows(self) -> tuple[list[list[Row]], bool]:
-        """The rows of the output and of every per-rank file, and whether the output's last
-        line was cut off."""
-        assert self.output is not None  # read only with an output
-        main, torn = self.output.read()
-        return [main, *(part.read()[0] for part in self.output.parts())], torn
-
-    def _done(self, existing: list[list[Row]]) -> set[str]:
-        """Images every output already has: a caption row and/or a sidecar."""
-        done: set[str] | None = None
-        if self.output is not None:
-            done = {row["image"] for rows in existing for row in rows if is_caption(row)}
-        if self.sidecars is not None:
-            with_sidecar = {item.name for item in self.items if self.sidecars.exists(item)}
-            done = with_sidecar if done is None else done & with_sidecar
-        return done or set()
-
     def _caption_row(self, item: ImageItem, caption: Caption, image: Image.Image | None) -> Row:
         ranked = [caption, *caption.alternatives]
         texts = [self.config.finish_text(c.text) for c in ranked]
@@ -451,8 +337,8 @@ class CollectionJob:
         if len(ranked) > 1:
             row["captions"] = texts
             row["scores"] = [round(c.score, 4) for c in ranked]
-        if self.sidecars is not None:
-            self.sidecars.write(item, texts)
+        if self.outputs.sidecars is not None:
+            self.outputs.sidecars.write(item, texts)
         if image is not None:
             from captioner.attention import save_token_heatmaps
 
@@ -519,28 +405,6 @@ def attention_folders(items: list[ImageItem]) -> dict[str, PurePosixPath]:
         taken.add(folder)
         folders[item.name] = folder
     return folders
-
-
-def check_writable(path: Path, is_folder: bool) -> None:
-    """ValueError, before any work, for an output file or folder that cannot be written: one of
-    the wrong kind there, a folder above it that is a file, or no permission. Creates the
-    folder it goes in."""
-    kind = "folder" if is_folder else "file"
-    if os.path.exists(path) and os.path.isdir(path) != is_folder:
-        raise ValueError(f"{path} is not a {kind}: give a {kind} to write")
-    folder = path if is_folder else path.parent
-    above = folder
-    while not os.path.lexists(above) and above != above.parent:
-        above = above.parent
-    if not os.path.isdir(above):
-        raise ValueError(f"cannot write {path}: {above} is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"cannot write {path}: {error.strerror}") from None
-    writable = os.access(folder, os.W_OK | os.X_OK)
-    if not writable or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ValueError(f"cannot write {path}: permission denied")
 
 
 def _items(sources: Iterable[ImageItem | str | Path], recursive: bool) -> list[ImageItem]:

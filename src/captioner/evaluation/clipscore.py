@@ -71,7 +71,7 @@ class CLIPScorer:
         """(n, dim) unit embeddings; ImageLoadError for an input that is not an image."""
         out = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [self.preprocess.load(i) for i in images[start : start + self.batch_size]]
+            chunk = images[start : start + self.batch_size]
             pixels = torch.from_numpy(self.preprocess.batch(chunk)).to(self.device)
             pooled = self.model.vision_model(pixel_values=pixels).pooler_output
             out.append(self.model.visual_projection(pooled))

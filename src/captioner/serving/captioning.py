@@ -1,5 +1,5 @@
-"""The two halves of captioning one upload: preparing it (decode and preprocess, on the prepare
-pool) and captioning a batch of prepared images (on the model thread)."""
+"""Captioning a batch of uploads on the model thread, each already read by
+`Preprocess.prepare` on the prepare pool."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from captioner.images import DEFAULT_MAX_SIDE, full_size
 from captioner.model import Caption, Captioner
-from captioner.serving.schemas import CropBox, crop_box
+from captioner.transforms import PreparedImage
 
 
 @dataclass(frozen=True)
@@ -19,24 +18,6 @@ class Options:
     beam_size: int
     max_new_tokens: int
     attention: bool
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    pixels: np.ndarray  # (3, crop, crop), normalised
-    width: int  # as the client sent it, also when decoded at a reduced scale
-    height: int
-    crop: CropBox
-
-
-def prepare_image(
-    model: Captioner, data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
-) -> PreparedImage:
-    """Decode and preprocess an upload; ImageLoadError says what is wrong with it."""
-    preprocess = model.preprocess
-    image = preprocess.load(data, max_pixels, max_side)
-    width, height = full_size(image)
-    return PreparedImage(preprocess(image), width, height, crop_box(preprocess, *image.size))
 
 
 def caption_batch(model: Captioner, options: Options, images: list[PreparedImage]) -> list[Caption]:

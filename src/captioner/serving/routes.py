@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 
 from captioner.model import Caption, Captioner
 from captioner.serving.batcher import MicroBatcher
-from captioner.serving.captioning import Options, PreparedImage, prepare_image
+from captioner.serving.captioning import Options
 from captioner.serving.errors import ERROR_RESPONSES, error_response, upload_too_large_message
 from captioner.serving.schemas import (
     CaptionResponse,
@@ -22,8 +22,10 @@ from captioner.serving.schemas import (
     ModelInfo,
     Timings,
     attention_maps,
+    crop_box,
 )
 from captioner.serving.settings import ServerSettings
+from captioner.transforms import PreparedImage
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ async def caption(
         return error_response(413, upload_too_large_message(settings.max_upload_mb))
     read = time.perf_counter()
     options = Options(generation.beam_size, generation.max_new_tokens, attention)
-    prepare = partial(prepare_image, model, data, settings.max_pixels, settings.max_side)
+    prepare = partial(
+        model.preprocess.prepare, data, max_pixels=settings.max_pixels, max_side=settings.max_side
+    )
     done = await state.batcher.submit(prepare, options, settings.request_timeout_s)
     image, result, stats = done.item, done.result, done.stats
     timings = Timings(
@@ -95,7 +99,7 @@ async def caption(
         caption=result.text,
         tokens=result.tokens,
         score=round(result.score, 4),
-        attention=attention_maps(result, image.crop),
+        attention=attention_maps(result, crop_box(image.crop)),
         image=ImageSize(width=image.width, height=image.height),
         timings_ms=Timings(**{name: round(ms, 2) for name, ms in timings.model_dump().items()}),
         batch_size=stats.size,

@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 
 from captioner.config import GenerationConfig
 from captioner.model import Caption
-from captioner.transforms import Preprocess
 
 
 class ErrorResponse(BaseModel):
@@ -106,12 +105,10 @@ class CaptionResponse(BaseModel):
     batch_size: int
 
 
-def crop_box(preprocess: Preprocess, width: int, height: int) -> CropBox:
-    """Where `preprocess` cuts its square from a width x height image."""
-    left, top, right, bottom = preprocess.crop_region(width, height)
-    return CropBox(
-        x=left / width, y=top / height, width=(right - left) / width, height=(bottom - top) / height
-    )
+def crop_box(crop: tuple[float, float, float, float]) -> CropBox:
+    """A PreparedImage's `crop` (left, top, right, bottom, as fractions) as the API sends it."""
+    left, top, right, bottom = crop
+    return CropBox(x=left, y=top, width=right - left, height=bottom - top)
 
 
 def attention_maps(caption: Caption, crop: CropBox) -> AttentionMaps | None:
