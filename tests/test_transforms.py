@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from captioner.images import load_image
+from captioner.images import ImageLoadError, UnsupportedImageError, load_image
 from captioner.transforms import REDUCING_GAP, Preprocess
 
 LITE2 = Preprocess(260, 260, (0.5,) * 3, (0.5,) * 3)
@@ -89,3 +89,57 @@ def test_crop_region_is_the_centre_square_in_source_pixels() -> None:
 def test_bad_preprocessing_is_refused(crop: int, resize: int, resample: str) -> None:
     with pytest.raises(ValueError, match="crop_size|resample"):
         Preprocess(crop, resize, (0.5,) * 3, (0.5,) * 3, resample)
+
+
+def test_prepare_reads_every_kind_of_input_alike(tmp_path) -> None:
+    photo = noisy_photo(120, 90)
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    expected = RESIZE_THEN_CROP(photo)
+    left, top, right, bottom = RESIZE_THEN_CROP.crop_region(120, 90)
+    with path.open("rb") as file:
+        for source in (path, str(path), path.read_bytes(), file, photo, np.asarray(photo)):
+            prepared = RESIZE_THEN_CROP.prepare(source)
+            np.testing.assert_array_equal(prepared.pixels, expected)
+            assert (prepared.width, prepared.height) == (120, 90) and prepared.image is None
+            assert prepared.crop == pytest.approx((left / 120, top / 90, right / 120, bottom / 90))
+    assert RESIZE_THEN_CROP.batch([path, photo]).shape == (2, 3, 224, 224)
+
+
+def test_a_large_jpeg_decoded_small_keeps_its_full_size_and_crop() -> None:
+    buffer = io.BytesIO()
+    noisy_photo(2400, 1800).save(buffer, "JPEG")
+    prepared = LITE2.prepare(buffer.getvalue(), image_side=300)
+    assert (prepared.width, prepared.height) == (2400, 1800)
+    assert prepared.image is not None and prepared.image.size == (300, 225)
+    left, top, right, bottom = LITE2.crop_region(2400, 1800)
+    full_scale = (left / 2400, top / 1800, right / 2400, bottom / 1800)
+    assert prepared.crop == pytest.approx(full_scale, abs=0.005)
+
+
+def test_mirrored_is_the_mirror_image_throughout() -> None:
+    photo = noisy_photo(120, 80)  # even margins either side of the crop: an exact mirror
+    plain = RESIZE_THEN_CROP.prepare(photo, image_side=60)
+    mirrored = RESIZE_THEN_CROP.prepare(photo, mirrored=True, image_side=60)
+    of_the_mirror = RESIZE_THEN_CROP.prepare(ImageOps.mirror(photo), image_side=60)
+    np.testing.assert_array_equal(mirrored.pixels, of_the_mirror.pixels)
+    assert mirrored.pixels.flags.c_contiguous
+    assert mirrored.crop == pytest.approx(of_the_mirror.crop)
+    assert plain.image is not None and mirrored.image is not None
+    assert plain.image.size == (60, 40)
+    assert np.array_equal(np.asarray(mirrored.image), np.asarray(ImageOps.mirror(plain.image)))
+
+
+def test_whatever_goes_wrong_is_one_image_load_error_of_one_line(tmp_path) -> None:
+    buffer = io.BytesIO()
+    noisy_photo(64, 48).save(buffer, "JPEG")
+    cut = tmp_path / "two\nlines.jpg"
+    cut.write_bytes(buffer.getvalue()[:300])
+    with pytest.raises(ImageLoadError, match="two lines.jpg is truncated or corrupt") as caught:
+        LITE2.prepare(cut)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UnsupportedImageError, match="not an image"):
+        LITE2.prepare(b"%PDF-1.4")
+    # A mode Pillow cannot convert to RGB was a bare ValueError from deep inside Pillow.
+    with pytest.raises(ImageLoadError, match="La image cannot be read as RGB"):
+        LITE2.prepare(Image.new("La", (8, 8)))

@@ -138,8 +138,8 @@ class Preprocess:
         crop = (left / image.width, top / image.height, right / image.width, bottom / image.height)
         shown = None if image_side is None else _shrunk(image, image_side)
         if mirrored:
-            # The resize and centre crop are symmetric, so mirroring their output is
-            # preprocessing the mirrored image.
+            # The centre crop is symmetric (to within a pixel when its margins are odd), so
+            # mirroring the output is preprocessing the mirrored image, at a fraction of the cost.
             pixels = np.ascontiguousarray(pixels[:, :, ::-1])
             crop = (1.0 - crop[2], crop[1], 1.0 - crop[0], crop[3])
             shown = None if shown is None else ImageOps.mirror(shown)
