@@ -33,7 +33,7 @@ import threading
 from collections.abc import Iterator
 from itertools import accumulate, zip_longest
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from captioner.collection.inputs import ImageItem
 
@@ -94,69 +94,11 @@ class RowFile:
         except UnicodeDecodeError:
             raise ValueError(f"{self.path} is not a UTF-8 text file of captions") from None
         if self.suffix == ".csv":
-            rows, end = self._parse_csv(text)
+            rows, end = _parse_csv(text, self.path)
         else:
             end = text.rfind("\n") + 1
-            rows = self._parse_jsonl(text[:end])
+            rows = _parse_jsonl(text[:end], self.path)
         return rows, end < len(text)
-
-    def _parse_jsonl(self, text: str) -> list[Row]:
-        rows = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                self._not_ours(number)
-            if not _is_row(row):
-                self._not_ours(number)
-            rows.append(row)
-        return rows
-
-    def _parse_csv(self, text: str) -> tuple[list[Row], int]:
-        """The rows of its complete records, and where they end: a record cut off by a kill
-        (no newline after it, or a quoted cell never closed) is left out."""
-        lines = text.split("\n")
-        lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
-        ends = list(accumulate(len(line) for line in lines))
-        taken = 0  # lines the reader has taken
-
-        def take() -> Iterator[str]:
-            nonlocal taken
-            for line in lines:
-                taken += 1
-                yield line
-
-        reader = csv.reader(take(), strict=True)
-        rows: list[Row] = []
-        header, end = None, 0
-        try:
-            for record in reader:
-                if not lines[taken - 1].endswith("\n"):
-                    break  # the last record, with no newline after it: cut off
-                end = ends[taken - 1]
-                if not record:
-                    continue
-                if header is None:
-                    header = tuple(record)
-                    if header != CSV_COLUMNS:
-                        self._not_ours(1)
-                    continue
-                try:
-                    rows.append(_from_cells(dict(zip(CSV_COLUMNS, record, strict=True))))
-                except ValueError:
-                    self._not_ours(reader.line_num)
-        except csv.Error:
-            if taken < len(lines):  # a broken record with more after it: not a cut
-                self._not_ours(reader.line_num)
-        return rows, end
-
-    def _not_ours(self, line: int) -> None:
-        raise ValueError(
-            f"{self.path} line {line} is not a caption row written by captioner: "
-            "pass --overwrite to replace the file, or choose another output"
-        )
 
     # ---- writing ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -167,7 +109,7 @@ class RowFile:
             self.path, "a", encoding="utf-8", errors="surrogateescape", newline=""
         )
         if self.suffix == ".csv" and self._handle.tell() == 0:
-            self._handle.write(self._encode([], header=True))
+            self._handle.write(_encode(self.suffix, [], header=True))
             self._handle.flush()
 
     def append(self, rows: list[Row]) -> None:
@@ -175,7 +117,7 @@ class RowFile:
         if rows:
             assert self._handle is not None, "open() first"
             try:
-                self._handle.write(self._encode(rows))
+                self._handle.write(_encode(self.suffix, rows))
                 self._handle.flush()
             except OSError as error:  # a full disk: say which file
                 raise OSError(error.errno, error.strerror, str(self.path)) from None
@@ -190,7 +132,7 @@ class RowFile:
 
     def rewrite(self, rows: list[Row]) -> None:
         """Replace the whole file at once (readers see the old one or the new one)."""
-        write_atomically(self.path, self._encode(rows, header=True))
+        write_atomically(self.path, _encode(self.suffix, rows, header=True))
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -202,17 +144,6 @@ class RowFile:
         for pattern in (f".{stem}{suffix}.*.tmp", f".{stem}.part-*{suffix}.*.tmp"):
             for temporary in self.path.parent.glob(pattern):
                 temporary.unlink(missing_ok=True)
-
-    def _encode(self, rows: list[Row], header: bool = False) -> str:
-        if self.suffix == ".jsonl":
-            return "".join(json_line(row) + "\n" for row in rows)
-        buffer = io.StringIO()
-        if header:
-            buffer.write(",".join(CSV_COLUMNS) + "\n")
-        # Every cell quoted: Python 3.11 leaves a "\r" unquoted, which splits the row.
-        writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
-        writer.writerows(_to_cells(row) for row in rows)
-        return buffer.getvalue()
 
     # ---- the per-rank files of a job over several processes --------------------------------
     def part(self, rank: int) -> RowFile:
@@ -228,6 +159,82 @@ class RowFile:
             if rank.isdigit():
                 found.append((int(rank), RowFile(path)))
         return [part for _, part in sorted(found, key=lambda found: found[0])]
+
+
+# ---- the two formats, apart from the file they are read from and written to ----------------
+def _encode(suffix: str, rows: list[Row], header: bool = False) -> str:
+    """`rows` as the text of a `.jsonl` or `.csv` file (a CSV's column names first, when
+    `header`)."""
+    if suffix == ".jsonl":
+        return "".join(json_line(row) + "\n" for row in rows)
+    buffer = io.StringIO()
+    if header:
+        buffer.write(",".join(CSV_COLUMNS) + "\n")
+    # Every cell quoted: Python 3.11 leaves a "\r" unquoted, which splits the row.
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerows(_to_cells(row) for row in rows)
+    return buffer.getvalue()
+
+
+def _parse_jsonl(text: str, path: Path) -> list[Row]:
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            _not_ours(path, number)
+        if not _is_row(row):
+            _not_ours(path, number)
+        rows.append(row)
+    return rows
+
+
+def _parse_csv(text: str, path: Path) -> tuple[list[Row], int]:
+    """The rows of its complete records, and where they end: a record cut off by a kill
+    (no newline after it, or a quoted cell never closed) is left out."""
+    lines = text.split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    ends = list(accumulate(len(line) for line in lines))
+    taken = 0  # lines the reader has taken
+
+    def take() -> Iterator[str]:
+        nonlocal taken
+        for line in lines:
+            taken += 1
+            yield line
+
+    reader = csv.reader(take(), strict=True)
+    rows: list[Row] = []
+    header, end = None, 0
+    try:
+        for record in reader:
+            if not lines[taken - 1].endswith("\n"):
+                break  # the last record, with no newline after it: cut off
+            end = ends[taken - 1]
+            if not record:
+                continue
+            if header is None:
+                header = tuple(record)
+                if header != CSV_COLUMNS:
+                    _not_ours(path, 1)
+                continue
+            try:
+                rows.append(_from_cells(dict(zip(CSV_COLUMNS, record, strict=True))))
+            except ValueError:
+                _not_ours(path, reader.line_num)
+    except csv.Error:
+        if taken < len(lines):  # a broken record with more after it: not a cut
+            _not_ours(path, reader.line_num)
+    return rows, end
+
+
+def _not_ours(path: Path, line: int) -> NoReturn:
+    raise ValueError(
+        f"{path} line {line} is not a caption row written by captioner: "
+        "pass --overwrite to replace the file, or choose another output"
+    )
 
 
 def json_line(row: Row) -> str:
