@@ -24,7 +24,7 @@ from captioner.collection import (
     find_images,
 )
 from captioner.collection.job import attention_folders
-from captioner.collection.rows import SIDECAR_MANIFEST
+from captioner.collection.rows import SIDECAR_MANIFEST, encode_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -247,7 +247,7 @@ def test_resume_skips_done_retries_failed_and_drops_a_cut_line(tiny_captioner, t
     # Cut the last caption row in half, as a kill in the middle of a write would.
     kept = [row for row in rows if row["image"] != "img003.png"]
     RowFile(output).rewrite(kept)
-    torn = RowFile(output)._encode([next(r for r in rows if r["image"] == "img003.png")])
+    torn = encode_rows(suffix, [next(r for r in rows if r["image"] == "img003.png")])
     with open(output, "a") as file:
         file.write(torn[: len(torn) // 2])
     make_image(photos / "broken.png", 7)  # repaired since

@@ -109,7 +109,7 @@ class RowFile:
             self.path, "a", encoding="utf-8", errors="surrogateescape", newline=""
         )
         if self.suffix == ".csv" and self._handle.tell() == 0:
-            self._handle.write(_encode(self.suffix, [], header=True))
+            self._handle.write(encode_rows(self.suffix, [], header=True))
             self._handle.flush()
 
     def append(self, rows: list[Row]) -> None:
@@ -117,7 +117,7 @@ class RowFile:
         if rows:
             assert self._handle is not None, "open() first"
             try:
-                self._handle.write(_encode(self.suffix, rows))
+                self._handle.write(encode_rows(self.suffix, rows))
                 self._handle.flush()
             except OSError as error:  # a full disk: say which file
                 raise OSError(error.errno, error.strerror, str(self.path)) from None
@@ -132,7 +132,7 @@ class RowFile:
 
     def rewrite(self, rows: list[Row]) -> None:
         """Replace the whole file at once (readers see the old one or the new one)."""
-        write_atomically(self.path, _encode(self.suffix, rows, header=True))
+        write_atomically(self.path, encode_rows(self.suffix, rows, header=True))
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -162,7 +162,7 @@ class RowFile:
 
 
 # ---- the two formats, apart from the file they are read from and written to ----------------
-def _encode(suffix: str, rows: list[Row], header: bool = False) -> str:
+def encode_rows(suffix: str, rows: list[Row], header: bool = False) -> str:
     """`rows` as the text of a `.jsonl` or `.csv` file (a CSV's column names first, when
     `header`)."""
     if suffix == ".jsonl":
