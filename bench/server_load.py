@@ -93,7 +93,7 @@ def main() -> None:
     images = sample_images(16)
     form = {"attention": str(args.attention).lower()}
     if args.beam:
-        form["beam_size"] = str(args.beam)
+        form["num_beams"] = str(args.beam)
     print(f"form fields: {form}; at most {args.requests} requests or {args.seconds:g} s per row\n")
     print(
         f"{'batching':9s} {'clients':>7s} {'req/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s}"

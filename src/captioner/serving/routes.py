@@ -59,7 +59,7 @@ async def caption(
     request: Request,
     state: ServingState,
     file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, HEIC, GIF, ...)")],
-    beam_size: Annotated[
+    num_beams: Annotated[
         int | None, Form(description="1 = greedy; default: the model's (see /api/model)")
     ] = None,
     max_new_tokens: Annotated[
@@ -71,7 +71,7 @@ async def caption(
     settings, model = state.settings, state.model
     if len((await request.form()).getlist("file")) > 1:  # parsed already: FastAPI's copy
         return error_response(422, "send one image a request: this one has several file parts")
-    asked = {"beam_size": beam_size, "max_new_tokens": max_new_tokens}
+    asked = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     try:
         generation = model.generation_config(**{k: v for k, v in asked.items() if v is not None})
     except ValueError as error:
@@ -80,7 +80,7 @@ async def caption(
     if len(data) > settings.max_upload_bytes:  # within the multipart slack the middleware allows
         return error_response(413, upload_too_large_message(settings.max_upload_mb))
     read = time.perf_counter()
-    options = Options(generation.beam_size, generation.max_new_tokens, attention)
+    options = Options(generation.num_beams, generation.max_new_tokens, attention)
     prepare = partial(prepare_image, model, data, settings.max_pixels, settings.max_side)
     done = await state.batcher.submit(prepare, options, settings.request_timeout_s)
     image, result, stats = done.item, done.result, done.stats
