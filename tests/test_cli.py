@@ -200,6 +200,52 @@ def test_help_lists_every_command_and_caption_flags_with_library_defaults(capsys
     assert f"{GenerationConfig.num_beams} unless its config says" in text
 
 
+OLD_FLAGS = [
+    ("--beam", "--num-beams", "4", "num_beams", 4),
+    ("--max-tokens", "--max-new-tokens", "7", "max_new_tokens", 7),
+    ("--min-tokens", "--min-new-tokens", "2", "min_new_tokens", 2),
+    ("--num-captions", "--num-return-sequences", "3", "num_return_sequences", 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "old", "new", "text", "field", "value"),
+    [("caption", *flags) for flags in OLD_FLAGS] + [("eval", *OLD_FLAGS[0])],
+)
+def test_an_old_flag_still_works_and_names_its_new_one(command, old, new, text, field, value, capsys):
+    args = build_parser().parse_args([command, "--data", "d", old, text])
+    assert getattr(args, field) == value
+    assert capsys.readouterr().err == f"captioner {command}: {old} is now {new}\n"
+    assert getattr(build_parser().parse_args([command, "--data", "d", new, text]), field) == value
+    assert capsys.readouterr().err == ""
+
+
+def test_the_old_sample_switch_is_do_sample(capsys):
+    assert build_parser().parse_args(["caption", "--sample"]).do_sample is True
+    assert capsys.readouterr().err == "captioner caption: --sample is now --do-sample\n"
+    assert build_parser().parse_args(["caption"]).do_sample is None  # the model decides
+
+
+def test_old_flags_caption_as_their_new_names_do(model_dir, photo, tmp_path, capsys):
+    photo.save(tmp_path / "a.png")
+    base = ["caption", str(tmp_path / "a.png"), "--model", str(model_dir), "--json"]
+    old = ["--beam", "3", "--max-tokens", "6", "--min-tokens", "2", "--num-captions", "2"]
+    new = ["--num-beams", "3", "--max-new-tokens", "6", "--min-new-tokens", "2"]
+    assert main([*base, *old]) == 0
+    by_old = capsys.readouterr().out
+    assert main([*base, *new, "--num-return-sequences", "2"]) == 0
+    assert capsys.readouterr().out == by_old and len(json.loads(by_old)["captions"]) == 2
+
+
+@pytest.mark.parametrize("command", ["caption", "eval"])
+def test_help_names_decoding_flags_as_hugging_face_does(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--num-beams N beams, 1 = greedy" in text and "(old name: --beam)" in text
+    assert "[--beam" not in text and "--beam N" not in text  # listed only as an old name
+
+
 def test_python_dash_m_captioner_runs_the_command_line():
     done = subprocess.run(
         [sys.executable, "-m", "captioner", "--help"], capture_output=True, text=True, timeout=60

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.config import DecoderConfig, GenerationConfig
+from captioner.config import CaptionerConfig, DecoderConfig, GenerationConfig
 from captioner.decoder import CaptionDecoder
 from captioner.decoding import SpecialTokens, generate, nucleus, repeated_ngram_tokens
 from captioner.runtime.torch import TorchDecoding
@@ -233,6 +233,16 @@ def test_replace_refuses_unknown_option_names():
     assert GenerationConfig().replace(num_beams=5).num_beams == 5
     with pytest.raises(ValueError, match="unknown generation option.*beam;.*known: num_beams"):
         GenerationConfig().replace(beam=5)
+
+
+def test_saved_configs_read_an_old_option_name_as_the_new_one():
+    from captioner.training.config import TrainConfig
+
+    assert CaptionerConfig.from_dict({"generation": {"beam_size": 5}}).generation.num_beams == 5
+    run = TrainConfig.from_dict({"validation_generation": {"beam_size": 2}})
+    assert run.validation_generation.num_beams == 2
+    with pytest.raises(ValueError, match="sets both beam_size and num_beams"):
+        CaptionerConfig.from_dict({"generation": {"beam_size": 5, "num_beams": 5}})
 
 
 def test_min_new_tokens_bans_the_end_token_until_then(setup):

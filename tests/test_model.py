@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from captioner import Captioner, ImageLoadError
 from captioner.attention import colourise, overlay, save_token_heatmaps, select_map
-from captioner.hub import BUNDLED_MODELS, ModelNotFoundError, resolve_model_dir
+from captioner.hub import BUNDLED_MODELS, ModelLoadError, ModelNotFoundError, resolve_model_dir
 from captioner.torch_model import CaptionModel
 
 
@@ -190,6 +190,47 @@ def test_several_captions_per_image_hang_off_the_best(tiny_model, photo):
     assert [c.text for c in [samples, *samples.alternatives]] == [
         c.text for c in [again, *again.alternatives]
     ]
+
+
+def test_an_option_by_its_old_name_is_one_type_error_naming_the_new_one(tiny_model, photo):
+    unread = (pytest.fail("an image was read") for _ in range(1))
+    expected = "^caption\\(\\) got 'beam_size': it is called num_beams now$"
+    with pytest.raises(TypeError, match=expected):
+        tiny_model.caption(unread, beam_size=3)
+    with pytest.raises(TypeError, match=expected):
+        tiny_model.captioner("torch").caption(photo, beam_size=3)
+    with pytest.raises(ValueError, match="^generation option beam_size is called num_beams now$"):
+        tiny_model.captioner("torch").generation_config(beam_size=3)
+
+
+def test_configs_saved_with_old_option_names_still_load(tiny_model, photo, tmp_path):
+    """Checkpoints and exports written before the options took Hugging Face's names say
+    beam_size: it is read as num_beams."""
+    directory = tiny_model.save_pretrained(tmp_path / "old")
+    saved = json.loads((directory / "config.json").read_text())
+    generation = saved["generation"]
+    generation["beam_size"] = generation.pop("num_beams") + 1
+    (directory / "config.json").write_text(json.dumps(saved))
+    loaded = CaptionModel.from_pretrained(directory)
+    assert loaded.config.generation.num_beams == tiny_model.config.generation.num_beams + 1
+    generation["num_beams"] = 2
+    (directory / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ModelLoadError, match="sets both beam_size and num_beams"):
+        CaptionModel.from_pretrained(directory)
+
+
+def test_a_caption_converts_to_hugging_faces_image_to_text_pipeline_shape(tiny_model, photo):
+    """What `pipeline("image-to-text")(image)` gives for one image: a list of dicts whose
+    "generated_text" is a caption, the best first when it is asked for several."""
+    single = tiny_model.caption(photo, num_beams=3)[0]
+    assert single.to_pipeline() == [{"generated_text": single.text}]
+    ranked = tiny_model.caption(photo, num_beams=3, num_return_sequences=3)[0]
+    pipeline = ranked.to_pipeline()
+    assert [set(row) for row in pipeline] == [{"generated_text"}] * 3
+    assert [row["generated_text"] for row in pipeline] == [
+        c.text for c in [ranked, *ranked.alternatives]
+    ]
+    assert pipeline[0]["generated_text"] == single.text
 
 
 def test_a_folder_only_pytorch_can_run_needs_the_training_extra(tiny_model, photo, tmp_path):

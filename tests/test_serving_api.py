@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner import Captioner
+from captioner.config import MAX_NUM_BEAMS
 from captioner.serving.app import create_app
 from captioner.serving.settings import ServerSettings
 from captioner.torch_model import CaptionModel
@@ -99,6 +100,7 @@ def test_model_info(
     # The page reads its decoding defaults from here.
     assert info["generation"] == dataclasses.asdict(tiny_captioner.config.generation)
     assert info["server"]["max_new_tokens"] == tiny_captioner.config.decoder.max_length - 1
+    assert info["server"]["max_num_beams"] == MAX_NUM_BEAMS
 
 
 def test_model_info_is_described_in_the_openapi_schema(client: TestClient) -> None:
@@ -143,10 +145,18 @@ def test_caption_options(client: TestClient, tiny_captioner: Captioner) -> None:
 
 
 @pytest.mark.parametrize("num_beams", ["0", "17", "-1", "two"])
-def test_bad_beam_size(client: TestClient, num_beams: str) -> None:
+def test_bad_num_beams(client: TestClient, num_beams: str) -> None:
     response = post(client, encode(photo(), "PNG"), num_beams=num_beams)
     assert response.status_code == 422
     assert response.json()["error"].startswith("num_beams")
+
+
+def test_the_old_beam_size_field_is_a_422_naming_num_beams(client: TestClient) -> None:
+    """A client written before the field took Hugging Face's name: told, not silently served
+    the model's default beam."""
+    response = post(client, encode(photo(), "PNG"), beam_size="1")
+    assert response.status_code == 422
+    assert response.json() == {"error": "beam_size: this field is called num_beams now"}
 
 
 @pytest.mark.parametrize("max_new_tokens", ["0", "1000"])

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from captioner.config import RENAMED_OPTIONS
 from captioner.model import Caption, Captioner
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import Options, PreparedImage, prepare_image
@@ -69,8 +70,12 @@ async def caption(
 ) -> JSONResponse:
     started = time.perf_counter()
     settings, model = state.settings, state.model
-    if len((await request.form()).getlist("file")) > 1:  # parsed already: FastAPI's copy
+    form = await request.form()  # parsed already: FastAPI's copy
+    if len(form.getlist("file")) > 1:
         return error_response(422, "send one image a request: this one has several file parts")
+    for name in form:
+        if name in RENAMED_OPTIONS:  # a client written before: not ignored, or it would decode
+            return error_response(422, f"{name}: this field is called {RENAMED_OPTIONS[name]} now")
     asked = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     try:
         generation = model.generation_config(**{k: v for k, v in asked.items() if v is not None})
