@@ -60,13 +60,16 @@ def add_flag(parser: argparse._ActionsContainer, flag: Flag) -> None:
         parser.add_argument(flag.name, nargs=flag.nargs, help=flag.help)
         return
     switch = flag.type is None
-    taking: dict[str, Any] = (
-        {"action": "store_true"} if switch else {"type": flag.type, "metavar": flag.metavar}
-    )
+    value: dict[str, Any] = {} if switch else {"type": flag.type, "metavar": flag.metavar}
     names = (flag.short, flag.name) if flag.short else (flag.name,)
     old = f" (old name: {', '.join(flag.old_names)})" if flag.old_names else ""
     parser.add_argument(
-        *names, default=None, required=flag.required, help=flag.help + old, **taking
+        *names,
+        action="store_true" if switch else "store",
+        default=None,
+        required=flag.required,
+        help=flag.help + old,
+        **value,
     )
     for old_name in flag.old_names:
         parser.add_argument(
@@ -75,10 +78,9 @@ def add_flag(parser: argparse._ActionsContainer, flag: Flag) -> None:
             new_name=flag.name,
             dest=flag.dest,
             nargs=0 if switch else None,
-            type=flag.type,
-            metavar=flag.metavar,
             default=None,
             help=argparse.SUPPRESS,
+            **value,
         )
 
 
