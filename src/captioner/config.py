@@ -91,9 +91,10 @@ class GenerationConfig:
     """Decoding settings; the defaults are what `caption()` uses when nothing is passed.
 
     Each option has the name Hugging Face's `generate()` gives it, where it has one, so code and
-    habits written for it carry over. Greedy when num_beams == 1, beam search when larger; `do_sample` draws from the `top_p`
-    nucleus at `temperature` instead (num_beams is then unused). `num_return_sequences` captions
-    per image: the best K beams, or K independent samples (which may coincide).
+    habits written for it carry over. Greedy when num_beams == 1, beam search when larger;
+    `do_sample` draws from the `top_p` nucleus at `temperature` instead (num_beams is then
+    unused). `num_return_sequences` captions per image: the best K beams, or K independent
+    samples (which may coincide).
     """
 
     num_beams: int = 3
@@ -148,28 +149,6 @@ class GenerationConfig:
         if self.seed is not None:
             check_int("seed", self.seed, 0, 2**64 - 1)
         return self
-
-
-# Generation options by the names they had before they took Hugging Face's: a config saved with
-# one still loads, and a caller who passes one is told the new name.
-RENAMED_OPTIONS = {"beam_size": "num_beams"}
-
-
-def check_option_names(function: str, options: Iterable[str]) -> None:
-    """A TypeError, worded like Python's own for a wrong keyword, for an option passed by its
-    old name: the caller learns the new one instead of a list of every option."""
-    for name in options:
-        if name in RENAMED_OPTIONS:
-            raise TypeError(f"{function}() got {name!r}: it is called {RENAMED_OPTIONS[name]} now")
-
-
-def current_option_names(values: dict[str, Any]) -> dict[str, Any]:
-    """A saved generation config's values with old option names read as the new ones."""
-    current = {RENAMED_OPTIONS.get(name, name): value for name, value in values.items()}
-    if len(current) < len(values):
-        both = [f"{old} and {new}" for old, new in RENAMED_OPTIONS.items() if old in values]
-        raise ValueError(f"a generation config sets both {', '.join(both)} (the same option)")
-    return current
 
 
 def check_int(name: str, value: Any, low: int, high: int | None, why: str = "") -> None:
@@ -232,6 +211,28 @@ class CaptionerConfig:
     @classmethod
     def load(cls, path: str | Path) -> CaptionerConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Generation options by the names they had before they took Hugging Face's: a config saved with
+# one still loads, and a caller who passes one is told the new name.
+RENAMED_OPTIONS = {"beam_size": "num_beams"}
+
+
+def check_option_names(function: str, options: Iterable[str]) -> None:
+    """A TypeError, worded like Python's own for a wrong keyword, for an option passed by its
+    old name: the caller learns the new one instead of a list of every option."""
+    for name in options:
+        if name in RENAMED_OPTIONS:
+            raise TypeError(f"{function}() got {name!r}: it is called {RENAMED_OPTIONS[name]} now")
+
+
+def current_option_names(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved generation config's values with old option names read as the new ones."""
+    current = {RENAMED_OPTIONS.get(name, name): value for name, value in values.items()}
+    if len(current) < len(values):
+        both = [f"{old} and {new}" for old, new in RENAMED_OPTIONS.items() if old in values]
+        raise ValueError(f"a generation config sets both {', '.join(both)} (the same option)")
+    return current
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:

@@ -74,7 +74,7 @@ async def caption(
     if len(form.getlist("file")) > 1:
         return error_response(422, "send one image a request: this one has several file parts")
     for name in form:
-        if name in RENAMED_OPTIONS:  # a client written before: not ignored, or it would decode
+        if name in RENAMED_OPTIONS:  # ignored, it would caption with the model's default
             return error_response(422, f"{name}: this field is called {RENAMED_OPTIONS[name]} now")
     asked = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     try:
