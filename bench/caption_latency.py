@@ -39,7 +39,7 @@ from captioner.transforms import Preprocess
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# caption(images, beam_size) for one list of JPEG bytes
+# caption(images, num_beams) for one list of JPEG bytes
 Captioning = Callable[[list[bytes], int], object]
 
 
@@ -47,7 +47,7 @@ def ours(model: Captioner, tokens: int) -> Captioning:
     force_length(model)
 
     def run(images: list[bytes], beams: int) -> object:
-        return model.caption(images, beam_size=beams, max_new_tokens=tokens, batch_size=len(images))
+        return model.caption(images, num_beams=beams, max_new_tokens=tokens, batch_size=len(images))
 
     return run
 
@@ -116,7 +116,7 @@ def split(model: Captioner, images: list[bytes], tokens: int, repeats: int, batc
     the encoder's images/s alone on `batch` preprocessed images: the ceiling of any batch rate."""
     pixels = model.pixels(images[:1])
     features = model.encode(pixels)
-    generation = GenerationConfig(beam_size=1, max_new_tokens=tokens)
+    generation = GenerationConfig(num_beams=1, max_new_tokens=tokens)
     phone = [synthetic_jpeg(4032, 3024)]
     parts = {
         "image decode + preprocess": lambda: model.pixels(images[:1]),

@@ -66,7 +66,7 @@ def main() -> None:
     def one_by_one(beams: int) -> float:
         started = time.perf_counter()
         for path in paths:
-            model.caption([path], beam_size=beams)
+            model.caption([path], num_beams=beams)
         return len(paths) / (time.perf_counter() - started)
 
     def collection(beams: int) -> float:
@@ -78,7 +78,7 @@ def main() -> None:
             num_workers=args.workers,
         )
         started = time.perf_counter()
-        summary = caption_collection(model, [folder], config, beam_size=beams)
+        summary = caption_collection(model, [folder], config, num_beams=beams)
         assert summary.captioned == len(paths), summary
         return len(paths) / (time.perf_counter() - started)
 
@@ -91,7 +91,7 @@ def main() -> None:
         return len(paths) / (time.perf_counter() - started)
 
     def model_alone(beams: int) -> float:
-        generation = model.generation_config(beam_size=beams)
+        generation = model.generation_config(num_beams=beams)
         batches = [pixels[i : i + args.batch_size] for i in range(0, len(pixels), args.batch_size)]
         started = time.perf_counter()
         pipelined(
@@ -109,8 +109,8 @@ def main() -> None:
 
     modes = {"greedy": 1, "beam 3": 3}
     for beams in modes.values():  # warm-up: ONNX sessions, loader start-up paths, caches
-        model.caption([paths[0]], beam_size=beams)
-        caption_collection(model, [paths[0]], CollectionConfig(progress=False), beam_size=beams)
+        model.caption([paths[0]], num_beams=beams)
+        caption_collection(model, [paths[0]], CollectionConfig(progress=False), num_beams=beams)
     rates: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for mode, beams in modes.items():

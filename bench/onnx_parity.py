@@ -33,14 +33,14 @@ def evaluate(
     model: CaptionModel,
     captioner: Captioner,
     records: list[CaptionRecord],
-    beam_size: int,
+    num_beams: int,
     cache_dir: str,
     batch_size: int = 50,
 ) -> tuple[dict, dict[str, str]]:
     """`captioner.evaluation.evaluate.evaluate` (METEOR left out) with the captions decoded by
     `captioner` (one runtime over `model`): the same feature cache, batches, scores and
     teacher-forced token accuracy (in PyTorch)."""
-    generation = model.config.generation.replace(beam_size=beam_size)
+    generation = model.config.generation.replace(num_beams=num_beams)
     cache = build_cache(
         model.encoder, [image_source(r) for r in records], cache_dir, progress=False
     )

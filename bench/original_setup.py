@@ -118,7 +118,7 @@ def mib(size: int) -> str:
 
 def captions_per_second(model: CaptionModel, features: torch.Tensor, beam: int, device: str) -> float:
     """Captions a second from cached grids, `features` rows at a time (one batch)."""
-    generation = model.generation_config(beam_size=beam)
+    generation = model.generation_config(num_beams=beam)
     model.generate_from_features(features[:2], generation)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
@@ -232,7 +232,7 @@ def main() -> None:
     scores, _ = evaluate(
         model,
         dev,
-        beam_size=3,
+        num_beams=3,
         cache_dir=config.cache_dir,
         meteor=False,
         progress=False,

@@ -85,15 +85,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=128, help="answers per setting, at most")
     parser.add_argument("--seconds", type=float, default=30, help="time per setting, at most")
-    parser.add_argument("--beam", type=int, help="beam size sent (default: the model's)")
+    parser.add_argument("--num-beams", type=int, help="num_beams sent (default: the model's)")
     parser.add_argument("--attention", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args()
     header("Server load, loopback")
 
     images = sample_images(16)
     form = {"attention": str(args.attention).lower()}
-    if args.beam:
-        form["beam_size"] = str(args.beam)
+    if args.num_beams:
+        form["num_beams"] = str(args.num_beams)
     print(f"form fields: {form}; at most {args.requests} requests or {args.seconds:g} s per row\n")
     print(
         f"{'batching':9s} {'clients':>7s} {'req/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s}"

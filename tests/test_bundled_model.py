@@ -144,7 +144,7 @@ def test_bundled_model_is_small_and_recorded(bundled):
 def test_bundled_model_sees_dogs(bundled, flickr8k):
     """Every reference of these dev photos mentions dogs; so must the model."""
     paths = [flickr8k / "images" / f"{name}.jpg" for name in DOG_PHOTOS]
-    for result in bundled.caption(paths, beam_size=3):
+    for result in bundled.caption(paths, num_beams=3):
         assert "dog" in result.text, result.text
 
 
@@ -155,13 +155,13 @@ def test_golden_captions_and_logits(bundled, name, request):
     else:  # skips without the data
         image = request.getfixturevalue("flickr8k") / "images" / f"{name}.jpg"
     golden = GOLDEN[bundled.runtime.name][name]
-    assert bundled.caption(image, beam_size=1)[0].text == golden.greedy
-    assert bundled.caption(image, beam_size=3)[0].text == golden.beam3
+    assert bundled.caption(image, num_beams=1)[0].text == golden.greedy
+    assert bundled.caption(image, num_beams=3)[0].text == golden.beam3
     np.testing.assert_allclose(first_step_logits(bundled, image), golden.logits, atol=1e-3)
 
 
-def caption_texts(model: Captioner, images: list, beam_size: int) -> list[str]:
-    return [c.text for c in model.caption(images, beam_size=beam_size)]
+def caption_texts(model: Captioner, images: list, num_beams: int) -> list[str]:
+    return [c.text for c in model.caption(images, num_beams=num_beams)]
 
 
 def test_default_captions_do_not_depend_on_the_batch(flickr8k):
@@ -174,8 +174,8 @@ def test_default_captions_do_not_depend_on_the_batch(flickr8k):
     paths = [record.image for record in load_records(flickr8k, "dev")[:48]]
     order = np.random.default_rng(0).permutation(len(paths)).tolist()
     sizes = [7, 2, 16, 1, 22]  # calls over the shuffled photos
-    for beam_size in (1, 3):
-        texts = partial(caption_texts, model, beam_size=beam_size)
+    for num_beams in (1, 3):
+        texts = partial(caption_texts, model, num_beams=num_beams)
         together = texts(paths)
         assert [texts([path])[0] for path in paths] == together
         assert texts(paths[::-1])[::-1] == together
@@ -192,8 +192,8 @@ def print_golden(flickr8k: Path, runtime: str) -> None:
     print(f"    {model.runtime.name!r}: {{")
     for name in [*GOLDEN_PHOTOS, GENERATED]:
         image = generated_image() if name == GENERATED else flickr8k / "images" / f"{name}.jpg"
-        greedy = model.caption(image, beam_size=1)[0].text
-        beam3 = model.caption(image, beam_size=3)[0].text
+        greedy = model.caption(image, num_beams=1)[0].text
+        beam3 = model.caption(image, num_beams=3)[0].text
         logits = ", ".join(f"{value:.4f}" for value in first_step_logits(model, image))
         print(
             f"        {name!r}: Golden(\n            greedy={greedy!r},\n            beam3={beam3!r},"
@@ -220,7 +220,7 @@ def test_the_bundled_model_captions_by_name_without_torch():
         "model = Captioner.from_pretrained('flickr8k-effnet')\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_bundled_model import generated_image\n"
-        "print(model.runtime.name, model.caption(generated_image(), beam_size=1)[0].text)\n"
+        "print(model.runtime.name, model.caption(generated_image(), num_beams=1)[0].text)\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", script, str(Path(__file__).parent)],

@@ -27,7 +27,7 @@ def test_caption_json_reports_each_file_and_fails_on_bad_ones(model_dir, photo, 
     photo.save(tmp_path / "full.jpg")
     truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
     paths = [str(good), str(tmp_path / "missing.jpg"), str(not_image), str(truncated), str(good)]
-    code = main(["caption", *paths, "--model", str(model_dir), "--json", "--beam", "2"])
+    code = main(["caption", *paths, "--model", str(model_dir), "--json", "--num-beams", "2"])
     assert code == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by_image = {line["image"]: line for line in lines}
@@ -97,7 +97,7 @@ def test_folder_to_csv_then_resume_and_sidecars(model_dir, photo, tmp_path, caps
     (photos / "readme.md").write_text("# my photos")
     output = tmp_path / "captions.csv"
     args = ["caption", str(photos), "-r", "--model", str(model_dir), "-o", str(output)]
-    assert main([*args, "--beam", "1", "--sentence-case"]) == 0
+    assert main([*args, "--num-beams", "1", "--sentence-case"]) == 0
     err = capsys.readouterr().err
     assert "captioned 2 of 3" in err and "skipped 1 file that is not an image" in err
     text = output.read_text().splitlines()
@@ -129,22 +129,22 @@ def test_from_list_and_plain_output(model_dir, photo, tmp_path, capsys, monkeypa
         (["--batch-size", "0"], "batch_size must be an integer from 1 to 512, got 0"),
         (["--batch-size", "-1"], "batch_size must be an integer from 1 to 512, got -1"),
         (["--batch-size", "x"], "argument --batch-size: invalid int value: 'x'"),
-        (["--beam", "0"], "beam_size must be an integer from 1 to 16, got 0"),
-        (["--beam", "-1"], "beam_size must be an integer from 1 to 16, got -1"),
-        (["--beam", "99"], "beam_size must be an integer from 1 to 16, got 99"),
-        (["--max-tokens", "0"], "max_new_tokens must be an integer from 1"),
-        (["--max-tokens", "-5"], "max_new_tokens must be an integer from 1"),
-        (["--max-tokens", "500"], "max_new_tokens must be an integer from 1 to 39"),
+        (["--num-beams", "0"], "num_beams must be an integer from 1 to 16, got 0"),
+        (["--num-beams", "-1"], "num_beams must be an integer from 1 to 16, got -1"),
+        (["--num-beams", "99"], "num_beams must be an integer from 1 to 16, got 99"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be an integer from 1"),
+        (["--max-new-tokens", "-5"], "max_new_tokens must be an integer from 1"),
+        (["--max-new-tokens", "500"], "max_new_tokens must be an integer from 1 to 39"),
         (
-            ["--min-tokens", "9", "--max-tokens", "5"],
+            ["--min-new-tokens", "9", "--max-new-tokens", "5"],
             "min_new_tokens must be an integer from 1 to 5",
         ),
         (
-            ["--num-captions", "4", "--beam", "3"],
+            ["--num-return-sequences", "4", "--num-beams", "3"],
             "num_return_sequences must be an integer from 1 to 3",
         ),
-        (["--sample", "--temperature", "0"], "temperature must be a number >= 0.01"),
-        (["--sample", "--top-p", "0"], "top_p must be a number > 0.0"),
+        (["--do-sample", "--temperature", "0"], "temperature must be a number >= 0.01"),
+        (["--do-sample", "--top-p", "0"], "top_p must be a number > 0.0"),
         (["--workers", "-1"], "num_workers must be an integer from 0 to 64, got -1"),
         (["--sidecar", "txt"], "sidecar must be a file suffix such as .txt"),
         (["--sidecar", "../x"], "sidecar must be a file suffix such as .txt"),
@@ -197,7 +197,53 @@ def test_help_lists_every_command_and_caption_flags_with_library_defaults(capsys
         assert action.default is None or action.dest in ("help", "json", "quiet")
     text = " ".join(caption.format_help().split())
     assert f"(default: {CollectionConfig.batch_size})" in text
-    assert f"{GenerationConfig.beam_size} unless its config says" in text
+    assert f"{GenerationConfig.num_beams} unless its config says" in text
+
+
+OLD_FLAGS = [
+    ("--beam", "--num-beams", "4", "num_beams", 4),
+    ("--max-tokens", "--max-new-tokens", "7", "max_new_tokens", 7),
+    ("--min-tokens", "--min-new-tokens", "2", "min_new_tokens", 2),
+    ("--num-captions", "--num-return-sequences", "3", "num_return_sequences", 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "old", "new", "text", "field", "value"),
+    [("caption", *flags) for flags in OLD_FLAGS] + [("eval", *OLD_FLAGS[0])],
+)
+def test_an_old_flag_still_works_and_names_its_new_one(command, old, new, text, field, value, capsys):
+    args = build_parser().parse_args([command, "--data", "d", old, text])
+    assert getattr(args, field) == value
+    assert capsys.readouterr().err == f"captioner {command}: {old} is now {new}\n"
+    assert getattr(build_parser().parse_args([command, "--data", "d", new, text]), field) == value
+    assert capsys.readouterr().err == ""
+
+
+def test_the_old_sample_switch_is_do_sample(capsys):
+    assert build_parser().parse_args(["caption", "--sample"]).do_sample is True
+    assert capsys.readouterr().err == "captioner caption: --sample is now --do-sample\n"
+    assert build_parser().parse_args(["caption"]).do_sample is None  # the model decides
+
+
+def test_old_flags_caption_as_their_new_names_do(model_dir, photo, tmp_path, capsys):
+    photo.save(tmp_path / "a.png")
+    base = ["caption", str(tmp_path / "a.png"), "--model", str(model_dir), "--json"]
+    old = ["--beam", "3", "--max-tokens", "6", "--min-tokens", "2", "--num-captions", "2"]
+    new = ["--num-beams", "3", "--max-new-tokens", "6", "--min-new-tokens", "2"]
+    assert main([*base, *old]) == 0
+    by_old = capsys.readouterr().out
+    assert main([*base, *new, "--num-return-sequences", "2"]) == 0
+    assert capsys.readouterr().out == by_old and len(json.loads(by_old)["captions"]) == 2
+
+
+@pytest.mark.parametrize("command", ["caption", "eval"])
+def test_help_names_decoding_flags_as_hugging_face_does(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--num-beams N beams, 1 = greedy" in text and "(old name: --beam)" in text
+    assert "[--beam" not in text and "--beam N" not in text  # listed only as an old name
 
 
 def test_python_dash_m_captioner_runs_the_command_line():

@@ -181,10 +181,10 @@ def test_clip_token_input_trains_saves_loads_and_exports(clip_dir, tmp_path, mod
     # The ONNX runtime decodes both as it decodes learned embeddings (clip-contextual feeding
     # the text tower's cache back each step): the float32 graphs give PyTorch's captions.
     onnx = Captioner.from_pretrained(best, runtime="onnx-fp32")
-    captions = onnx.caption(photos, beam_size=2)
+    captions = onnx.caption(photos, num_beams=2)
     assert onnx.runtime.name == "onnx-fp32"
     assert [c.token_ids for c in captions] == [
-        c.token_ids for c in model.caption(photos, beam_size=2)
+        c.token_ids for c in model.caption(photos, num_beams=2)
     ]
     export_decoder(decoder, tmp_path / "onnx", ["fp32"])
     image = cpu_session(tmp_path / "onnx" / FILES["fp32"]["image"], 1)

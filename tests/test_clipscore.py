@@ -127,14 +127,14 @@ def test_eval_reports_clip_scores(clip_dir, tiny_model, tmp_path, capsys):
     assert "cider" in scores and scores["images"] == 4
 
     # re-ranked by CLIP-S, each image's CLIP-S can only rise: its top beam was a candidate
-    assert main([*arguments, "--beam", "3", "--clip", str(clip_dir), "--clip-rerank"]) == 0
+    assert main([*arguments, "--num-beams", "3", "--clip", str(clip_dir), "--clip-rerank"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     reranked = scores["clip_reranked"]
     assert reranked["clip_score"] >= scores["clip_score"] - 1e-6
     assert {"cider", "bleu4", "refclip_score"} <= set(reranked) and 0 <= reranked["changed"] <= 4
     for extra, message in [
         (["--clip-rerank"], "--clip-rerank needs --clip MODEL"),
-        (["--clip", str(clip_dir), "--clip-rerank", "--beam", "1"], "a beam of 2 or more"),
+        (["--clip", str(clip_dir), "--clip-rerank", "--num-beams", "1"], "a beam of 2 or more"),
     ]:
         assert main([*arguments, *extra]) == 2
         assert message in capsys.readouterr().err

@@ -78,13 +78,13 @@ def test_folders_are_read_by_content_recursively_on_request(tiny_captioner, tmp_
     shallow = find_images([photos])
     assert [item.name for item in shallow] == ["a.png", "notes.txt", "odd-name.data"]
     rows = []
-    summary = caption_collection(tiny_captioner, shallow, fast(), rows.append, beam_size=1)
+    summary = caption_collection(tiny_captioner, shallow, fast(), rows.append, num_beams=1)
     assert [row["image"] for row in rows] == ["a.png", "odd-name.data"]
     assert (summary.captioned, summary.not_images, summary.failed) == (2, 1, 0)
 
     rows = []
     summary = caption_collection(
-        tiny_captioner, [photos], fast(recursive=True), rows.append, beam_size=1
+        tiny_captioner, [photos], fast(recursive=True), rows.append, num_beams=1
     )
     names = [row["image"] for row in rows]
     assert names == ["a.png", "odd-name.data", "sub/b.jpg", "sub/deeper/c.png"]
@@ -129,7 +129,7 @@ def test_dataset_source_is_read_with_load_records(tiny_captioner, tmp_path):
     items = dataset_images(data, "dev")
     assert [item.name for item in items] == ["images/p1.jpg", "images/p2.jpg"]
     rows = []
-    caption_collection(tiny_captioner, items, fast(), rows.append, beam_size=1)
+    caption_collection(tiny_captioner, items, fast(), rows.append, num_beams=1)
     assert [row["image"] for row in rows] == ["images/p1.jpg", "images/p2.jpg"]
     with pytest.raises(ValueError, match="no images in split 'test' of"):
         dataset_images(data, "test")  # a split the data set does not have, said as such
@@ -142,7 +142,7 @@ def test_unreadable_images_are_error_rows_and_the_rest_go_on(tiny_captioner, tmp
     (tmp_path / "text.png").write_text("hello")
     output = tmp_path / "out.jsonl"
     sources = [good, cut, tmp_path / "text.png", tmp_path / "nope.png"]
-    summary = caption_collection(tiny_captioner, sources, fast(output=output), beam_size=1)
+    summary = caption_collection(tiny_captioner, sources, fast(output=output), num_beams=1)
     rows = {Path(row["image"]).name: row for row in rows_of(output)}
     assert rows["good.jpg"]["caption"]
     assert "truncated" in rows["cut.jpg"]["error"]
@@ -180,9 +180,9 @@ def test_output_formats_hold_one_row_an_image(tiny_captioner, tmp_path, suffix):
 def test_text_options_prefix_suffix_sentence_case(tiny_captioner, tmp_path):
     make_image(tmp_path / "a.png", 0)
     plain, styled = [], []
-    caption_collection(tiny_captioner, [tmp_path / "a.png"], fast(), plain.append, beam_size=1)
+    caption_collection(tiny_captioner, [tmp_path / "a.png"], fast(), plain.append, num_beams=1)
     config = fast(prefix="sks, ", suffix=" [v1]", sentence_case=True)
-    caption_collection(tiny_captioner, [tmp_path / "a.png"], config, styled.append, beam_size=1)
+    caption_collection(tiny_captioner, [tmp_path / "a.png"], config, styled.append, num_beams=1)
     text = plain[0]["caption"]
     sentence = text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
     assert styled[0]["caption"] == f"sks, {sentence} [v1]"
@@ -241,7 +241,7 @@ def test_resume_skips_done_retries_failed_and_drops_a_cut_line(tiny_captioner, t
     make_folder(photos, 4)
     make_truncated(photos / "broken.png")
     output = tmp_path / f"out{suffix}"
-    first = caption_collection(tiny_captioner, [photos], fast(output=output), beam_size=1)
+    first = caption_collection(tiny_captioner, [photos], fast(output=output), num_beams=1)
     assert (first.captioned, first.failed) == (4, 1)
     rows = rows_of(output)
     # Cut the last caption row in half, as a kill in the middle of a write would.
@@ -251,7 +251,7 @@ def test_resume_skips_done_retries_failed_and_drops_a_cut_line(tiny_captioner, t
     with open(output, "a") as file:
         file.write(torn[: len(torn) // 2])
     make_image(photos / "broken.png", 7)  # repaired since
-    second = caption_collection(tiny_captioner, [photos], fast(output=output), beam_size=1)
+    second = caption_collection(tiny_captioner, [photos], fast(output=output), num_beams=1)
     assert (second.already_done, second.captioned, second.failed) == (3, 2, 0)
     names = [row["image"] for row in rows_of(output)]
     assert sorted(names) == ["broken.png", *[f"img{i:03d}.png" for i in range(4)]]
@@ -286,7 +286,7 @@ def test_sigkill_mid_run_then_rerun_captions_each_image_exactly_once(model_dir, 
         str(output),
         "--batch-size",
         "2",
-        "--beam",
+        "--num-beams",
         "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -318,7 +318,7 @@ def test_two_cpu_processes_caption_the_same_rows_as_one(model_dir, tmp_path):
     base = [sys.executable, "-m", "captioner", "caption", str(photos), "--model", str(model_dir)]
     # One image a batch: the same arithmetic in both runs, so even the untrained model's near-ties
     # fall the same way.
-    base += ["--beam", "2", "--batch-size", "1", "--workers", "1"]
+    base += ["--num-beams", "2", "--batch-size", "1", "--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = tmp_path / "single.jsonl"
     done = subprocess.run([*base, "-o", str(single)], env=env, capture_output=True, timeout=300)

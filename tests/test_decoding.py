@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.config import DecoderConfig, GenerationConfig
+from captioner.config import CaptionerConfig, DecoderConfig, GenerationConfig
 from captioner.decoder import CaptionDecoder
 from captioner.decoding import SpecialTokens, generate, nucleus, repeated_ngram_tokens
 from captioner.runtime.torch import TorchDecoding
@@ -65,7 +65,7 @@ def sequence_log_prob(decoder, image_row, ids):
 
 def test_greedy_picks_the_argmax_at_every_step(setup):
     decoder, image = setup
-    config = GenerationConfig(beam_size=1, max_new_tokens=6, no_repeat_ngram_size=0)
+    config = GenerationConfig(num_beams=1, max_new_tokens=6, no_repeat_ngram_size=0)
     for row, hyp in enumerate(run(decoder, image, config)):
         prefix = [SPECIAL.start]
         for token in [*hyp.ids, SPECIAL.end][: config.max_new_tokens]:
@@ -83,7 +83,7 @@ def test_beam_search_with_full_width_is_exhaustive(setup):
     decoder, image = setup
     max_new = 3
     config = GenerationConfig(
-        beam_size=VOCAB, max_new_tokens=max_new, no_repeat_ngram_size=0, length_penalty=0.0
+        num_beams=VOCAB, max_new_tokens=max_new, no_repeat_ngram_size=0, length_penalty=0.0
     )
     results = run(decoder, image, config)
     allowed = [t for t in range(VOCAB) if t not in SPECIAL.banned and t != SPECIAL.end]
@@ -99,7 +99,7 @@ def test_beam_search_with_full_width_is_exhaustive(setup):
 def test_beam_scores_are_length_normalised_log_probs(setup):
     decoder, image = setup
     config = GenerationConfig(
-        beam_size=3, max_new_tokens=8, no_repeat_ngram_size=0, length_penalty=1.0
+        num_beams=3, max_new_tokens=8, no_repeat_ngram_size=0, length_penalty=1.0
     )
     for row, hyp in enumerate(run(decoder, image, config)):
         if len(hyp.ids) < config.max_new_tokens:  # finished with an end token
@@ -109,7 +109,7 @@ def test_beam_scores_are_length_normalised_log_probs(setup):
 
 def test_beam_search_is_batched_consistently(setup):
     decoder, image = setup
-    config = GenerationConfig(beam_size=3, max_new_tokens=8)
+    config = GenerationConfig(num_beams=3, max_new_tokens=8)
     together = run(decoder, image, config)
     alone = [run(decoder, image[i : i + 1], config)[0] for i in range(3)]
     assert [h.ids for h in together] == [h.ids for h in alone]
@@ -124,7 +124,7 @@ def test_no_repeat_ngram():
 def test_no_repeat_ngram_holds_in_generated_captions(setup):
     decoder, image = setup
     for beam in (1, 3):
-        config = GenerationConfig(beam_size=beam, max_new_tokens=15, no_repeat_ngram_size=2)
+        config = GenerationConfig(num_beams=beam, max_new_tokens=15, no_repeat_ngram_size=2)
         for hyp in run(decoder, image, config):
             bigrams = list(zip(hyp.ids, hyp.ids[1:]))
             assert len(bigrams) == len(set(bigrams))
@@ -133,8 +133,8 @@ def test_no_repeat_ngram_holds_in_generated_captions(setup):
 def test_banned_tokens_never_appear_and_length_is_bounded(setup):
     decoder, image = setup
     for config in (
-        GenerationConfig(beam_size=1, max_new_tokens=5),
-        GenerationConfig(beam_size=4, max_new_tokens=5),
+        GenerationConfig(num_beams=1, max_new_tokens=5),
+        GenerationConfig(num_beams=4, max_new_tokens=5),
         GenerationConfig(do_sample=True, top_p=0.95, temperature=1.5, max_new_tokens=5, seed=1),
     ):
         for hyp in run(decoder, image, config):
@@ -151,7 +151,7 @@ def test_sampling_is_seeded_and_top_p_zero_is_greedy(setup):
     nucleus = GenerationConfig(
         do_sample=True, top_p=1e-6, max_new_tokens=6, seed=0, no_repeat_ngram_size=0
     )
-    greedy = GenerationConfig(beam_size=1, max_new_tokens=6, no_repeat_ngram_size=0)
+    greedy = GenerationConfig(num_beams=1, max_new_tokens=6, no_repeat_ngram_size=0)
     assert [h.ids for h in run(decoder, image, nucleus)] == [
         h.ids for h in run(decoder, image, greedy)
     ]
@@ -175,11 +175,11 @@ def test_sampling_draws_tokens_with_their_probabilities():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"beam_size": 0}, "beam_size must be an integer from 1 to 16, got 0"),
-        ({"beam_size": -1}, "beam_size must be an integer from 1 to 16"),
-        ({"beam_size": 17}, "beam_size must be an integer from 1 to 16"),
-        ({"beam_size": 2.5}, "beam_size must be an integer"),
-        ({"beam_size": True}, "beam_size must be an integer"),
+        ({"num_beams": 0}, "num_beams must be an integer from 1 to 16, got 0"),
+        ({"num_beams": -1}, "num_beams must be an integer from 1 to 16"),
+        ({"num_beams": 17}, "num_beams must be an integer from 1 to 16"),
+        ({"num_beams": 2.5}, "num_beams must be an integer"),
+        ({"num_beams": True}, "num_beams must be an integer"),
         ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, got 0"),
         ({"max_new_tokens": -5}, "max_new_tokens must be an integer >= 1"),
         ({"min_new_tokens": 0}, "min_new_tokens must be an integer from 1 to 30"),
@@ -189,7 +189,7 @@ def test_sampling_draws_tokens_with_their_probabilities():
         ),
         ({"num_return_sequences": 4}, "num_return_sequences must be an integer from 1 to 3"),
         ({"num_return_sequences": 0}, "num_return_sequences must be an integer from 1 to 3"),
-        ({"beam_size": 1, "num_return_sequences": 2}, "from 1 to 1 .*do_sample=True"),
+        ({"num_beams": 1, "num_return_sequences": 2}, "from 1 to 1 .*do_sample=True"),
         ({"do_sample": True, "num_return_sequences": 17}, "num_return_sequences .* 1 to 16"),
         ({"do_sample": "yes"}, "do_sample must be true or false"),
         ({"do_sample": True, "temperature": 0}, r"temperature must be a number >= 0.01 and <= 100"),
@@ -215,14 +215,14 @@ def test_valid_settings_pass_and_the_model_limit_bounds_the_length(setup):
     GenerationConfig(
         do_sample=True, num_return_sequences=16, temperature=0.01, top_p=1.0
     ).validate()
-    GenerationConfig(beam_size=16, num_return_sequences=16, seed=2**64 - 1).validate()
+    GenerationConfig(num_beams=16, num_return_sequences=16, seed=2**64 - 1).validate()
     with pytest.raises(ValueError, match="max_new_tokens must be an integer from 1 to 39"):
         GenerationConfig(max_new_tokens=40).validate(max_new_tokens_limit=39)
     # generate() checks too; a length beyond the decoder's reach is cut to it.
     decoder, image = setup
     limit = decoder.config.max_length - 1
     config = GenerationConfig(
-        beam_size=1, max_new_tokens=limit + 5, min_new_tokens=limit, no_repeat_ngram_size=0
+        num_beams=1, max_new_tokens=limit + 5, min_new_tokens=limit, no_repeat_ngram_size=0
     )
     assert all(len(h.ids) == limit for h in run(decoder, image, config))
     with pytest.raises(ValueError, match="temperature"):
@@ -230,14 +230,24 @@ def test_valid_settings_pass_and_the_model_limit_bounds_the_length(setup):
 
 
 def test_replace_refuses_unknown_option_names():
-    assert GenerationConfig().replace(beam_size=5).beam_size == 5
-    with pytest.raises(ValueError, match="unknown generation option.*beam;.*known: beam_size"):
+    assert GenerationConfig().replace(num_beams=5).num_beams == 5
+    with pytest.raises(ValueError, match="unknown generation option.*beam;.*known: num_beams"):
         GenerationConfig().replace(beam=5)
+
+
+def test_saved_configs_read_an_old_option_name_as_the_new_one():
+    from captioner.training.config import TrainConfig
+
+    assert CaptionerConfig.from_dict({"generation": {"beam_size": 5}}).generation.num_beams == 5
+    run = TrainConfig.from_dict({"validation_generation": {"beam_size": 2}})
+    assert run.validation_generation.num_beams == 2
+    with pytest.raises(ValueError, match="sets both beam_size and num_beams"):
+        CaptionerConfig.from_dict({"generation": {"beam_size": 5, "num_beams": 5}})
 
 
 def test_min_new_tokens_bans_the_end_token_until_then(setup):
     decoder, image = setup
-    for options in ({"beam_size": 1}, {"beam_size": 4}, {"do_sample": True, "seed": 3}):
+    for options in ({"num_beams": 1}, {"num_beams": 4}, {"do_sample": True, "seed": 3}):
         short = GenerationConfig(max_new_tokens=8, no_repeat_ngram_size=0, **options)
         lengths = [len(h.ids) for h in run(decoder, image, short)]
         assert min(lengths) < 6  # the end token comes early without the minimum
@@ -249,7 +259,7 @@ def test_min_new_tokens_bans_the_end_token_until_then(setup):
 def test_greedy_with_min_new_tokens_is_the_masked_argmax(setup):
     decoder, image = setup
     config = GenerationConfig(
-        beam_size=1, max_new_tokens=6, min_new_tokens=4, no_repeat_ngram_size=0
+        num_beams=1, max_new_tokens=6, min_new_tokens=4, no_repeat_ngram_size=0
     )
     for row, hyp in enumerate(run(decoder, image, config)):
         prefix = [SPECIAL.start]
@@ -264,7 +274,7 @@ def test_greedy_with_min_new_tokens_is_the_masked_argmax(setup):
 
 def test_beam_search_returns_the_best_beams_in_order(setup):
     decoder, image = setup
-    one = GenerationConfig(beam_size=4, max_new_tokens=8, no_repeat_ngram_size=0)
+    one = GenerationConfig(num_beams=4, max_new_tokens=8, no_repeat_ngram_size=0)
     best = run(decoder, image, one)
     assert all(h.alternatives == [] for h in best)
     several = run(decoder, image, dataclasses.replace(one, num_return_sequences=3))
@@ -307,7 +317,7 @@ def test_attention_is_what_the_decoder_saw_for_each_token(setup):
     (the decoder is causal) must see the same for every generated token."""
     decoder, image = setup
     for beam in (1, 3):
-        config = GenerationConfig(beam_size=beam, max_new_tokens=6)
+        config = GenerationConfig(num_beams=beam, max_new_tokens=6)
         for row, hyp in enumerate(run(decoder, image, config, return_attention=True)):
             ids = torch.tensor([[SPECIAL.start, *hyp.ids]])
             with torch.no_grad():

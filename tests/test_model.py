@@ -9,29 +9,29 @@ from safetensors import safe_open
 
 from captioner import Captioner, ImageLoadError
 from captioner.attention import colourise, overlay, save_token_heatmaps, select_map
-from captioner.hub import BUNDLED_MODELS, ModelNotFoundError, resolve_model_dir
+from captioner.hub import BUNDLED_MODELS, ModelLoadError, ModelNotFoundError, resolve_model_dir
 from captioner.torch_model import CaptionModel
 
 
 def test_caption_accepts_every_input_kind_and_batches(tiny_model, photo, tmp_path):
     path = tmp_path / "photo.png"
     photo.save(path)
-    single = tiny_model.caption(photo, beam_size=1)
+    single = tiny_model.caption(photo, num_beams=1)
     assert len(single) == 1 and single[0].text and single[0].tokens
-    many = tiny_model.caption([path, str(path), path.read_bytes(), np.asarray(photo)], beam_size=1)
+    many = tiny_model.caption([path, str(path), path.read_bytes(), np.asarray(photo)], num_beams=1)
     # Batched images give what each gives alone.
     assert len({c.text for c in many}) == 1
-    assert many[0].text == tiny_model.caption(path, beam_size=1)[0].text
+    assert many[0].text == tiny_model.caption(path, num_beams=1)[0].text
 
 
 def test_caption_tokens_match_text(tiny_model, photo):
-    result = tiny_model.caption(photo, beam_size=3)[0]
+    result = tiny_model.caption(photo, num_beams=3)[0]
     assert len(result.tokens) == len(result.token_ids)
     assert tiny_model.tokenizer.decode(result.token_ids) == result.text
 
 
 def test_attention_maps_shape_and_meaning(tiny_model, photo):
-    result = tiny_model.caption(photo, beam_size=3, return_attention=True)[0]
+    result = tiny_model.caption(photo, num_beams=3, return_attention=True)[0]
     config = tiny_model.config.decoder
     assert result.attention.shape == (len(result.tokens), config.n_layers, config.n_heads, 7, 7)
     np.testing.assert_allclose(result.attention.sum(axis=(3, 4)), 1.0, rtol=1e-5)
@@ -67,8 +67,8 @@ def test_save_and_load_round_trip(tiny_model, photo, tmp_path):
     loaded = CaptionModel.from_pretrained(directory)
     for beam in (1, 3):
         assert (
-            loaded.caption(photo, beam_size=beam)[0].text
-            == tiny_model.caption(photo, beam_size=beam)[0].text
+            loaded.caption(photo, num_beams=beam)[0].text
+            == tiny_model.caption(photo, num_beams=beam)[0].text
         )
     # Without graphs in the folder, Captioner exports them into the cache: the float32 graphs
     # write PyTorch's captions.
@@ -76,8 +76,8 @@ def test_save_and_load_round_trip(tiny_model, photo, tmp_path):
     assert exported.runtime.name == "onnx-fp32"
     for beam in (1, 3):
         assert (
-            exported.caption(photo, beam_size=beam)[0].text
-            == tiny_model.caption(photo, beam_size=beam)[0].text
+            exported.caption(photo, num_beams=beam)[0].text
+            == tiny_model.caption(photo, num_beams=beam)[0].text
         )
 
 
@@ -127,15 +127,15 @@ def test_heatmap_rendering(tmp_path, photo):
 def test_caption_takes_file_objects_and_any_ordered_iterable(tiny_model, photo, tmp_path):
     path = tmp_path / "photo.png"
     photo.save(path)
-    expected = tiny_model.caption(path, beam_size=1)[0].text
+    expected = tiny_model.caption(path, num_beams=1)[0].text
     with open(path, "rb") as binary_file:
         sources = [io.BytesIO(path.read_bytes()), binary_file, memoryview(path.read_bytes())]
-        assert [c.text for c in tiny_model.caption(sources, beam_size=1)] == [expected] * 3
+        assert [c.text for c in tiny_model.caption(sources, num_beams=1)] == [expected] * 3
     generator = (image for image in [path, photo, str(path)])
-    results = tiny_model.caption(generator, beam_size=1, batch_size=2)  # read 2 at a time
+    results = tiny_model.caption(generator, num_beams=1, batch_size=2)  # read 2 at a time
     assert [c.text for c in results] == [expected] * 3
-    assert tiny_model.caption((path,), beam_size=1)[0].text == expected
-    assert tiny_model.caption([], beam_size=1) == []
+    assert tiny_model.caption((path,), num_beams=1)[0].text == expected
+    assert tiny_model.caption([], num_beams=1) == []
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_caption_refuses_what_is_not_an_image(tiny_model, images, message):
     "options, message",
     [
         ({"beam": 3}, "unknown generation option"),
-        ({"beam_size": 0}, "beam_size must be an integer from 1 to 16"),
+        ({"num_beams": 0}, "num_beams must be an integer from 1 to 16"),
         ({"max_new_tokens": 0}, "max_new_tokens must be an integer from 1 to 39"),
         ({"max_new_tokens": 40}, "max_new_tokens must be an integer from 1 to 39"),
         ({"do_sample": True, "temperature": 0}, "temperature must be a number >= 0.01"),
@@ -173,8 +173,8 @@ def test_caption_refuses_invalid_options_before_reading_images(tiny_model, optio
 
 def test_several_captions_per_image_hang_off_the_best(tiny_model, photo):
     images = [photo, np.asarray(photo)[::-1].copy()]
-    best = tiny_model.caption(images, beam_size=4)
-    results = tiny_model.caption(images, beam_size=4, num_return_sequences=3, return_attention=True)
+    best = tiny_model.caption(images, num_beams=4)
+    results = tiny_model.caption(images, num_beams=4, num_return_sequences=3, return_attention=True)
     assert len(results) == 2
     for single, result in zip(best, results):
         assert result.text == single.text and len(result.alternatives) == 2
@@ -190,6 +190,47 @@ def test_several_captions_per_image_hang_off_the_best(tiny_model, photo):
     assert [c.text for c in [samples, *samples.alternatives]] == [
         c.text for c in [again, *again.alternatives]
     ]
+
+
+def test_an_option_by_its_old_name_is_one_type_error_naming_the_new_one(tiny_model, photo):
+    unread = (pytest.fail("an image was read") for _ in range(1))
+    expected = "^caption\\(\\) got 'beam_size': it is called num_beams now$"
+    with pytest.raises(TypeError, match=expected):
+        tiny_model.caption(unread, beam_size=3)
+    with pytest.raises(TypeError, match=expected):
+        tiny_model.captioner("torch").caption(photo, beam_size=3)
+    with pytest.raises(ValueError, match="^generation option beam_size is called num_beams now$"):
+        tiny_model.captioner("torch").generation_config(beam_size=3)
+
+
+def test_configs_saved_with_old_option_names_still_load(tiny_model, photo, tmp_path):
+    """Checkpoints and exports written before the options took Hugging Face's names say
+    beam_size: it is read as num_beams."""
+    directory = tiny_model.save_pretrained(tmp_path / "old")
+    saved = json.loads((directory / "config.json").read_text())
+    generation = saved["generation"]
+    generation["beam_size"] = generation.pop("num_beams") + 1
+    (directory / "config.json").write_text(json.dumps(saved))
+    loaded = CaptionModel.from_pretrained(directory)
+    assert loaded.config.generation.num_beams == tiny_model.config.generation.num_beams + 1
+    generation["num_beams"] = 2
+    (directory / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ModelLoadError, match="sets both beam_size and num_beams"):
+        CaptionModel.from_pretrained(directory)
+
+
+def test_a_caption_converts_to_hugging_faces_image_to_text_pipeline_shape(tiny_model, photo):
+    """What `pipeline("image-to-text")(image)` gives for one image: a list of dicts whose
+    "generated_text" is a caption, the best first when it is asked for several."""
+    single = tiny_model.caption(photo, num_beams=3)[0]
+    assert single.to_pipeline() == [{"generated_text": single.text}]
+    ranked = tiny_model.caption(photo, num_beams=3, num_return_sequences=3)[0]
+    pipeline = ranked.to_pipeline()
+    assert [set(row) for row in pipeline] == [{"generated_text"}] * 3
+    assert [row["generated_text"] for row in pipeline] == [
+        c.text for c in [ranked, *ranked.alternatives]
+    ]
+    assert pipeline[0]["generated_text"] == single.text
 
 
 def test_a_folder_only_pytorch_can_run_needs_the_training_extra(tiny_model, photo, tmp_path):

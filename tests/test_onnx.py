@@ -92,13 +92,13 @@ def test_decoder_graphs_compute_what_pytorch_computes(tiny_model, tmp_path):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_fp32_onnx_gives_pytorchs_captions_on_generated_images(tiny_dir, beam_size):
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_fp32_onnx_gives_pytorchs_captions_on_generated_images(tiny_dir, num_beams):
     images = generated_images(6)
     torch_model = Captioner.from_pretrained(tiny_dir, runtime="torch")
     onnx_model = Captioner.from_pretrained(tiny_dir, runtime="onnx-fp32")
-    expected = torch_model.caption(images, beam_size=beam_size, return_attention=True)
-    got = onnx_model.caption(images, beam_size=beam_size, return_attention=True)
+    expected = torch_model.caption(images, num_beams=num_beams, return_attention=True)
+    got = onnx_model.caption(images, num_beams=num_beams, return_attention=True)
     assert onnx_model.runtime.name == "onnx-fp32"
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
     for mine, theirs in zip(got, expected):
@@ -113,9 +113,9 @@ def test_fp32_onnx_gives_pytorchs_captions_on_flickr8k_dev(flickr8k):
     paths = [r.image for r in load_records(flickr8k, "dev")[:40]]
     torch_model = Captioner.from_pretrained(runtime="torch")
     onnx_model = Captioner.from_pretrained(runtime="onnx-fp32")
-    for beam_size in (1, 3):
-        expected = token_ids(torch_model, paths, beam_size=beam_size)
-        assert token_ids(onnx_model, paths, beam_size=beam_size) == expected
+    for num_beams in (1, 3):
+        expected = token_ids(torch_model, paths, num_beams=num_beams)
+        assert token_ids(onnx_model, paths, num_beams=num_beams) == expected
 
 
 def test_int8_decoder_stays_within_0005_cider_d_of_fp32_on_flickr8k_dev(flickr8k, tmp_path):
@@ -136,7 +136,7 @@ def test_int8_decoder_stays_within_0005_cider_d_of_fp32_on_flickr8k_dev(flickr8k
     for beam in (1, 3):
         cider = {}
         for runtime, model in models.items():
-            generation = model.generation_config(beam_size=beam)
+            generation = model.generation_config(num_beams=beam)
             texts = []
             for start in range(0, len(features), 50):
                 chunk = features[start : start + 50]
@@ -214,7 +214,7 @@ def test_onnx_runtime_reexports_changed_weights_and_reuses_the_cache(tiny_dir, m
     reference = CaptionModel.from_pretrained(tiny_dir)
     with torch.no_grad():
         reference.decoder.final_norm.bias.add_(0.5)
-    assert token_ids(changed, images, beam_size=1) == token_ids(reference, images, beam_size=1)
+    assert token_ids(changed, images, num_beams=1) == token_ids(reference, images, num_beams=1)
 
 
 def test_a_damaged_cached_export_is_rebuilt_and_stale_scratch_folders_go(tiny_dir):

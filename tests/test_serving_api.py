@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner import Captioner
+from captioner.config import MAX_NUM_BEAMS
 from captioner.serving.app import create_app
 from captioner.serving.settings import ServerSettings
 from captioner.torch_model import CaptionModel
@@ -99,6 +100,7 @@ def test_model_info(
     # The page reads its decoding defaults from here.
     assert info["generation"] == dataclasses.asdict(tiny_captioner.config.generation)
     assert info["server"]["max_new_tokens"] == tiny_captioner.config.decoder.max_length - 1
+    assert info["server"]["max_num_beams"] == MAX_NUM_BEAMS
 
 
 def test_model_info_is_described_in_the_openapi_schema(client: TestClient) -> None:
@@ -106,15 +108,15 @@ def test_model_info_is_described_in_the_openapi_schema(client: TestClient) -> No
     reply = schema["paths"]["/api/model"]["get"]["responses"]["200"]["content"]
     assert reply["application/json"]["schema"] == {"$ref": "#/components/schemas/ModelInfo"}
     generation = schema["components"]["schemas"]["GenerationConfig"]["properties"]
-    assert {"beam_size", "max_new_tokens", "do_sample", "top_p"} <= set(generation)
+    assert {"num_beams", "max_new_tokens", "do_sample", "top_p"} <= set(generation)
 
 
 def test_caption_with_attention(client: TestClient, tiny_captioner: Captioner) -> None:
     data = encode(photo(64, 48), "JPEG")
-    response = post(client, data, "photo.jpg", beam_size=1)
+    response = post(client, data, "photo.jpg", num_beams=1)
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = tiny_captioner.caption(data, beam_size=1)[0]
+    expected = tiny_captioner.caption(data, num_beams=1)[0]
     assert body["caption"] != "" and body["tokens"] == expected.tokens
     assert body["image"] == {"width": 64, "height": 48}
     assert body["batch_size"] == 1
@@ -133,20 +135,28 @@ def test_caption_with_attention(client: TestClient, tiny_captioner: Captioner) -
 
 def test_caption_options(client: TestClient, tiny_captioner: Captioner) -> None:
     image = photo()
-    greedy = post(client, encode(image, "PNG"), beam_size=1, attention="false").json()
-    beam = post(client, encode(image, "PNG"), beam_size=4, attention="false").json()
+    greedy = post(client, encode(image, "PNG"), num_beams=1, attention="false").json()
+    beam = post(client, encode(image, "PNG"), num_beams=4, attention="false").json()
     assert greedy["attention"] is None and beam["attention"] is None
-    assert greedy["tokens"] == tiny_captioner.caption(image, beam_size=1)[0].tokens
-    assert beam["tokens"] == tiny_captioner.caption(image, beam_size=4)[0].tokens
+    assert greedy["tokens"] == tiny_captioner.caption(image, num_beams=1)[0].tokens
+    assert beam["tokens"] == tiny_captioner.caption(image, num_beams=4)[0].tokens
     default = post(client, encode(image, "PNG"), attention="false").json()  # the model's own
     assert default["tokens"] == tiny_captioner.caption(image)[0].tokens
 
 
-@pytest.mark.parametrize("beam_size", ["0", "17", "-1", "two"])
-def test_bad_beam_size(client: TestClient, beam_size: str) -> None:
-    response = post(client, encode(photo(), "PNG"), beam_size=beam_size)
+@pytest.mark.parametrize("num_beams", ["0", "17", "-1", "two"])
+def test_bad_num_beams(client: TestClient, num_beams: str) -> None:
+    response = post(client, encode(photo(), "PNG"), num_beams=num_beams)
     assert response.status_code == 422
-    assert response.json()["error"].startswith("beam_size")
+    assert response.json()["error"].startswith("num_beams")
+
+
+def test_the_old_beam_size_field_is_a_422_naming_num_beams(client: TestClient) -> None:
+    """A client written before the field took Hugging Face's name: told, not silently served
+    the model's default beam."""
+    response = post(client, encode(photo(), "PNG"), beam_size="1")
+    assert response.status_code == 422
+    assert response.json() == {"error": "beam_size: this field is called num_beams now"}
 
 
 @pytest.mark.parametrize("max_new_tokens", ["0", "1000"])
@@ -164,7 +174,7 @@ def test_max_new_tokens(client: TestClient, tiny_captioner: Captioner) -> None:
 
 
 def test_missing_file(client: TestClient) -> None:
-    response = client.post("/api/caption", data={"beam_size": "1"})
+    response = client.post("/api/caption", data={"num_beams": "1"})
     assert response.status_code == 422
     assert response.json() == {"error": "file: Field required"}
 
@@ -256,7 +266,7 @@ IMAGE_KINDS = {
 
 @pytest.mark.parametrize("kind", sorted(IMAGE_KINDS))
 def test_image_kinds_are_captioned(client: TestClient, kind: str) -> None:
-    response = post(client, IMAGE_KINDS[kind](), f"image.{kind}", beam_size=1, attention="false")
+    response = post(client, IMAGE_KINDS[kind](), f"image.{kind}", num_beams=1, attention="false")
     assert response.status_code == 200, response.text
     assert response.json()["image"] == {"width": 64, "height": 48}
     assert response.json()["caption"]
@@ -266,7 +276,7 @@ def test_exif_orientation_is_honoured(client: TestClient) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to display
     data = encode(photo(64, 48), "JPEG", exif=exif.tobytes())
-    response = post(client, data, "rotated.jpg", beam_size=1, attention="false")
+    response = post(client, data, "rotated.jpg", num_beams=1, attention="false")
     assert response.status_code == 200
     assert response.json()["image"] == {"width": 48, "height": 64}
 
@@ -278,7 +288,7 @@ def test_a_large_jpeg_is_decoded_small_and_reported_at_full_size(
     exif = Image.Exif()
     exif[0x0112] = orientation  # 6: stored sideways, displayed a quarter turn round
     data = encode(photo(2400, 1800), "JPEG", exif=exif.tobytes())
-    response = post(client, data, "large.jpg", beam_size=1, attention="false")
+    response = post(client, data, "large.jpg", num_beams=1, attention="false")
     assert response.status_code == 200, response.text
     expected = (
         {"width": 2400, "height": 1800} if orientation == 1 else {"width": 1800, "height": 2400}
@@ -363,7 +373,7 @@ def _concurrent_batch_sizes(client: TestClient, requests: int) -> list[int]:
 
     def one() -> None:
         barrier.wait()
-        response = post(client, data, beam_size=1, attention="false")
+        response = post(client, data, num_beams=1, attention="false")
         assert response.status_code == 200
         sizes.append(response.json()["batch_size"])
 
@@ -520,7 +530,7 @@ def test_cors_only_for_the_origins_given(
 def test_a_tiny_strip_is_captioned_cheaply(client: TestClient) -> None:
     """165 bytes of PNG, 1x20000 pixels: resized to 260x5,200,000 before the crop, once."""
     data = encode(Image.new("RGB", (1, 20_000), (120, 80, 40)), "PNG", optimize=True)
-    response = post(client, data, "strip.png", beam_size=1, attention="false")
+    response = post(client, data, "strip.png", num_beams=1, attention="false")
     assert response.status_code == 200, response.text
     assert response.json()["image"] == {"width": 1, "height": 20_000}
 
@@ -528,6 +538,6 @@ def test_a_tiny_strip_is_captioned_cheaply(client: TestClient) -> None:
 def test_an_iphone_heic_photo_is_captioned(client: TestClient) -> None:
     data = encode(photo(64, 48), "HEIF", quality=90)
     assert data[4:12] == b"ftypheic"  # what an iPhone sends
-    response = post(client, data, "IMG_0001.HEIC", beam_size=1, attention="false")
+    response = post(client, data, "IMG_0001.HEIC", num_beams=1, attention="false")
     assert response.status_code == 200, response.text
     assert response.json()["image"] == {"width": 64, "height": 48}

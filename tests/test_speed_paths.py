@@ -59,11 +59,11 @@ def test_unknown_runtime_is_a_clear_error():
         EfficientNetLiteEncoder("efficientnet-lite0", runtime="tensorrt")
 
 
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_captions_are_identical_on_every_encoder_path(tiny_model, photo, beam_size):
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_captions_are_identical_on_every_encoder_path(tiny_model, photo, num_beams):
     pytest.importorskip("onnxruntime")
     images = [photo, photo.transpose(0)]
-    generation = {"beam_size": beam_size, "max_new_tokens": 8}
+    generation = {"num_beams": num_beams, "max_new_tokens": 8}
     encoder, captions = tiny_model.encoder, {}
     before = encoder.runtime, encoder._session
     try:
@@ -79,7 +79,7 @@ def test_batched_greedy_equals_one_image_at_a_time(tiny_model):
     """Micro-batching must not change a caption: each row decodes as if alone."""
     torch.manual_seed(0)
     features = torch.randn(4, tiny_model.decoder.config.image_tokens, tiny_model.encoder.dim)
-    generation = GenerationConfig(beam_size=1, max_new_tokens=10)
+    generation = GenerationConfig(num_beams=1, max_new_tokens=10)
     batched = tiny_model.generate_from_features(features, generation)
     alone = [tiny_model.generate_from_features(row[None], generation)[0] for row in features]
     assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
@@ -111,11 +111,11 @@ class StepSpy:
 
 def test_beam_search_hands_the_decoder_each_image_once_for_its_beams(tiny_captioner):
     """The image memory is never copied per beam: every step sees one image row per image
-    still searching, and `beam_size` rows of tokens for each."""
+    still searching, and `num_beams` rows of tokens for each."""
     from captioner.decoding import generate
 
     features = np.random.default_rng(1).normal(size=(3, 49, 1280)).astype(np.float32)
-    generation = GenerationConfig(beam_size=3, max_new_tokens=10)
+    generation = GenerationConfig(num_beams=3, max_new_tokens=10)
     spy = StepSpy(tiny_captioner.runtime)
     hypotheses = generate(spy, features, tiny_captioner.special, generation)
     assert len(hypotheses) == 3 and spy.calls

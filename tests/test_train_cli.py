@@ -108,7 +108,7 @@ def test_a_bad_set_value_is_one_line_naming_it(assignment, fragments, capsys):
         ("captions_per_image=some", "captions_per_image must be random or all"),
         ("checkpoint_every_minutes=0", "checkpoint_every_minutes must be a number > 0"),
         ("decoder.n_heads=3", "decoder.d_model must be a multiple of decoder.n_heads (3)"),
-        ("validation_generation.beam_size=0", "validation_generation.beam_size must be"),
+        ("validation_generation.num_beams=0", "validation_generation.num_beams must be"),
         ("precision=fp8", "precision must be none (automatic) or one of"),
     ],
 )
@@ -198,9 +198,9 @@ def test_features_and_eval_refuse_bad_input_in_one_line(dataset, tmp_path, capsy
     assert_one_line_usage_error(code, err, "no such dataset")
     code, err = run_cli(["eval", "--data", str(dataset), "--limit", "0"], capsys)
     assert_one_line_usage_error(code, err, "--limit must be 1 or more")
-    beam = ["eval", "--data", str(dataset), "--beam", "0", "--cache-dir", str(tmp_path / "c")]
+    beam = ["eval", "--data", str(dataset), "--num-beams", "0", "--cache-dir", str(tmp_path / "c")]
     code, err = run_cli(beam, capsys)
-    assert_one_line_usage_error(code, err, "beam_size must be")
+    assert_one_line_usage_error(code, err, "num_beams must be")
 
 
 def test_evaluation_does_not_import_training():

@@ -53,7 +53,7 @@ def test_training_exports_a_loadable_best_model(dataset, tmp_path):
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["train"]["epochs"] == 3
     assert not any(k.startswith("model.encoder.") for k in checkpoint["state_dict"])
-    text = model.caption(Image.new("RGB", (40, 40), (220, 30, 30)), beam_size=2)[0].text
+    text = model.caption(Image.new("RGB", (40, 40), (220, 30, 30)), num_beams=2)[0].text
     assert text  # the caption itself is not checked: 3 epochs of 12 images is no real training
     logs = list((tmp_path / "run" / "logs").rglob("metrics.csv"))
     assert logs and "val/cider" in logs[0].read_text().splitlines()[0]
@@ -173,10 +173,10 @@ def test_progress_reaches_a_log_file(dataset, tmp_path, capsys):
 
 
 def test_a_nested_override_keeps_the_other_fields():
-    """`--set validation_generation.beam_size=3` must not reset the validation length (25 in
+    """`--set validation_generation.num_beams=3` must not reset the validation length (25 in
     TrainConfig) to GenerationConfig's own default (30)."""
-    config = preset("flickr8k-effnet", validation_generation={"beam_size": 3})
-    assert config.validation_generation.beam_size == 3
+    config = preset("flickr8k-effnet", validation_generation={"num_beams": 3})
+    assert config.validation_generation.num_beams == 3
     assert config.validation_generation.max_new_tokens == 25
     scst = preset("flickr8k-effnet-scst", decoder={"dropout": 0.0})
     assert scst.decoder.dropout == 0.0 and scst.decoder.n_layers == 3  # the preset's layers
@@ -395,7 +395,7 @@ def test_eval_command_prints_every_metric(dataset, tmp_path, capsys):
             str(dataset),
             "--split",
             "dev",
-            "--beam",
+            "--num-beams",
             "2",
             "--json",
             "--predictions",

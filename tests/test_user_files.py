@@ -54,7 +54,7 @@ def test_a_sidecar_is_never_the_output(tiny_captioner, tmp_path):  # D14
     folder = tmp_path / "dir"
     make_image(folder / "captions.jpg", 0)
     output = folder / "captions.jsonl"
-    caption_collection(tiny_captioner, [folder], fast(output=output), beam_size=1)
+    caption_collection(tiny_captioner, [folder], fast(output=output), num_beams=1)
     before = output.read_bytes()
     with pytest.raises(ValueError, match="would overwrite"):
         caption_collection(tiny_captioner, [folder], fast(output=output, sidecar=".jsonl"))
@@ -131,7 +131,7 @@ def test_any_file_name_round_trips_and_resumes(tiny_captioner, tmp_path, suffix)
         make_image(photos / name, i)
     output = tmp_path / f"out{suffix}"
     config = fast(output=output, prefix="\u2028 ")  # a separator in every caption, too (D4)
-    first = caption_collection(tiny_captioner, [photos], config, beam_size=1)
+    first = caption_collection(tiny_captioner, [photos], config, num_beams=1)
     assert (first.captioned, first.failed) == (len(ODD_NAMES), 0)
     rows = rows_of(output)
     assert sorted(row["image"] for row in rows) == sorted(ODD_NAMES)
@@ -139,7 +139,7 @@ def test_any_file_name_round_trips_and_resumes(tiny_captioner, tmp_path, suffix)
     if suffix == ".jsonl":
         lines = output.read_bytes().decode("utf-8").split("\n")  # valid UTF-8, one row a line
         assert len(lines) == len(ODD_NAMES) + 1 and lines[-1] == ""
-    again = caption_collection(tiny_captioner, [photos], config, beam_size=1)
+    again = caption_collection(tiny_captioner, [photos], config, num_beams=1)
     assert (again.already_done, again.captioned) == (len(ODD_NAMES), 0)
 
 
@@ -148,13 +148,13 @@ def test_a_csv_cut_inside_a_quoted_name_is_a_cut_row(tiny_captioner, tmp_path): 
     make_image(photos / "a.png", 0)
     make_image(photos / "two\nlines.png", 1)
     output = tmp_path / "out.csv"
-    caption_collection(tiny_captioner, [photos], fast(output=output), beam_size=1)
+    caption_collection(tiny_captioner, [photos], fast(output=output), num_beams=1)
     text = output.read_bytes()
     cut = text[: text.index(b"two\n") + len(b"two\n")]  # ends inside the quoted name
     output.write_bytes(cut)
     rows, torn = RowFile(output).read()
     assert [row["image"] for row in rows] == ["a.png"] and torn
-    again = caption_collection(tiny_captioner, [photos], fast(output=output), beam_size=1)
+    again = caption_collection(tiny_captioner, [photos], fast(output=output), num_beams=1)
     assert (again.already_done, again.captioned) == (1, 1)
     assert sorted(row["image"] for row in rows_of(output)) == ["a.png", "two\nlines.png"]
 
@@ -164,7 +164,7 @@ def test_csv_cells_that_would_run_as_formulas_are_neutralised(tiny_captioner, tm
     for i, name in enumerate(names):
         make_image(tmp_path / "photos" / name, i)
     output = tmp_path / "out.csv"
-    caption_collection(tiny_captioner, [tmp_path / "photos"], fast(output=output), beam_size=1)
+    caption_collection(tiny_captioner, [tmp_path / "photos"], fast(output=output), num_beams=1)
     lines = output.read_text().splitlines()[1:]
     assert len(lines) == len(names) and all(line.startswith("\"'") for line in lines)
     assert sorted(row["image"] for row in rows_of(output)) == sorted(names)

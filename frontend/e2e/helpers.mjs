@@ -201,10 +201,10 @@ export async function captionAgain(page, action, timeout = 120_000) {
 }
 
 /** The server's caption of a photo file, by the API. */
-export async function serverCaption(url, bytes, name, beamSize) {
+export async function serverCaption(url, bytes, name, numBeams) {
   const form = new FormData();
   form.append("file", new Blob([bytes]), name);
-  form.append("beam_size", String(beamSize));
+  form.append("num_beams", String(numBeams));
   const response = await fetch(`${url}/api/caption`, { method: "POST", body: form });
   if (!response.ok) throw new Error(`${url}/api/caption answered ${response.status}`);
   return response.json();

@@ -41,7 +41,7 @@ export interface ModelInfo {
   /** the model's decoding defaults */
   generation: GenerationDefaults;
   metadata: Record<string, unknown>;
-  server: { max_upload_mb: number; max_beam_size: number };
+  server: { max_upload_mb: number; max_num_beams: number };
 }
 
 const OFFLINE = "Can't reach the captioning server. Is `captioner serve` running?";
@@ -70,7 +70,7 @@ export function captionImage(
 ): Promise<CaptionResult> {
   const form = new FormData();
   form.append("file", image, image instanceof File ? image.name : "image.png");
-  form.append("beam_size", String(options.beamSize));
+  form.append("num_beams", String(options.numBeams));
   form.append("attention", "true");
   return request<CaptionResult>("/api/caption", { method: "POST", body: form, signal });
 }
@@ -82,7 +82,7 @@ export const getModel = () => request<ModelInfo>("/api/model");
 export function serverBackend(info: ModelInfo): CaptioningBackend {
   return {
     kind: "server",
-    model: { ...info, maxBeamSize: info.server.max_beam_size },
+    model: { ...info, maxNumBeams: info.server.max_num_beams },
     caption: captionImage,
   };
 }

@@ -8,7 +8,7 @@ export type BackendKind = "device" | "server";
 
 /** The model's decoding defaults (its `GenerationConfig`): the page starts from these. */
 export interface GenerationDefaults {
-  beam_size: number;
+  num_beams: number;
   max_new_tokens: number;
   length_penalty: number;
   no_repeat_ngram_size: number;
@@ -21,11 +21,11 @@ export interface ModelDescription {
   generation: GenerationDefaults;
   metadata: Record<string, unknown>;
   /** the widest beam this backend accepts */
-  maxBeamSize: number;
+  maxNumBeams: number;
 }
 
 export interface CaptionOptions {
-  beamSize: number;
+  numBeams: number;
 }
 
 /** The model's download and start-up in this browser (the device backend loads it on the first
@@ -74,6 +74,6 @@ export function asCaptionError(error: unknown): CaptionError {
 /** The decoding choices offered: greedy, the model's own beam and a couple of wider ones, no
  * wider than the backend accepts. */
 export function decodingChoices(model: ModelDescription): number[] {
-  const beams = new Set([1, 3, 5, model.generation.beam_size]);
-  return [...beams].filter((b) => b >= 1 && b <= model.maxBeamSize).sort((a, b) => a - b);
+  const beams = new Set([1, 3, 5, model.generation.num_beams]);
+  return [...beams].filter((b) => b >= 1 && b <= model.maxNumBeams).sort((a, b) => a - b);
 }

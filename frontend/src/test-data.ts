@@ -37,7 +37,7 @@ export const modelInfo: ModelInfo = {
   source: "bundled",
   encoder: { name: "efficientnet-lite2", grid_h: 9, grid_w: 9, image_size: 260 },
   decoder: { layers: 6, heads: 8, d_model: 512, parameters: 1000 },
-  generation: { beam_size: 3, max_new_tokens: 30, length_penalty: 1, no_repeat_ngram_size: 3 },
+  generation: { num_beams: 3, max_new_tokens: 30, length_penalty: 1, no_repeat_ngram_size: 3 },
   metadata: { dataset: "flickr8k", dev_metrics: { CIDEr: 0.61234, BLEU4: 0.2 } },
-  server: { max_upload_mb: 10, max_beam_size: 8 },
+  server: { max_upload_mb: 10, max_num_beams: 8 },
 };

@@ -23,14 +23,14 @@ def load(source: str | None = None) -> Captioner:
 def caption(
     images: ImageInput | Iterable[ImageInput],
     model: str | None = None,
-    beam_size: int | None = None,
+    num_beams: int | None = None,
     return_attention: bool = False,
     **options: Any,
 ) -> list[Caption]:
     """Caption images with the bundled model (or `model`: folder, hub id, wandb: artifact);
     `options` are `Captioner.caption`'s (batch_size, GenerationConfig fields)."""
     return load(model).caption(
-        images, beam_size=beam_size, return_attention=return_attention, **options
+        images, num_beams=num_beams, return_attention=return_attention, **options
     )
 
 

@@ -79,7 +79,7 @@ TOKEN_EMBEDDINGS = ("learned", "clip", "clip-contextual")
 
 # The widest beam and the most captions per image a caller may ask for: each beam or sample is a
 # row of every decoder call, so these bound the work one request can cause.
-MAX_BEAM_SIZE = 16
+MAX_NUM_BEAMS = 16
 MAX_RETURN_SEQUENCES = 16
 # Near 0 the scaled logits overflow float32 (NaN scores; 0.01 already samples almost greedily);
 # above 100 sampling is uniform noise.
@@ -90,12 +90,14 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 class GenerationConfig:
     """Decoding settings; the defaults are what `caption()` uses when nothing is passed.
 
-    Greedy when beam_size == 1, beam search when larger; `do_sample` draws from the `top_p`
-    nucleus at `temperature` instead (beam_size is then unused). `num_return_sequences` captions
-    per image: the best K beams, or K independent samples (which may coincide).
+    Each option has the name Hugging Face's `generate()` gives it, where it has one, so code and
+    habits written for it carry over. Greedy when num_beams == 1, beam search when larger;
+    `do_sample` draws from the `top_p` nucleus at `temperature` instead (num_beams is then
+    unused). `num_return_sequences` captions per image: the best K beams, or K independent
+    samples (which may coincide).
     """
 
-    beam_size: int = 3
+    num_beams: int = 3
     max_new_tokens: int = 30
     # The end token is banned until the caption has this many tokens (1: never empty).
     min_new_tokens: int = 1
@@ -110,6 +112,9 @@ class GenerationConfig:
     def replace(self, **options: Any) -> GenerationConfig:
         """A copy with `options` changed; an unknown option name is a ValueError naming it."""
         known = [f.name for f in dataclasses.fields(self)]
+        for name in options:
+            if name in RENAMED_OPTIONS:
+                raise ValueError(f"generation option {name} is called {RENAMED_OPTIONS[name]} now")
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ValueError(
@@ -121,7 +126,7 @@ class GenerationConfig:
         """Raise ValueError, saying the allowed range, for any setting that would decode
         nonsense or silently do something else; returns self. `max_new_tokens_limit`: the most
         tokens the model can write (its max_length - 1), when known."""
-        check_int("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
+        check_int("num_beams", self.num_beams, 1, MAX_NUM_BEAMS)
         check_int(
             "max_new_tokens",
             self.max_new_tokens,
@@ -135,8 +140,8 @@ class GenerationConfig:
         if self.do_sample:
             check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
         else:
-            why = "beam_size: the best beams; or do_sample=True for samples"
-            check_int("num_return_sequences", self.num_return_sequences, 1, self.beam_size, why)
+            why = "num_beams: the best beams; or do_sample=True for samples"
+            check_int("num_return_sequences", self.num_return_sequences, 1, self.num_beams, why)
         check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, None)
         check_number("length_penalty", self.length_penalty)
         check_number("top_p", self.top_p, 0.0, 1.0, low_open=True)
@@ -208,8 +213,32 @@ class CaptionerConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+# Generation options by the names they had before they took Hugging Face's: a config saved with
+# one still loads, and a caller who passes one is told the new name.
+RENAMED_OPTIONS = {"beam_size": "num_beams"}
+
+
+def check_option_names(function: str, options: Iterable[str]) -> None:
+    """A TypeError, worded like Python's own for a wrong keyword, for an option passed by its
+    old name: the caller learns the new one instead of a list of every option."""
+    for name in options:
+        if name in RENAMED_OPTIONS:
+            raise TypeError(f"{function}() got {name!r}: it is called {RENAMED_OPTIONS[name]} now")
+
+
+def current_option_names(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved generation config's values with old option names read as the new ones."""
+    current = {RENAMED_OPTIONS.get(name, name): value for name, value in values.items()}
+    if len(current) < len(values):
+        both = [f"{old} and {new}" for old, new in RENAMED_OPTIONS.items() if old in values]
+        raise ValueError(f"a generation config sets both {', '.join(both)} (the same option)")
+    return current
+
+
 def _build(kind: type, values: dict[str, Any]) -> Any:
     """Build a dataclass from a dict, refusing unknown keys so typos in configs surface early."""
+    if kind is GenerationConfig:
+        values = current_option_names(values)
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = set(values) - known
     if unknown:

@@ -7,6 +7,7 @@ cross-attention behind them, so attention maps come with the captions at no extr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,11 +61,11 @@ def generate(
             features = features[np.repeat(np.arange(images), samples)]  # numpy, or a tensor
         drawn = loop.run(runtime.start(features, 1, return_attention), images * samples)
         return [_with_alternatives(drawn[i : i + samples]) for i in range(0, len(drawn), samples)]
-    if config.beam_size == 1:
+    if config.num_beams == 1:
         loop = _TokenByToken(special, config, max_new, return_attention, seed=None)
         return loop.run(runtime.start(features, 1, return_attention), images)
     search = _BeamSearch(special, config, max_new, return_attention)
-    return search.run(runtime.start(features, config.beam_size, return_attention), images)
+    return search.run(runtime.start(features, config.num_beams, return_attention), images)
 
 
 def _with_alternatives(ranked: list[Hypothesis]) -> Hypothesis:
@@ -198,11 +199,47 @@ def _stacked(weights: list[np.ndarray]) -> np.ndarray:
     return np.stack(weights) if weights else np.zeros((0,), np.float32)
 
 
+@dataclass
+class _Beams:
+    """Beam search between two decoder steps. Rows are `beams` consecutive ones per image still
+    searching, in `searching` order; `finished` and `done` are per image of the batch."""
+
+    tokens: list[int]  # each row's last token: the next step's input
+    history: list[list[int]]
+    attention: list[list[np.ndarray]]
+    scores: np.ndarray  # (searching images, beams): -inf for a dead row
+    finished: list[list[Hypothesis]]
+    done: list[bool]
+    searching: list[int]
+
+
+@dataclass
+class _Extensions:
+    """The rows the next step runs: the row each extends, the token it adds, its score."""
+
+    rows: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, row: int, token: int, score: float) -> None:
+        self.rows.append(row)
+        self.tokens.append(token)
+        self.scores.append(score)
+
+    def only(self, kept: list[int]) -> _Extensions:
+        """These entries alone, in this order."""
+        return _Extensions(
+            [self.rows[i] for i in kept],
+            [self.tokens[i] for i in kept],
+            [self.scores[i] for i in kept],
+        )
+
+
 class _BeamSearch(_Step):
-    """Batched beam search: every image keeps `beam_size` live hypotheses in one decoder call.
+    """Batched beam search: every image keeps `num_beams` live hypotheses in one decoder call.
 
     Finished hypotheses are scored as sum(log p) / length ** length_penalty; an image is done once
-    it has `beam_size` of them and no live hypothesis could still beat the worst. Each image's
+    it has `num_beams` of them and no live hypothesis could still beat the worst. Each image's
     best `num_return_sequences` of them are returned (distinct token sequences). Done images
     leave the batch (see worth_compacting), so the decoder mostly runs the images searching.
     """
@@ -212,113 +249,122 @@ class _BeamSearch(_Step):
     ) -> None:
         super().__init__(special, config, 1.0)
         self.max_new, self.return_attention = max_new, return_attention
-        self.beams = config.beam_size
+        self.beams = config.num_beams
 
     def normalised(self, score: float, length: int) -> float:
         return score / max(length, 1) ** self.config.length_penalty
 
     def run(self, decoding: Decoding, images: int) -> list[Hypothesis]:
-        beams, end = self.beams, self.special.end
-        tokens = [self.special.start] * (images * beams)
-        history: list[list[int]] = [[] for _ in tokens]
-        attention: list[list[np.ndarray]] = [[] for _ in tokens]
-        # Only the first beam of each image is live at the start, so the beams do not all repeat it.
-        beam_scores = np.full((images, beams), -np.inf)
-        beam_scores[:, 0] = 0.0
-        finished: list[list[Hypothesis]] = [[] for _ in range(images)]
-        done = [False] * images
-        searching = list(range(images))  # the images whose beams the decoder runs, in row order
+        state = self._start(images)
         for step in range(self.max_new):
-            logits, weights = decoding.step(np.array(tokens, np.int64))
-            log_probs = self.log_probs(logits, history, step)
-            vocab = log_probs.shape[-1]
-            candidates = (beam_scores[:, :, None] + log_probs.reshape(-1, beams, vocab)).reshape(
-                len(searching), -1
-            )
-            # The 2 * beams best candidates of each image, best first (ties: lower index first).
-            top_index = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * beams]
-            top_scores = np.take_along_axis(candidates, top_index, -1)
-            next_rows, next_tokens, next_scores = [], [], []
-            for slot, b in enumerate(searching):
-                kept = 0
-                for score, index in zip(top_scores[slot].tolist(), top_index[slot].tolist()):
-                    if done[b] or score == -np.inf or kept == beams:
-                        break
-                    row, token = slot * beams + index // vocab, index % vocab
-                    if token == end:  # `step` tokens plus the end token
-                        finished[b].append(self._finished(history, attention, row, score, step))
-                        continue
-                    next_rows.append(row)
-                    next_tokens.append(token)
-                    next_scores.append(score)
-                    kept += 1
-                for _ in range(beams - kept):  # a done image: pad with dead rows
-                    next_rows.append(slot * beams)
-                    next_tokens.append(end)
-                    next_scores.append(-np.inf)
-                if not done[b] and len(finished[b]) >= beams:
-                    worst = sorted(h.score for h in finished[b])[-beams]
-                    # log-probs only fall, so a live beam is unlikely to end above this (as in HF)
-                    done[b] = self.normalised(max(next_scores[-beams:]), step + 2) <= worst
-            going = [slot for slot, b in enumerate(searching) if not done[b]]
+            logits, weights = decoding.step(np.array(state.tokens, np.int64))
+            log_probs = self.log_probs(logits, state.history, step)
+            extensions = self._extend(state, log_probs, step)
+            going = [slot for slot, b in enumerate(state.searching) if not state.done[b]]
             if not going:
                 break
-            kept_images = None
-            if worth_compacting(len(searching) - len(going), len(searching)):
-                kept_rows = [slot * beams + k for slot in going for k in range(beams)]
-                next_rows, next_tokens, next_scores = (
-                    [values[i] for i in kept_rows]
-                    for values in (next_rows, next_tokens, next_scores)
-                )
-                searching = [searching[slot] for slot in going]
-                kept_images = np.array(going)
-            # A row only inherits from a beam of its own image: the image rows change only when
-            # images leave.
-            decoding.keep(np.array(next_rows), kept_images)
-            history = [history[row] + [token] for row, token in zip(next_rows, next_tokens)]
-            if self.return_attention:
-                assert weights is not None  # started with attention
-                attention = [attention[row] + [weights[row]] for row in next_rows]
-            beam_scores = np.array(next_scores).reshape(len(searching), beams)
-            tokens = next_tokens
-        return [
-            self._best(b, finished[b], done[b], searching, beam_scores, history, attention)
-            for b in range(images)
-        ]
+            self._advance(state, decoding, extensions, going, weights)
+        return [self._best(image, state) for image in range(images)]
 
-    def _finished(
-        self,
-        history: list[list[int]],
-        attention: list[list[np.ndarray]],
-        row: int,
-        score: float,
-        step: int,
-    ) -> Hypothesis:
-        weights = _stacked(attention[row]) if self.return_attention else None
-        return Hypothesis(list(history[row]), self.normalised(score, step + 1), weights)
+    def _start(self, images: int) -> _Beams:
+        rows = images * self.beams
+        # Only the first beam of each image is live at the start, so the beams do not all repeat it.
+        scores = np.full((images, self.beams), -np.inf)
+        scores[:, 0] = 0.0
+        return _Beams(
+            tokens=[self.special.start] * rows,
+            history=[[] for _ in range(rows)],
+            attention=[[] for _ in range(rows)],
+            scores=scores,
+            finished=[[] for _ in range(images)],
+            done=[False] * images,
+            searching=list(range(images)),
+        )
 
-    def _best(
+    def _extend(self, state: _Beams, log_probs: np.ndarray, step: int) -> _Extensions:
+        """Each searching image's next `beams` rows: its best candidates that do not end (those
+        that end join its finished ones), padded with dead rows; marks the images now done."""
+        beams, vocab = self.beams, log_probs.shape[-1]
+        candidates = (state.scores[:, :, None] + log_probs.reshape(-1, beams, vocab)).reshape(
+            len(state.searching), -1
+        )
+        # The 2 * beams best candidates of each image, best first (ties: lower index first).
+        top_index = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * beams]
+        top_scores = np.take_along_axis(candidates, top_index, -1)
+        extensions = _Extensions()
+        for slot, image in enumerate(state.searching):
+            ranked = zip(top_scores[slot].tolist(), top_index[slot].tolist())
+            self._extend_image(state, slot, image, ranked, vocab, step, extensions)
+        return extensions
+
+    def _extend_image(
         self,
+        state: _Beams,
+        slot: int,
         image: int,
-        finished: list[Hypothesis],
-        done: bool,
-        searching: list[int],
-        beam_scores: np.ndarray,
-        history: list[list[int]],
-        attention: list[list[np.ndarray]],
-    ) -> Hypothesis:
+        ranked: Iterable[tuple[float, int]],
+        vocab: int,
+        step: int,
+        extensions: _Extensions,
+    ) -> None:
+        beams, end = self.beams, self.special.end
+        kept = 0
+        for score, index in ranked:
+            if state.done[image] or score == -np.inf or kept == beams:
+                break
+            row, token = slot * beams + index // vocab, index % vocab
+            if token == end:  # `step` tokens plus the end token
+                state.finished[image].append(self._finished(state, row, score, step + 1))
+                continue
+            extensions.add(row, token, score)
+            kept += 1
+        for _ in range(beams - kept):  # a done image: pad with dead rows
+            extensions.add(slot * beams, end, -np.inf)
+        finished = state.finished[image]
+        if not state.done[image] and len(finished) >= beams:
+            worst = sorted(h.score for h in finished)[-beams]
+            # log-probs only fall, so a live beam is unlikely to end above this (as in HF)
+            best_live = max(extensions.scores[-beams:])
+            state.done[image] = self.normalised(best_live, step + 2) <= worst
+
+    def _advance(
+        self,
+        state: _Beams,
+        decoding: Decoding,
+        extensions: _Extensions,
+        going: list[int],
+        weights: np.ndarray | None,
+    ) -> None:
+        """Make the extensions the rows, first dropping the done images' rows when worth it."""
+        beams, kept_images = self.beams, None
+        if worth_compacting(len(state.searching) - len(going), len(state.searching)):
+            extensions = extensions.only([slot * beams + k for slot in going for k in range(beams)])
+            state.searching = [state.searching[slot] for slot in going]
+            kept_images = np.array(going)
+        # A row only inherits from a beam of its own image: the image rows change only when
+        # images leave.
+        decoding.keep(np.array(extensions.rows), kept_images)
+        rows = extensions.rows
+        state.history = [state.history[row] + [token] for row, token in zip(rows, extensions.tokens)]
+        if self.return_attention:
+            assert weights is not None  # started with attention
+            state.attention = [state.attention[row] + [weights[row]] for row in rows]
+        state.scores = np.array(extensions.scores).reshape(len(state.searching), beams)
+        state.tokens = extensions.tokens
+
+    def _finished(self, state: _Beams, row: int, score: float, length: int) -> Hypothesis:
+        weights = _stacked(state.attention[row]) if self.return_attention else None
+        return Hypothesis(list(state.history[row]), self.normalised(score, length), weights)
+
+    def _best(self, image: int, state: _Beams) -> Hypothesis:
         """The image's best `num_return_sequences`; out of length, the live beams compete with
         the finished ones."""
-        pool = list(finished)
-        if not done:
-            slot = searching.index(image)
+        pool = list(state.finished[image])
+        if not state.done[image]:
+            slot = state.searching.index(image)
             for k in range(self.beams):
-                score = float(beam_scores[slot, k])
+                score = float(state.scores[slot, k])
                 if score > -np.inf:
-                    row = slot * self.beams + k
-                    weights = _stacked(attention[row]) if self.return_attention else None
-                    pool.append(
-                        Hypothesis(history[row], self.normalised(score, self.max_new), weights)
-                    )
+                    pool.append(self._finished(state, slot * self.beams + k, score, self.max_new))
         pool.sort(key=lambda h: h.score, reverse=True)
         return _with_alternatives(pool[: self.config.num_return_sequences])

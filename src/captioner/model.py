@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from captioner.config import CaptionerConfig, GenerationConfig
+from captioner.config import CaptionerConfig, GenerationConfig, check_option_names
 from captioner.decoding import Hypothesis, SpecialTokens, generate, max_new_tokens_limit
 from captioner.hub import (
     DESCRIPTION_FILE,
@@ -46,6 +46,11 @@ class Caption:
     def mean_attention(self) -> np.ndarray | None:
         """(tokens, grid_h, grid_w): the mean over layers and heads."""
         return None if self.attention is None else self.attention.mean(axis=(1, 2))
+
+    def to_pipeline(self) -> list[dict[str, str]]:
+        """This caption and its alternatives as Hugging Face's image-to-text pipeline gives one
+        image's captions (`[{"generated_text": ...}, ...]`), for code written against it."""
+        return [{"generated_text": caption.text} for caption in (self, *self.alternatives)]
 
 
 def special_tokens(tokenizer: CaptionTokenizer) -> SpecialTokens:
@@ -121,7 +126,7 @@ class Captioner:
     def caption(
         self,
         images: ImageInput | Iterable[ImageInput],
-        beam_size: int | None = None,
+        num_beams: int | None = None,
         return_attention: bool = False,
         batch_size: int = 16,
         **generation_options: Any,
@@ -130,9 +135,11 @@ class Captioner:
         iterable of them, read `batch_size` at a time (a generator too): one Caption per image,
         in order. `generation_options` are GenerationConfig fields; with
         num_return_sequences=K > 1 each Caption's `alternatives` hold the image's other K - 1.
-        ValueError for invalid options, ImageLoadError for an input that is not an image."""
-        if beam_size is not None:
-            generation_options["beam_size"] = beam_size
+        ValueError for invalid options, ImageLoadError for an input that is not an image, a
+        TypeError naming the new name of an option passed by its old one (beam_size)."""
+        check_option_names("caption", generation_options)
+        if num_beams is not None:
+            generation_options["num_beams"] = num_beams
         generation = self.generation_config(**generation_options)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -147,7 +154,7 @@ class Captioner:
         """Do now what the first caption would otherwise do (open the ONNX Runtime sessions):
         a server's first request waits for none of it."""
         size = self.preprocess.crop_size
-        self.caption(np.zeros((size, size, 3), np.uint8), beam_size=1, max_new_tokens=1)
+        self.caption(np.zeros((size, size, 3), np.uint8), num_beams=1, max_new_tokens=1)
 
     @classmethod
     def from_pretrained(

@@ -91,7 +91,7 @@ def model_card(config: CaptionerConfig, name: str, load_as: str | None) -> str:
         + "--output captions.jsonl",
         "```",
         "",
-        f"Decoding defaults: beam size {generation.beam_size}, at most "
+        f"Decoding defaults: beam size {generation.num_beams}, at most "
         f"{generation.max_new_tokens} tokens, no repeated {generation.no_repeat_ngram_size}-grams.",
     ]
     if dataset:

@@ -5,7 +5,6 @@ model in PyTorch or over its exported graphs in ONNX Runtime."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +26,6 @@ from captioner.hub import (
     load_config,
     load_tokenizer,
 )
-from captioner.images import ImageInput
 from captioner.model import Caption, Captioner, special_tokens
 from captioner.model_card import write_model_card
 from captioner.runtime.base import DEFAULT_RUNTIME, check_runtime, decoder_variant
@@ -100,19 +98,10 @@ class CaptionModel(nn.Module):
         features = cast(np.ndarray, features)  # TorchRuntime takes tensors as they are
         return self.captioner().generate_from_features(features, generation, return_attention)
 
-    def caption(
-        self,
-        images: ImageInput | Iterable[ImageInput],
-        beam_size: int | None = None,
-        return_attention: bool = False,
-        batch_size: int = 16,
-        runtime: str = "torch",
-        **generation_options: Any,
-    ) -> list[Caption]:
-        """`Captioner.caption` with this model, in PyTorch unless `runtime` says otherwise."""
-        return self.captioner(runtime).caption(
-            images, beam_size, return_attention, batch_size, **generation_options
-        )
+    def caption(self, *args: Any, runtime: str = "torch", **options: Any) -> list[Caption]:
+        """`Captioner.caption` (the same arguments) with this model, in PyTorch unless `runtime`
+        says otherwise."""
+        return self.captioner(runtime).caption(*args, **options)
 
     # ---- persistence ----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -19,7 +19,7 @@ function deviceBackend(tokens = ["a", "cat", "sits"]) {
   const caption = vi.fn(async () => captionResult(tokens));
   device.backend = {
     kind: "device",
-    model: { ...modelInfo, generation: { ...modelInfo.generation, beam_size: 1 }, maxBeamSize: 8 },
+    model: { ...modelInfo, generation: { ...modelInfo.generation, num_beams: 1 }, maxNumBeams: 8 },
     caption,
   };
   return caption;
@@ -85,7 +85,7 @@ test("a chosen photo is captioned, with words, alt text and the model's metrics"
   expect(screen.getByRole("img", { name: "Photo: a dog runs" })).toBeInTheDocument();
   const form = captionCalls(fetchMock)[0][1]!.body as FormData;
   expect((form.get("file") as File).name).toBe("dog.jpg");
-  expect(form.get("beam_size")).toBe("3");
+  expect(form.get("num_beams")).toBe("3");
   expect(form.get("attention")).toBe("true");
 });
 
@@ -119,14 +119,14 @@ test("layer and head selectors follow the model; mean of all by default", async 
   expect(screen.getByLabelText("Attention head")).toHaveValue("mean");
 });
 
-test("switching to greedy captions the photo again with beam_size 1", async () => {
+test("switching to greedy captions the photo again with num_beams 1", async () => {
   const fetchMock = serve(() => json(captionResult()));
   render(<App />);
   await userEvent.upload(screen.getByLabelText("Photo file"), photo());
   await screen.findByRole("button", { name: "dog" });
   await userEvent.selectOptions(screen.getByLabelText("Decoding"), "Greedy");
   await waitFor(() => expect(captionCalls(fetchMock)).toHaveLength(2));
-  expect((captionCalls(fetchMock)[1][1]!.body as FormData).get("beam_size")).toBe("1");
+  expect((captionCalls(fetchMock)[1][1]!.body as FormData).get("num_beams")).toBe("1");
 });
 
 test("a file the server refuses shows its message", async () => {
@@ -193,7 +193,7 @@ test("the webcam view says so when there is no camera", async () => {
 test("decoding starts from the model's own default beam", async () => {
   const fetchMock = vi.fn(async (url: string, _init?: RequestInit) => {
     if (url === "/api/health") return json({ status: "ok", model: "bundled" });
-    if (url === "/api/model") return json({ ...modelInfo, generation: { ...modelInfo.generation, beam_size: 4 } });
+    if (url === "/api/model") return json({ ...modelInfo, generation: { ...modelInfo.generation, num_beams: 4 } });
     if (url === "/api/caption") return json(captionResult());
     return json({ error: "not found" }, 404);
   });
@@ -204,7 +204,7 @@ test("decoding starts from the model's own default beam", async () => {
   await userEvent.upload(screen.getByLabelText("Photo file"), photo());
   await screen.findByRole("button", { name: "dog" });
   const call = fetchMock.mock.calls.find(([url]) => url === "/api/caption")!;
-  expect((call[1]!.body as FormData).get("beam_size")).toBe("4");
+  expect((call[1]!.body as FormData).get("num_beams")).toBe("4");
 });
 
 test("with no server, the model beside the page captions on this device", async () => {
@@ -216,7 +216,7 @@ test("with no server, the model beside the page captions on this device", async 
   expect(screen.getByLabelText("Decoding")).toHaveDisplayValue("Greedy"); // this model's default
   await userEvent.upload(screen.getByLabelText("Photo file"), photo());
   await screen.findByRole("button", { name: "cat" });
-  expect(caption).toHaveBeenCalledWith(expect.any(File), { beamSize: 1 }, expect.any(AbortSignal));
+  expect(caption).toHaveBeenCalledWith(expect.any(File), { numBeams: 1 }, expect.any(AbortSignal));
   expect(screen.getByText(/ms on this device/)).toBeInTheDocument();
   expect(screen.queryByRole("alert")).not.toBeInTheDocument();
   expect(fetchMock.mock.calls.filter(([, init]) => init?.method === "POST")).toHaveLength(0);

@@ -45,12 +45,12 @@ export default function App() {
   const [head, setHead] = useState<number | null>(null);
 
   const model = backend?.model ?? null;
-  const beamSizes = model ? decodingChoices(model) : [];
-  const beamSize =
-    beamChoice !== null && beamSizes.includes(beamChoice)
+  const numBeamsChoices = model ? decodingChoices(model) : [];
+  const numBeams =
+    beamChoice !== null && numBeamsChoices.includes(beamChoice)
       ? beamChoice
-      : (model?.generation.beam_size ?? 1);
-  const captioning = useCaptioning(backend, beamSize);
+      : (model?.generation.num_beams ?? 1);
+  const captioning = useCaptioning(backend, numBeams);
   // Each view shows only its own pictures: the webcam view never shows the last photo.
   const shown = !captioning.picture || captioning.picture.source === view ? captioning : null;
   const caption = shown?.caption ?? null;
@@ -126,9 +126,9 @@ export default function App() {
           />
           <div className="rounded-xl bg-white p-4 shadow-sm ring-1 ring-slate-200">
             <Controls
-              beamSizes={beamSizes}
-              beamSize={beamSize}
-              onBeamSize={setBeamChoice}
+              numBeamsChoices={numBeamsChoices}
+              numBeams={numBeams}
+              onNumBeams={setBeamChoice}
               layers={attention?.layers ?? 0}
               heads={attention?.heads ?? 0}
               layer={layer}

@@ -1,8 +1,8 @@
 interface Props {
   /** the beam sizes offered (1 is greedy) */
-  beamSizes: number[];
-  beamSize: number;
-  onBeamSize: (beamSize: number) => void;
+  numBeamsChoices: number[];
+  numBeams: number;
+  onNumBeams: (numBeams: number) => void;
   /** layer and head counts of the current attention maps; 0 hides those selectors */
   layers: number;
   heads: number;
@@ -12,7 +12,7 @@ interface Props {
   onHead: (head: number | null) => void;
 }
 
-const decodingLabel = (beamSize: number) => (beamSize === 1 ? "Greedy" : `Beam search (${beamSize})`);
+const decodingLabel = (numBeams: number) => (numBeams === 1 ? "Greedy" : `Beam search (${numBeams})`);
 
 const selectClass =
   "mt-1 block w-full rounded-lg border border-slate-300 bg-white px-2 py-1.5 text-sm focus:outline-2 focus:outline-amber-500";
@@ -53,12 +53,12 @@ export default function Controls(props: Props) {
         Decoding
         <select
           className={selectClass}
-          value={props.beamSize}
-          onChange={(e) => props.onBeamSize(Number(e.target.value))}
+          value={props.numBeams}
+          onChange={(e) => props.onNumBeams(Number(e.target.value))}
         >
-          {props.beamSizes.map((beamSize) => (
-            <option key={beamSize} value={beamSize}>
-              {decodingLabel(beamSize)}
+          {props.numBeamsChoices.map((numBeams) => (
+            <option key={numBeams} value={numBeams}>
+              {decodingLabel(numBeams)}
             </option>
           ))}
         </select>

@@ -15,7 +15,7 @@ const description = {
   encoder: { name: "efficientnet-lite2", grid_h: 1, grid_w: 1, dim: 8 },
   preprocess: { crop_size: 224 },
   decoder: { n_layers: 3, n_heads: 2, d_model: 8 },
-  generation: { beam_size: 3 },
+  generation: { num_beams: 3 },
 };
 
 test("a model of this page's format version is offered", async () => {
@@ -23,6 +23,11 @@ test("a model of this page's format version is offered", async () => {
   const backend = await findDeviceModel("model/");
   expect(backend?.kind).toBe("device");
   expect(backend?.model.decoder.layers).toBe(3);
+});
+
+test("a model exported before the options took Hugging Face's names starts from its own beam", async () => {
+  serveDescription({ ...description, generation: { beam_size: 5 } });
+  expect((await findDeviceModel("model/"))?.model.generation.num_beams).toBe(5);
 });
 
 test("a model of another format version is refused with what to do, not run wrongly", async () => {

@@ -5,7 +5,7 @@ import type { CaptionResult } from "../api";
 import { CaptionError } from "../backend";
 import type { CaptioningBackend, CaptionOptions, ModelDescription, ModelLoad } from "../backend";
 import { Cancelled, DeviceCaptioner } from "./deviceCaptioner";
-import { describe, FORMAT, FORMAT_VERSION } from "./exported";
+import { describe, FORMAT, FORMAT_VERSION, withCurrentNames } from "./exported";
 import type { ExportedModel } from "./exported";
 
 /** Where the exported site keeps the model, relative to the page. */
@@ -30,7 +30,7 @@ export async function findDeviceModel(directory: string): Promise<CaptioningBack
       "failed",
     );
   }
-  return new DeviceBackend(exported as ExportedModel, new URL(directory, document.baseURI).href);
+  return new DeviceBackend(withCurrentNames(exported as ExportedModel), new URL(directory, document.baseURI).href);
 }
 
 class DeviceBackend implements CaptioningBackend {
@@ -51,10 +51,10 @@ class DeviceBackend implements CaptioningBackend {
   /** One caption at a time (the sessions are shared); a cancelled one stops at its next step.
    * On the page's own thread: tried in a worker, the model ran beside the webcam video's drawing
    * and live mode wrote fewer captions a second on 2 cores. */
-  caption(image: Blob, { beamSize }: CaptionOptions, signal: AbortSignal): Promise<CaptionResult> {
+  caption(image: Blob, { numBeams }: CaptionOptions, signal: AbortSignal): Promise<CaptionResult> {
     const run = async () => {
       try {
-        return await this.captioner.caption(image, beamSize, () => signal.aborted);
+        return await this.captioner.caption(image, numBeams, () => signal.aborted);
       } catch (error) {
         if (error instanceof Cancelled) throw new DOMException("captioning was cancelled", "AbortError");
         throw error;

@@ -123,7 +123,7 @@ export class DeviceCaptioner {
   }
 
   /** `cancelled` is asked between steps: a caption nobody waits for stops early. */
-  async caption(image: Blob, beamSize: number, cancelled: () => boolean): Promise<CaptionResult> {
+  async caption(image: Blob, numBeams: number, cancelled: () => boolean): Promise<CaptionResult> {
     const check = () => {
       if (cancelled()) throw new Cancelled();
     };
@@ -157,7 +157,7 @@ export class DeviceCaptioner {
     const best = await generate(
       decoder,
       specialTokens(this.exported),
-      decodingSettings(this.exported, beamSize),
+      decodingSettings(this.exported, numBeams),
     );
     const finished = performance.now();
     return {

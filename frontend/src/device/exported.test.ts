@@ -18,7 +18,7 @@ const model: ExportedModel = {
       [" '(s|t|re|ve|m|ll|d)\\b", "'$1"],
     ],
   },
-  generation: { beam_size: 3, max_new_tokens: 30, length_penalty: 1, no_repeat_ngram_size: 3 },
+  generation: { num_beams: 3, max_new_tokens: 30, length_penalty: 1, no_repeat_ngram_size: 3 },
 };
 
 test("the caption text is the pieces joined and detokenised, as tokenizer.decode does", () => {
@@ -28,13 +28,13 @@ test("the caption text is the pieces joined and detokenised, as tokenizer.decode
 
 test("decoding settings: the model's defaults, the token limit capped by its length", () => {
   expect(decodingSettings(model, 1)).toEqual({
-    beamSize: 1,
+    numBeams: 1,
     maxNewTokens: 11, // max_length - 1, below max_new_tokens
     minNewTokens: 1,
     lengthPenalty: 1,
     noRepeatNgramSize: 3,
   });
-  expect(describeModel(model).generation.beam_size).toBe(3);
+  expect(describeModel(model).generation.num_beams).toBe(3);
   expect(describeModel(model).encoder.image_size).toBe(224);
 });
 

@@ -46,7 +46,17 @@ export interface ExportedModel {
 }
 
 /** Widest beam offered on the device: each beam is a row of every decoder step. */
-export const DEVICE_MAX_BEAM_SIZE = 8;
+export const DEVICE_MAX_NUM_BEAMS = 8;
+
+/** Generation options by the names exports wrote before they took Hugging Face's (as
+ * `RENAMED_OPTIONS` in src/captioner/config.py). */
+const RENAMED_OPTIONS: Record<string, string> = { beam_size: "num_beams" };
+
+/** `captioner.json` as read, an old option name in its `generation` read as the new one. */
+export function withCurrentNames(model: ExportedModel): ExportedModel {
+  const entries = Object.entries(model.generation).map(([name, value]) => [RENAMED_OPTIONS[name] ?? name, value]);
+  return { ...model, generation: Object.fromEntries(entries) as ExportedModel["generation"] };
+}
 
 /** The graphs to run: the int8 ones when exported (the web site has only those). */
 export function graphFiles(model: ExportedModel): GraphFiles {
@@ -61,7 +71,7 @@ export function describe(model: ExportedModel): ModelDescription {
     decoder: { layers: model.decoder.n_layers, heads: model.decoder.n_heads, d_model: model.decoder.d_model },
     generation: model.generation,
     metadata: model.metadata ?? {},
-    maxBeamSize: DEVICE_MAX_BEAM_SIZE,
+    maxNumBeams: DEVICE_MAX_NUM_BEAMS,
   };
 }
 
@@ -70,12 +80,12 @@ export function specialTokens(model: ExportedModel): SpecialTokens {
   return { start: start_id, end: end_id, banned: banned_ids };
 }
 
-/** The model's generation defaults with `beamSize`, the token limit capped as
+/** The model's generation defaults with `numBeams`, the token limit capped as
  * `generation.token_limit` caps it. */
-export function decodingSettings(model: ExportedModel, beamSize: number): DecodingSettings {
+export function decodingSettings(model: ExportedModel, numBeams: number): DecodingSettings {
   const g = model.generation;
   return {
-    beamSize,
+    numBeams,
     maxNewTokens: Math.min(g.max_new_tokens, model.decoder.max_length - 1),
     minNewTokens: g.min_new_tokens ?? 1,
     lengthPenalty: g.length_penalty,

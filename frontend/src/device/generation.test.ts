@@ -8,7 +8,7 @@ const UNKNOWN = 2;
 const special: SpecialTokens = { start: START, end: END, banned: [START, UNKNOWN] };
 const VOCAB = 8;
 const settings = (change: Partial<DecodingSettings> = {}): DecodingSettings => ({
-  beamSize: 1,
+  numBeams: 1,
   maxNewTokens: 10,
   minNewTokens: 1,
   lengthPenalty: 1,
@@ -66,7 +66,7 @@ test("banned ids and an empty caption are never produced", async () => {
   const beam = new ToyDecoder((prefix) =>
     prefix.length === 0 ? { [END]: 0.5, [START]: 0.2, [UNKNOWN]: 0.2, 6: 0.01 } : { [END]: 0.9 },
   );
-  expect((await generate(beam, special, settings({ beamSize: 3 }))).ids).toEqual([6]);
+  expect((await generate(beam, special, settings({ numBeams: 3 }))).ids).toEqual([6]);
 });
 
 test("minNewTokens keeps the end token away until the caption is that long", async () => {
@@ -107,7 +107,7 @@ test("beam search finds the likelier caption that greedy misses", async () => {
   };
   expect((await generate(new ToyDecoder(model), special, settings())).ids[0]).toBe(3);
   const toy = new ToyDecoder(model);
-  const best = await generate(toy, special, settings({ beamSize: 3 }));
+  const best = await generate(toy, special, settings({ numBeams: 3 }));
   expect(best.ids).toEqual([4, 5]);
   // sum of log-probabilities (end token included) over the 3 tokens
   expect(best.score).toBeCloseTo((Math.log(0.45) + Math.log(0.95) + Math.log(0.95)) / 3, 2);
@@ -129,10 +129,10 @@ test("length normalisation: lengthPenalty 0 prefers the likeliest caption, 1 the
     "4 5 6": { [END]: 0.5, 7: 0.5 },
   };
   const model = (prefix: number[]) => table[prefix.join(" ")] ?? { [END]: 1 };
-  const total = await generate(new ToyDecoder(model), special, settings({ beamSize: 2, lengthPenalty: 0 }));
+  const total = await generate(new ToyDecoder(model), special, settings({ numBeams: 2, lengthPenalty: 0 }));
   expect(total.ids).toEqual([3]);
   expect(total.score).toBeCloseTo(Math.log(0.3), 6);
-  const perToken = await generate(new ToyDecoder(model), special, settings({ beamSize: 2 }));
+  const perToken = await generate(new ToyDecoder(model), special, settings({ numBeams: 2 }));
   expect(perToken.ids).toEqual([4, 5, 6, 7]);
   expect(perToken.score).toBeCloseTo(Math.log(0.16) / 5, 6);
 });
@@ -141,7 +141,7 @@ test("a caption that reaches maxNewTokens is cut there", async () => {
   const endless = (prefix: number[]) => ({ [3 + (prefix.length % 5)]: 0.9 });
   const greedy = await generate(new ToyDecoder(endless), special, settings({ maxNewTokens: 4 }));
   expect(greedy.ids).toHaveLength(4);
-  const beam = await generate(new ToyDecoder(endless), special, settings({ maxNewTokens: 4, beamSize: 2 }));
+  const beam = await generate(new ToyDecoder(endless), special, settings({ maxNewTokens: 4, numBeams: 2 }));
   expect(beam.ids).toHaveLength(4);
   expect(beam.attention).toHaveLength(4);
 });

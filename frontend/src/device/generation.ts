@@ -11,7 +11,7 @@ export interface SpecialTokens {
 }
 
 export interface DecodingSettings {
-  beamSize: number;
+  numBeams: number;
   /** the most tokens a caption may get (already capped by the model's length) */
   maxNewTokens: number;
   minNewTokens: number;
@@ -49,7 +49,7 @@ export function generate(
   special: SpecialTokens,
   settings: DecodingSettings,
 ): Promise<Hypothesis> {
-  return settings.beamSize <= 1
+  return settings.numBeams <= 1
     ? greedy(decoder, special, settings)
     : beamSearch(decoder, special, settings);
 }
@@ -143,15 +143,15 @@ function topCandidates(
   return top;
 }
 
-/** Beam search for one image: `beamSize` live hypotheses, one decoder call per step. Finished
+/** Beam search for one image: `numBeams` live hypotheses, one decoder call per step. Finished
  * hypotheses are scored sum(log p) / length ** lengthPenalty; the search stops once it has
- * `beamSize` of them and the best live beam, were it to end next step, would not beat the worst. */
+ * `numBeams` of them and the best live beam, were it to end next step, would not beat the worst. */
 async function beamSearch(
   decoder: StepDecoder,
   special: SpecialTokens,
   settings: DecodingSettings,
 ): Promise<Hypothesis> {
-  const size = settings.beamSize;
+  const size = settings.numBeams;
   const normalised = (score: number, length: number) =>
     score / Math.max(length, 1) ** settings.lengthPenalty;
   // Only the first beam is live at the start (so the beams do not all repeat it): it alone is fed.

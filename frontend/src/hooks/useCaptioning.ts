@@ -26,7 +26,7 @@ export interface Captioning {
 /** The photo on show and its caption: captioned again whenever the photo, the backend or the
  * beam changes; an answer for anything but the latest of the three is dropped. A photo shown
  * before any backend is ready is captioned as soon as one is. */
-export function useCaptioning(backend: CaptioningBackend | null, beamSize: number): Captioning {
+export function useCaptioning(backend: CaptioningBackend | null, numBeams: number): Captioning {
   const [picture, setPicture] = useState<Picture | null>(null);
   const [result, setResult] = useState<{ for: Picture; caption: CaptionResult } | null>(null);
   const [loading, setLoading] = useState(false);
@@ -38,7 +38,7 @@ export function useCaptioning(backend: CaptioningBackend | null, beamSize: numbe
     setLoading(true);
     setError(null);
     backend
-      .caption(picture.blob, { beamSize }, controller.signal)
+      .caption(picture.blob, { numBeams }, controller.signal)
       .then((caption) => {
         if (!controller.signal.aborted) setResult({ for: picture, caption });
       })
@@ -56,7 +56,7 @@ export function useCaptioning(backend: CaptioningBackend | null, beamSize: numbe
         if (!controller.signal.aborted) setLoading(false);
       });
     return () => controller.abort();
-  }, [picture, backend, beamSize]);
+  }, [picture, backend, numBeams]);
 
   const show = useCallback((blob: Blob, name: string, source: PictureSource) => {
     const next = { blob, url: URL.createObjectURL(blob), name, source };

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from captioner.cli.flags import GENERATION_FLAGS, Flag, add_command, generation_options
 from captioner.collection.job import (
     CollectionConfig,
     CollectionJob,
@@ -15,18 +16,7 @@ from captioner.collection.job import (
     default_workers,
 )
 from captioner.collection.rows import json_line
-from captioner.config import GenerationConfig
 
-# flag -> GenerationConfig field
-_GENERATION_FLAGS = {
-    "beam": "beam_size",
-    "max_tokens": "max_new_tokens",
-    "min_tokens": "min_new_tokens",
-    "num_captions": "num_return_sequences",
-    "top_p": "top_p",
-    "temperature": "temperature",
-    "seed": "seed",
-}
 # flag -> CollectionConfig field
 _COLLECTION_FLAGS = {
     "output": "output",
@@ -42,137 +32,78 @@ _COLLECTION_FLAGS = {
 }
 _DISTRIBUTED_FLAGS = ("devices", "num_nodes", "strategy")
 
-
-def _model_default(name: str) -> str:
-    return f"default: the model's own; {getattr(GenerationConfig, name)} unless its config says"
+INPUTS, OUTPUTS, CAPTIONS, SPEED = (
+    "what to caption",
+    "where captions go",
+    "captions",
+    "speed and scale",
+)
+FLAGS = (
+    Flag("images", "image files, folders or glob patterns", INPUTS, nargs="*"),
+    Flag("--recursive", "descend into sub-folders", INPUTS, short="-r"),
+    Flag("--from-list", "one path a line", INPUTS, Path, "FILE"),
+    Flag("--data", "a dataset load_records reads", INPUTS, str, "SOURCE"),
+    Flag("--split", "only this split of --data (default: all of it)", INPUTS, str),
+    Flag("--output", "FILE.jsonl or FILE.csv, one row an image", OUTPUTS, Path, "FILE", short="-o"),
+    Flag("--sidecar", "write the caption beside each image, e.g. .txt", OUTPUTS, str, "EXT"),
+    Flag(
+        "--overwrite",
+        "caption everything again (default: skip images already captioned)",
+        OUTPUTS,
+    ),
+    Flag("--json", "standard output: one JSON object an image and line", OUTPUTS),
+    Flag("--attention-dir", "save per-word heatmaps (PNG) here", OUTPUTS, Path, "DIR"),
+    Flag("--quiet", "no progress bar", OUTPUTS, short="-q"),
+    Flag("--model", "model folder, hub id or wandb: artifact (default: bundled)", CAPTIONS, str),
+    Flag(
+        "--prefix",
+        f"text put before each caption, e.g. a trigger word (default: {CollectionConfig.prefix!r})",
+        CAPTIONS,
+        str,
+        "TEXT",
+    ),
+    Flag(
+        "--suffix",
+        f"text put after each caption (default: {CollectionConfig.suffix!r})",
+        CAPTIONS,
+        str,
+        "TEXT",
+    ),
+    Flag(
+        "--sentence-case", "capital first letter and a full stop, as alt text is written", CAPTIONS
+    ),
+    *GENERATION_FLAGS,
+    Flag(
+        "--batch-size", f"images a batch (default: {CollectionConfig.batch_size})", SPEED, int, "N"
+    ),
+    Flag(
+        "--workers",
+        "image loading processes (default: one a core less one, at most 4: "
+        f"{default_workers()} here)",
+        SPEED,
+        int,
+        "N",
+    ),
+    Flag("--devices", "processes or GPUs a node: runs as a Lightning predict job", SPEED, str, "N"),
+    Flag("--num-nodes", "machines (Lightning; default: 1)", SPEED, int, "M"),
+    Flag(
+        "--strategy",
+        "Lightning strategy, e.g. ddp (default: Lightning's choice)",
+        SPEED,
+        str,
+        "NAME",
+    ),
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "caption",
-        help="caption images, folders, lists or a dataset split",
-        description="Caption images. Folders are read for images (recognised by content); "
-        "rows go to --output FILE.jsonl|.csv, --sidecar files or standard output. Run again "
-        "to resume: images already captioned are skipped, failed ones retried.",
+    description = (
+        "Caption images. Folders are read for images (recognised by content); rows go to "
+        "--output FILE.jsonl|.csv, --sidecar files or standard output. Run again to resume: "
+        "images already captioned are skipped, failed ones retried."
     )
-    inputs = parser.add_argument_group("what to caption")
-    inputs.add_argument("images", nargs="*", help="image files, folders or glob patterns")
-    inputs.add_argument(
-        "-r", "--recursive", action="store_true", default=None, help="descend into sub-folders"
-    )
-    inputs.add_argument("--from-list", type=Path, metavar="FILE", help="one path a line")
-    inputs.add_argument("--data", metavar="SOURCE", help="a dataset load_records reads")
-    inputs.add_argument("--split", help="only this split of --data (default: all of it)")
-
-    outputs = parser.add_argument_group("where captions go")
-    outputs.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="FILE.jsonl or FILE.csv, one row an image"
-    )
-    outputs.add_argument(
-        "--sidecar", metavar="EXT", help="write the caption beside each image, e.g. .txt"
-    )
-    outputs.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help="caption everything again (default: skip images already captioned)",
-    )
-    outputs.add_argument(
-        "--json", action="store_true", help="standard output: one JSON object an image and line"
-    )
-    outputs.add_argument(
-        "--attention-dir", type=Path, metavar="DIR", help="save per-word heatmaps (PNG) here"
-    )
-    outputs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-    captions = parser.add_argument_group("captions")
-    captions.add_argument(
-        "--model", help="model folder, hub id or wandb: artifact (default: bundled)"
-    )
-    captions.add_argument(
-        "--beam",
-        metavar="N",
-        type=int,
-        help=f"beam size, 1 = greedy ({_model_default('beam_size')})",
-    )
-    captions.add_argument(
-        "--max-tokens",
-        metavar="N",
-        type=int,
-        help=f"longest caption ({_model_default('max_new_tokens')})",
-    )
-    captions.add_argument(
-        "--min-tokens",
-        metavar="N",
-        type=int,
-        help=f"shortest caption ({_model_default('min_new_tokens')})",
-    )
-    captions.add_argument(
-        "--num-captions",
-        type=int,
-        metavar="K",
-        help="K captions an image: the best K beams, or K samples with --sample (default: "
-        f"{GenerationConfig.num_return_sequences})",
-    )
-    captions.add_argument(
-        "--sample", action="store_true", default=None, help="sample instead of beam search"
-    )
-    captions.add_argument(
-        "--top-p", metavar="P", type=float, help=f"sampling nucleus ({_model_default('top_p')})"
-    )
-    captions.add_argument(
-        "--temperature",
-        metavar="T",
-        type=float,
-        help=f"sampling temperature ({_model_default('temperature')})",
-    )
-    captions.add_argument(
-        "--seed", metavar="N", type=int, help="seed for --sample (default: random)"
-    )
-    captions.add_argument(
-        "--prefix",
-        metavar="TEXT",
-        help=f"text put before each caption, e.g. a trigger word (default: "
-        f"{CollectionConfig.prefix!r})",
-    )
-    captions.add_argument(
-        "--suffix",
-        metavar="TEXT",
-        help=f"text put after each caption (default: {CollectionConfig.suffix!r})",
-    )
-    captions.add_argument(
-        "--sentence-case",
-        action="store_true",
-        default=None,
-        help="capital first letter and a full stop, as alt text is written",
-    )
-
-    speed = parser.add_argument_group("speed and scale")
-    speed.add_argument(
-        "--batch-size",
-        metavar="N",
-        type=int,
-        help=f"images a batch (default: {CollectionConfig.batch_size})",
-    )
-    speed.add_argument(
-        "--workers",
-        metavar="N",
-        type=int,
-        help=f"image loading processes (default: one a core less one, at most 4: "
-        f"{default_workers()} here)",
-    )
-    speed.add_argument(
-        "--devices", metavar="N", help="processes or GPUs a node: runs as a Lightning predict job"
-    )
-    speed.add_argument(
-        "--num-nodes", metavar="M", type=int, help="machines (Lightning; default: 1)"
-    )
-    speed.add_argument(
-        "--strategy",
-        metavar="NAME",
-        help="Lightning strategy, e.g. ddp (default: Lightning's choice)",
-    )
-    parser.set_defaults(run=run)
+    summary = "caption images, folders, lists or a dataset split"
+    add_command(commands, "caption", summary, description, FLAGS, run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,11 +138,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("nothing to caption: give images, folders, --from-list or --data")
 
     model = Captioner.from_pretrained(args.model, runtime=_runtime(distributed))
-    options = _given(args, _GENERATION_FLAGS)
-    if args.sample:
-        options["do_sample"] = True
+    options = generation_options(args)
     to_stdout = config.output is None and config.sidecar is None
-    printer = _Printer(args.json, to_stdout, single=len(items) == 1)
+    printer = _Printer(bool(args.json), to_stdout, single=len(items) == 1)
     try:
         job = CollectionJob(model, items, config, printer, **options)
     except ValueError as error:

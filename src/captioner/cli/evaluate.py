@@ -6,49 +6,55 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from captioner.cache import FEATURES_DIR
+from captioner.cli.flags import NUM_BEAMS, Flag, add_command
+
+if TYPE_CHECKING:
+    from captioner.data import CaptionRecord
+    from captioner.evaluation.clipscore import CLIPScorer
 
 DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "eval",
-        help="score a model on a dataset split",
-        description="Caption a split and score it the coco-caption way: BLEU-1..4, METEOR "
-        "(needs Java), ROUGE-L, CIDEr-D, and teacher-forced token accuracy; with --clip, "
-        "CLIPScore and RefCLIPScore too.",
-    )
-    parser.add_argument(
-        "--model", help="model folder, hub id or wandb: artifact (default: the bundled model)"
-    )
-    parser.add_argument("--data", required=True, help="dataset folder or file")
-    parser.add_argument("--split", help=f"split to score (default: {DEFAULT_SPLIT})")
-    parser.add_argument(
-        "--beam", type=int, help="beam size (default: the model's own, from its config.json)"
-    )
-    parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
-    parser.add_argument("--cache-dir", help=f"feature cache folder (default: {FEATURES_DIR})")
-    parser.add_argument(
+FLAGS = (
+    Flag(
+        "--model", "model folder, hub id or wandb: artifact (default: the bundled model)", type=str
+    ),
+    Flag("--data", "dataset folder or file", type=str, required=True),
+    Flag("--split", f"split to score (default: {DEFAULT_SPLIT})", type=str),
+    NUM_BEAMS,
+    Flag("--limit", "only the first N images (default: all)", type=int),
+    Flag("--cache-dir", f"feature cache folder (default: {FEATURES_DIR})", type=str),
+    Flag(
         "--predictions",
+        "file for per-image predictions, JSONL (default: predictions-SPLIT.jsonl)",
         type=Path,
-        help="file for per-image predictions, JSONL (default: predictions-SPLIT.jsonl)",
-    )
-    parser.add_argument(
+    ),
+    Flag(
         "--clip",
+        "also score CLIPScore and RefCLIPScore (Hessel et al. 2021) with this CLIP: a Hugging "
+        "Face hub id such as openai/clip-vit-base-patch32, or a saved folder",
+        type=str,
         metavar="MODEL",
-        help="also score CLIPScore and RefCLIPScore (Hessel et al. 2021) with this CLIP: a "
-        "Hugging Face hub id such as openai/clip-vit-base-patch32, or a saved folder",
-    )
-    parser.add_argument(
+    ),
+    Flag(
         "--clip-rerank",
-        action="store_true",
-        help="also re-rank the final beams by CLIPScore and score the winners (needs --clip "
-        "and a beam of 2 or more); both sets of scores are printed",
+        "also re-rank the final beams by CLIPScore and score the winners (needs --clip and "
+        "--num-beams 2 or more); both sets of scores are printed",
+    ),
+    Flag("--json", "print the scores as one JSON object"),
+)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    description = (
+        "Caption a split and score it the coco-caption way: BLEU-1..4, METEOR (needs Java), "
+        "ROUGE-L, CIDEr-D, and teacher-forced token accuracy; with --clip, CLIPScore and "
+        "RefCLIPScore too."
     )
-    parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
-    parser.set_defaults(run=run)
+    add_command(commands, "eval", "score a model on a dataset split", description, FLAGS, run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,35 +62,17 @@ def run(args: argparse.Namespace) -> int:
 
     require_training_extra("eval")  # before any work or import of the extra
     from captioner.cli import UsageError
-    from captioner.data import load_records
     from captioner.evaluation.evaluate import evaluate, save_predictions
     from captioner.torch_model import CaptionModel
 
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be 1 or more, got {args.limit}")
     split = args.split or DEFAULT_SPLIT
-    try:
-        records = load_records(args.data, split)[: args.limit]
-    except (OSError, ValueError) as error:
-        raise UsageError(str(error)) from None
-    if not records:
-        raise UsageError(f"no images in split {split!r} of {args.data}")
+    records = _records(args.data, split, args.limit)
     if args.clip_rerank and args.clip is None:
         raise UsageError("--clip-rerank needs --clip MODEL: the CLIP that scores the beams")
-    clip = None
-    if args.clip is not None:
-        from captioner.evaluation.clipscore import CLIPScorer
-
-        try:
-            clip = CLIPScorer(args.clip)
-        except (OSError, ValueError) as error:  # no such folder or hub id, not a CLIP model
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else error
-            raise UsageError(
-                f"--clip {args.clip}: cannot load a CLIP model: {first_line}"
-            ) from None
+    clip = None if args.clip is None else _clip_scorer(args.clip)
     model = CaptionModel.from_pretrained(args.model)
     options = {
-        "beam_size": args.beam,
+        "num_beams": args.num_beams,
         "cache_dir": args.cache_dir,
         "clip": clip,
         "clip_rerank": args.clip_rerank,
@@ -93,23 +81,55 @@ def run(args: argparse.Namespace) -> int:
         scores, predictions = evaluate(
             model, records, **{key: value for key, value in options.items() if value is not None}
         )
-    except ValueError as error:  # an out-of-range --beam, or no readable image
+    except ValueError as error:  # an out-of-range --num-beams, or no readable image
         raise UsageError(str(error)) from None
     predictions_path = args.predictions or Path(f"predictions-{split}.jsonl")
     save_predictions(predictions_path, predictions, records)
     if args.json:
         print(json.dumps(scores))
     else:
-        rows = [(name, value) for name, value in scores.items() if not isinstance(value, dict)]
-        for group, values in scores.items():  # clip_reranked: the same metrics, re-ranked
-            if isinstance(values, dict):
-                rows += [(f"{group}.{name}", value) for name, value in values.items()]
-        for name, value in rows:
-            shown = (
-                "n/a (Java not found)"
-                if value is None
-                else (f"{value:.4f}" if isinstance(value, float) else value)
-            )
-            print(f"{name:>15}: {shown}")
+        _print_scores(scores)
         print(f"predictions saved to {predictions_path}", file=sys.stderr)
     return 0
+
+
+def _records(data: str, split: str, limit: int | None) -> list[CaptionRecord]:
+    """The split's records, the first `limit` of them where given; a UsageError where none."""
+    from captioner.cli import UsageError
+    from captioner.data import load_records
+
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be 1 or more, got {limit}")
+    try:
+        records = load_records(data, split)[:limit]
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    if not records:
+        raise UsageError(f"no images in split {split!r} of {data}")
+    return records
+
+
+def _clip_scorer(source: str) -> CLIPScorer:
+    from captioner.cli import UsageError
+    from captioner.evaluation.clipscore import CLIPScorer
+
+    try:
+        return CLIPScorer(source)
+    except (OSError, ValueError) as error:  # no such folder or hub id, not a CLIP model
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error
+        raise UsageError(f"--clip {source}: cannot load a CLIP model: {first_line}") from None
+
+
+def _print_scores(scores: dict) -> None:
+    """One metric a line; the re-ranked ones (a group of their own) as clip_reranked.NAME."""
+    rows = [(name, value) for name, value in scores.items() if not isinstance(value, dict)]
+    for group, values in scores.items():
+        if isinstance(values, dict):
+            rows += [(f"{group}.{name}", value) for name, value in values.items()]
+    for name, value in rows:
+        shown = (
+            "n/a (Java not found)"
+            if value is None
+            else (f"{value:.4f}" if isinstance(value, float) else value)
+        )
+        print(f"{name:>15}: {shown}")

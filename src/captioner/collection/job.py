@@ -377,7 +377,7 @@ def caption_collection(
 ) -> CollectionSummary:
     """Caption every image of `sources` (ImageItems, or files, folders and glob patterns) in this
     process, writing as `config` says; `on_row` also gets each row (captions and errors) in
-    order. `generation_options` are GenerationConfig fields (beam_size, num_return_sequences,
+    order. `generation_options` are GenerationConfig fields (num_beams, num_return_sequences,
     ...), validated like `Captioner.caption`'s. Resumes unless `config.overwrite`."""
     return CollectionJob(model, sources, config, on_row, **generation_options).run()
 

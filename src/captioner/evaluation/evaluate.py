@@ -24,7 +24,7 @@ from captioner.torch_model import CaptionModel
 def evaluate(
     model: CaptionModel,
     records: list[CaptionRecord],
-    beam_size: int | None = None,
+    num_beams: int | None = None,
     cache_dir: str | Path = FEATURES_DIR,
     batch_size: int = 50,
     meteor: bool = True,
@@ -34,20 +34,20 @@ def evaluate(
 ) -> tuple[dict, dict[str, str]]:
     """Metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, teacher-forced token accuracy; with
     `clip`, CLIPScore and RefCLIPScore) and the prediction per image id, decoding with the
-    model's own settings (`beam_size` overrides its beam). With `clip_rerank`, the final beams
+    model's own settings (`num_beams` overrides its beam). With `clip_rerank`, the final beams
     are re-ranked by CLIPScore too, and `scores["clip_reranked"]` holds the same metrics for
     the captions that wins. Encoder grids come from (and go into) the feature cache. Records
     whose image cannot be read are left out; a ValueError if none is left."""
     started = time.perf_counter()
     generation = model.config.generation
-    if beam_size is not None:
-        generation = generation.replace(beam_size=beam_size)
+    if num_beams is not None:
+        generation = generation.replace(num_beams=num_beams)
     if clip_rerank:
         if clip is None:
             raise ValueError("re-ranking by CLIPScore needs a CLIP model (--clip)")
-        if generation.do_sample or generation.beam_size < 2:
+        if generation.do_sample or generation.num_beams < 2:
             raise ValueError("re-ranking by CLIPScore needs beam search: a beam of 2 or more")
-        generation = generation.replace(num_return_sequences=generation.beam_size)
+        generation = generation.replace(num_return_sequences=generation.num_beams)
     generation.validate()
     if batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from captioner import __version__
-from captioner.config import MAX_BEAM_SIZE
+from captioner.config import MAX_NUM_BEAMS
 from captioner.hub import DEFAULT_MODEL
 from captioner.model import Captioner
 from captioner.page import DEVICE_MODEL_DIR, DEVICE_MODEL_FILE, PAGE_FILE, page_description
@@ -101,7 +101,7 @@ def model_info(settings: ServerSettings, model: Captioner) -> ModelInfo:
             max_pixels=settings.max_pixels,
             max_queue=settings.max_queue,
             request_timeout_s=settings.request_timeout_s,
-            max_beam_size=MAX_BEAM_SIZE,
+            max_num_beams=MAX_NUM_BEAMS,
             max_new_tokens=model.max_new_tokens_limit,
         ),
     )

@@ -15,14 +15,14 @@ from captioner.transforms import PreparedImage
 class Options:
     """What must be equal for two requests to share one model call."""
 
-    beam_size: int
+    num_beams: int
     max_new_tokens: int
     attention: bool
 
 
 def caption_batch(model: Captioner, options: Options, images: list[PreparedImage]) -> list[Caption]:
     generation = model.generation_config(
-        beam_size=options.beam_size, max_new_tokens=options.max_new_tokens
+        num_beams=options.num_beams, max_new_tokens=options.max_new_tokens
     )
     features = model.encode(np.stack([image.pixels for image in images]))
     return model.generate_from_features(features, generation, options.attention)

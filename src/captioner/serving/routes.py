@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from captioner.config import RENAMED_OPTIONS
 from captioner.model import Caption, Captioner
 from captioner.serving.batcher import MicroBatcher
 from captioner.serving.captioning import Options
@@ -61,7 +62,7 @@ async def caption(
     request: Request,
     state: ServingState,
     file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, HEIC, GIF, ...)")],
-    beam_size: Annotated[
+    num_beams: Annotated[
         int | None, Form(description="1 = greedy; default: the model's (see /api/model)")
     ] = None,
     max_new_tokens: Annotated[
@@ -71,9 +72,13 @@ async def caption(
 ) -> JSONResponse:
     started = time.perf_counter()
     settings, model = state.settings, state.model
-    if len((await request.form()).getlist("file")) > 1:  # parsed already: FastAPI's copy
+    form = await request.form()  # parsed already: FastAPI's copy
+    if len(form.getlist("file")) > 1:
         return error_response(422, "send one image a request: this one has several file parts")
-    asked = {"beam_size": beam_size, "max_new_tokens": max_new_tokens}
+    for name in form:
+        if name in RENAMED_OPTIONS:  # ignored, it would caption with the model's default
+            return error_response(422, f"{name}: this field is called {RENAMED_OPTIONS[name]} now")
+    asked = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     try:
         generation = model.generation_config(**{k: v for k, v in asked.items() if v is not None})
     except ValueError as error:
@@ -82,7 +87,7 @@ async def caption(
     if len(data) > settings.max_upload_bytes:  # within the multipart slack the middleware allows
         return error_response(413, upload_too_large_message(settings.max_upload_mb))
     read = time.perf_counter()
-    options = Options(generation.beam_size, generation.max_new_tokens, attention)
+    options = Options(generation.num_beams, generation.max_new_tokens, attention)
     prepare = partial(
         model.preprocess.prepare, data, max_pixels=settings.max_pixels, max_side=settings.max_side
     )

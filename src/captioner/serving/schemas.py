@@ -45,7 +45,7 @@ class ServerInfo(BaseModel):
     max_pixels: int
     max_queue: int
     request_timeout_s: float
-    max_beam_size: int
+    max_num_beams: int
     max_new_tokens: int = Field(description="the most tokens this model can write")
 
 

@@ -38,7 +38,7 @@ class TrainConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # Decoding used to score the dev split after each epoch (greedy is fast and tracks beam).
     validation_generation: GenerationConfig = field(
-        default_factory=lambda: GenerationConfig(beam_size=1, max_new_tokens=25)
+        default_factory=lambda: GenerationConfig(num_beams=1, max_new_tokens=25)
     )
     # "xe": cross-entropy from scratch (or from `init_from`); "scst": self-critical fine-tuning
     # on CIDEr-D of a model trained with "xe", named by `init_from`.
@@ -193,7 +193,7 @@ PRESETS["flickr8k-effnet-scst"] = {
     "scst_samples": 10,
     "scst_top_p": 0.9,
     "average_decay": None,  # 600 steps are too few for the cross-entropy stage's long average
-    "validation_generation": {"beam_size": 3, "max_new_tokens": 30},
+    "validation_generation": {"num_beams": 3, "max_new_tokens": 30},
     "epochs": 10,
     "steps_per_epoch": 60,
     "learning_rate": 2e-5,
