@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.cache import FEATURES_DIR
+from captioner.cache import FEATURES_DIR_HELP
 
 DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
 
@@ -29,7 +29,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--beam", type=int, help="beam size (default: the model's own, from its config.json)"
     )
     parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
-    parser.add_argument("--cache-dir", help=f"feature cache folder (default: {FEATURES_DIR})")
+    parser.add_argument("--cache-dir", help=f"feature cache folder ({FEATURES_DIR_HELP})")
     parser.add_argument(
         "--predictions",
         type=Path,
@@ -56,15 +56,17 @@ def run(args: argparse.Namespace) -> int:
 
     require_training_extra("eval")  # before any work or import of the extra
     from captioner.cli import UsageError
-    from captioner.data import load_records
+    from captioner.data import SplitConfig, load_records
     from captioner.evaluation.evaluate import evaluate, save_predictions
     from captioner.torch_model import CaptionModel
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be 1 or more, got {args.limit}")
     split = args.split or DEFAULT_SPLIT
-    try:
-        records = load_records(args.data, split)[: args.limit]
+    model = CaptionModel.from_pretrained(args.model)
+    try:  # data without splits is split as it was for training the model
+        splits = SplitConfig.from_metadata(model.config.metadata)
+        records = load_records(args.data, split, splits=splits)[: args.limit]
     except (OSError, ValueError) as error:
         raise UsageError(str(error)) from None
     if not records:
@@ -82,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--clip {args.clip}: cannot load a CLIP model: {first_line}"
             ) from None
-    model = CaptionModel.from_pretrained(args.model)
     options = {
         "beam_size": args.beam,
         "cache_dir": args.cache_dir,

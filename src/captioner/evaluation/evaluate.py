@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from captioner.batch import CaptionCollator
-from captioner.cache import FEATURES_DIR
 from captioner.data import CaptionRecord
 from captioner.evaluation.clipscore import CLIPScorer
 from captioner.evaluation.metrics import caption_metrics
 from captioner.features import build_cache, cached_records, image_source, record_key
+from captioner.hub import CONFIG_FILE
+from captioner.model_card import write_model_card
 from captioner.objective import teacher_forced
 from captioner.torch_model import CaptionModel
 
@@ -25,7 +26,7 @@ def evaluate(
     model: CaptionModel,
     records: list[CaptionRecord],
     beam_size: int | None = None,
-    cache_dir: str | Path = FEATURES_DIR,
+    cache_dir: str | Path | None = None,
     batch_size: int = 50,
     meteor: bool = True,
     progress: bool = True,
@@ -90,6 +91,38 @@ def evaluate(
     scores["images"] = len(records)
     scores["seconds"] = round(time.perf_counter() - started, 2)
     return scores, predictions
+
+
+# What a saved model's card reports of `evaluate`'s scores (METEOR needs Java: not recorded).
+RECORDED_METRICS = ("bleu1", "bleu4", "rouge_l", "cider", "token_accuracy")
+
+
+def record_evaluation(
+    directory: str | Path,
+    records: list[CaptionRecord],
+    split: str,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the model saved in `directory` on `records` exactly as `captioner eval` does (the
+    same loading, decoding and metrics), and record the scores, with what they measured, in
+    its config's metadata and model card: so the card's figures are the ones `captioner eval`
+    prints on that split. Returns the recorded entry."""
+    directory = Path(directory)
+    model = CaptionModel.from_pretrained(directory)
+    scores, _ = evaluate(model, records, cache_dir=cache_dir, meteor=False, progress=progress)
+    generation = model.config.generation
+    entry = {
+        "split": split,
+        "images": scores["images"],
+        "beam_size": generation.beam_size,
+        "max_new_tokens": generation.max_new_tokens,
+        "metrics": {name: round(scores[name], 4) for name in RECORDED_METRICS},
+    }
+    model.config.metadata["evaluation"] = entry
+    model.config.save(directory / CONFIG_FILE)
+    write_model_card(directory, model.config)
+    return entry
 
 
 def _clip_scores(
