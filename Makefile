@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint frontend site test-frontend bundled-model wheel plain-venv
+.PHONY: install demo test lint frontend site test-frontend chromium bundled-model wheel plain-venv
 FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src -type f)) \
 	frontend/index.html frontend/vite.config.ts frontend/tsconfig.json
 
@@ -58,11 +58,18 @@ PORT ?= 8000
 demo: install site
 	$(VENV)/bin/captioner serve --page-dir frontend/site --port $(PORT)
 
-# Component tests (Vitest), then end to end in headless Chromium (skipped where it is missing):
-# the page under `captioner serve`, and the exported static site under `python -m http.server`.
-test-frontend: install frontend
+# Component tests (Vitest), then end to end in headless Chromium: the page under `captioner
+# serve`, and the exported static site under `python -m http.server`. Without Chromium the target
+# stops first, in one line: the browser tests are never skipped here.
+test-frontend: chromium install frontend
 	cd frontend && npm test
-	cd frontend && npm run e2e
+	cd frontend && CHROME_PATH=$(CHROME_PATH) npm run e2e
+
+# The browser the end-to-end tests drive (frontend/e2e/helpers.mjs reads CHROME_PATH too).
+CHROME_PATH ?= /usr/bin/chromium
+chromium:
+	$(if $(wildcard $(CHROME_PATH)),@true,$(error Chromium is missing at $(CHROME_PATH): install it \
+	(sudo apt-get install chromium on Debian/Ubuntu) or give CHROME_PATH=/path/to/chromium))
 
 # Reproduces the bundled default model (about an hour on 2 CPU cores, features included): its
 # PyTorch weights in float16 and the int8 graphs the base install runs.
@@ -79,5 +86,5 @@ lint: install frontend/node_modules/.installed
 	$(VENV)/bin/mypy
 	cd frontend && npm run lint
 
-test: install lint test-frontend
+test: chromium install lint test-frontend
 	$(VENV)/bin/pytest -q

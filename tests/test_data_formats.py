@@ -12,7 +12,7 @@ import pytest
 from conftest import FLICKR8K, require_flickr8k
 from PIL import Image
 
-from captioner.data import CaptionRecord, hash_split, load_records, same_split
+from captioner.data import CaptionRecord, SplitConfig, hash_split, load_records, same_split
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (4, 3)) -> bytes:
@@ -342,3 +342,35 @@ def test_real_flickr8k():
     assert len({record.image_id for record in train + dev}) == 7000
     assert all(isinstance(record.image, Path) for record in dev)
     assert dev[0].image.is_file() and dev[0].image.name == f"{dev[0].image_id}.jpg"
+
+
+# ---------------------------------------------------------------- splits made here
+
+
+def test_a_split_made_here_is_logged_in_one_line_and_follows_its_settings(tmp_path, caplog):
+    write_kaggle_flickr8k(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="captioner.data.splits"):
+        records = load_records(tmp_path)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "captioner.data.splits"]
+    counts = Counter(record.split for record in records)
+    assert f"{counts['train']} photos went to train, {counts['val']} to dev" in line
+    assert "--set data_split.dev_fraction=F" in line and "seed 0" in line
+
+    everything_dev = SplitConfig(dev_fraction=0.99, test_fraction=0.0)
+    assert {r.split for r in load_records(tmp_path, splits=everything_dev)} == {"val"}
+    ids = [f"{n:05d}_photo" for n in range(2000)]
+    reseeded = [SplitConfig(seed=7).split_of(image_id) for image_id in ids]
+    assert reseeded != [hash_split(image_id) for image_id in ids]  # another draw
+    assert 50 < Counter(reseeded)["val"] < 150  # of the same share
+
+
+def test_split_settings_are_checked_and_read_back_from_a_model():
+    with pytest.raises(ValueError, match="data_split.dev_fraction must be a number"):
+        SplitConfig(dev_fraction=-0.1).validate()
+    with pytest.raises(ValueError, match="must leave some photos to train"):
+        SplitConfig(dev_fraction=0.5, test_fraction=0.5).validate()
+    saved = {"data_split": {"dev_fraction": 0.2, "test_fraction": 0.1, "seed": 3}}
+    assert SplitConfig.from_metadata(saved) == SplitConfig(0.2, 0.1, 3)
+    assert SplitConfig.from_metadata({}) == SplitConfig()  # a model trained before
+    with pytest.raises(ValueError, match="the model's data_split"):
+        SplitConfig.from_metadata({"data_split": {"share": 0.2}})

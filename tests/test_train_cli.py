@@ -110,6 +110,9 @@ def test_a_bad_set_value_is_one_line_naming_it(assignment, fragments, capsys):
         ("decoder.n_heads=3", "decoder.d_model must be a multiple of decoder.n_heads (3)"),
         ("validation_generation.num_beams=0", "validation_generation.num_beams must be"),
         ("precision=fp8", "precision must be none (automatic) or one of"),
+        ("data_split.dev_fraction=1.5", "data_split.dev_fraction must be a number >= 0 and <= 1"),
+        ("data_split.seed=-1", "data_split.seed must be an integer >= 0, got -1"),
+        ("data_split.test_fraction=0.95", "must leave some photos to train, got 0.05 + 0.95"),
     ],
 )
 def test_an_out_of_range_setting_is_refused(assignment, fragment, capsys):

@@ -8,7 +8,8 @@ import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
-export const CHROMIUM = "/usr/bin/chromium";
+// The browser, or where CHROME_PATH says (`make test-frontend` stops in one line without it).
+export const CHROMIUM = process.env.CHROME_PATH || "/usr/bin/chromium";
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 // The data set beside the checkout, or where E2E_FLICKR8K says (a git worktree elsewhere).
 const FLICKR8K = join(process.env.E2E_FLICKR8K ?? join(ROOT, "../shared/datasets/flickr8k"), "images");

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from captioner.cache import ENCODE_WORKERS, FEATURES_DIR
+from captioner.cache import ENCODE_WORKERS, features_dir
 from captioner.data import CaptionRecord
 from captioner.encoders import ImageEncoder
 from captioner.images import ImageInput, ImageLoadError
@@ -157,14 +157,15 @@ class _Encoded:
 def build_cache(
     encoder: ImageEncoder,
     sources: Iterable[ImageSource],
-    cache_root: str | Path = FEATURES_DIR,
+    cache_root: str | Path | None = None,
     batch_size: int = 32,
     num_workers: int = ENCODE_WORKERS,
     progress: bool = True,
 ) -> FeatureCache:
     """Encode every image not already cached under this encoder; reuse the rest. The global
-    random state is left alone, so a seeded run is the same whether or not it filled the cache."""
-    directory = cache_dir(cache_root, encoder)
+    random state is left alone, so a seeded run is the same whether or not it filled the cache.
+    `cache_root` None: the user's cache folder (`captioner.cache.features_dir`)."""
+    directory = cache_dir(features_dir(cache_root), encoder)
     old = _reusable_cache(directory, encoder)
     wanted = {fingerprint(s): s for s in sources}
     todo = [s for key, s in wanted.items() if old is None or key not in old]

@@ -25,12 +25,15 @@ _HUB_METRICS = {
 }
 _METRIC_LABELS = {
     "bleu1": "BLEU-1",
+    "bleu2": "BLEU-2",
+    "bleu3": "BLEU-3",
     "bleu4": "BLEU-4",
     "meteor": "METEOR",
     "rouge_l": "ROUGE-L",
     "cider": "CIDEr-D",
     "loss": "loss",
     "token_acc": "token accuracy",
+    "token_accuracy": "token accuracy",
 }
 
 
@@ -50,30 +53,49 @@ def model_card(config: CaptionerConfig, name: str, load_as: str | None) -> str:
     `load_as`: what `from_pretrained` is given (None: the model bundled with captioner)."""
     metadata = config.metadata
     dataset = dataset_name(metadata)
-    metrics = _dev_metrics(metadata)
+    lines = ["---", *_yaml(_front_matter(config, dataset)), "---", "", f"# {name}", ""]
+    lines += [_description(config), "", *_usage(config, load_as)]
+    if dataset:
+        lines += ["", "## Training data", "", f"`{dataset}`" + _splits(metadata) + "."]
+    lines += _evaluation(metadata, load_as)
+    lines += ["", MARKER, ""]
+    return "\n".join(lines)
+
+
+def _front_matter(config: CaptionerConfig, dataset: str | None) -> dict[str, Any]:
+    """The hub's metadata block: how the hub finds and files the model."""
     header: dict[str, Any] = {
         "library_name": "captioner",
         "pipeline_tag": "image-to-text",
-        "license": metadata.get("license", DEFAULT_LICENSE),
+        "license": config.metadata.get("license", DEFAULT_LICENSE),
         "tags": ["image-captioning", "captioner"],
     }
     if dataset:
         header["datasets"] = [dataset]
+    metrics = _evaluated(config.metadata)[1] or _dev_metrics(config.metadata)
     hub_metrics = sorted({_HUB_METRICS[k] for k in metrics if k in _HUB_METRICS})
     if hub_metrics:
         header["metrics"] = hub_metrics
     if config.encoder.source and config.encoder.source.count("/") == 1:
         header["base_model"] = config.encoder.source
-    decoder, generation = config.decoder, config.generation
-    lines = ["---", *_yaml(header), "---", "", f"# {name}", ""]
-    lines += [
+    return header
+
+
+def _description(config: CaptionerConfig) -> str:
+    decoder = config.decoder
+    return (
         f"An image captioning model for the `captioner` library: the "
         f"frozen `{config.encoder.name}` image encoder"
         + (f" (`{config.encoder.source}`)" if config.encoder.source else "")
         + f" and a {decoder.n_layers}-layer, {decoder.d_model}-wide transformer decoder that "
         f"writes the caption while attending to the encoder's {decoder.image_tokens} patch "
-        f"embeddings ({decoder.vocab_size:,}-token vocabulary).",
-        "",
+        f"embeddings ({decoder.vocab_size:,}-token vocabulary)."
+    )
+
+
+def _usage(config: CaptionerConfig, load_as: str | None) -> list[str]:
+    generation = config.generation
+    return [
         "## Usage",
         "",
         "```python",
@@ -94,22 +116,55 @@ def model_card(config: CaptionerConfig, name: str, load_as: str | None) -> str:
         f"Decoding defaults: beam size {generation.num_beams}, at most "
         f"{generation.max_new_tokens} tokens, no repeated {generation.no_repeat_ngram_size}-grams.",
     ]
-    if dataset:
-        lines += ["", "## Training data", "", f"`{dataset}`" + _splits(metadata) + "."]
-    if metrics:
-        split = metadata.get("dev_split", "dev")
+
+
+def _evaluation(metadata: dict[str, Any], load_as: str | None) -> list[str]:
+    """The scores of `captioner eval` where training recorded them after its last epoch, and
+    the checkpoint's validation scores (how it was chosen), each saying what it measured."""
+    evaluation, scores = _evaluated(metadata)
+    chosen = _dev_metrics(metadata)
+    if not scores and not chosen:
+        return []
+    lines = ["", "## Evaluation", ""]
+    if scores:
+        split, data = evaluation.get("split", "dev"), metadata.get("data") or "DATA"
+        model = f" --model {load_as}" if load_as else ""
+        lines += [
+            f"On the {evaluation.get('images', '?')} images of the `{split}` split, decoded as "
+            f"the model decodes by default (num_beams {evaluation.get('num_beams', '?')}, at "
+            f"most {evaluation.get('max_new_tokens', '?')} tokens), scored by "
+            "`captioner.evaluation` (the coco-caption metrics; CIDEr-D's document frequencies "
+            "from these images' references; METEOR, which needs Java, left out): what "
+            f"`captioner eval{model} --data {data} --split {split}` prints.",
+            "",
+            *_table(scores),
+        ]
+    if chosen:
+        lines += (
+            ["", "The checkpoint was chosen by its dev CIDEr-D at validation:", ""]
+            if scores
+            else [
+                f"On the `{metadata.get('dev_split', 'dev')}` split, as measured at validation "
+                "when this checkpoint was kept:",
+                "",
+            ]
+        )
+        lines += _table(chosen)
         lines += [
             "",
-            "## Evaluation",
-            "",
-            f"On the `{split}` split, as measured at validation when this checkpoint was kept:",
-            "",
-            "| " + " | ".join(_METRIC_LABELS.get(k, k) for k in metrics) + " |",
-            "| " + " | ".join("---:" for _ in metrics) + " |",
-            "| " + " | ".join(f"{v:.4g}" for v in metrics.values()) + " |",
+            "Validation decodes as the training run's `validation_generation` setting says "
+            "(greedy unless the preset sets a beam), so these figures may differ from those "
+            "of `captioner eval`, which decodes as the model does by default.",
         ]
-    lines += ["", MARKER, ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _table(metrics: dict[str, float]) -> list[str]:
+    return [
+        "| " + " | ".join(_METRIC_LABELS.get(k, k) for k in metrics) + " |",
+        "| " + " | ".join("---:" for _ in metrics) + " |",
+        "| " + " | ".join(f"{v:.4g}" for v in metrics.values()) + " |",
+    ]
 
 
 def dataset_name(metadata: dict[str, Any]) -> str | None:
@@ -123,7 +178,20 @@ def dataset_name(metadata: dict[str, Any]) -> str | None:
 
 
 def _dev_metrics(metadata: dict[str, Any]) -> dict[str, float]:
-    metrics = metadata.get("dev_metrics") or {}
+    return _numbers(metadata.get("dev_metrics"))
+
+
+def _evaluated(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """What `record_evaluation` wrote (split, images, decoding) and its scores."""
+    evaluation = metadata.get("evaluation")
+    if not isinstance(evaluation, dict):
+        return {}, {}
+    return evaluation, _numbers(evaluation.get("metrics"))
+
+
+def _numbers(metrics: Any) -> dict[str, float]:
+    if not isinstance(metrics, dict):
+        return {}
     return {
         str(k).lower(): float(v)
         for k, v in metrics.items()

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from captioner.cache import FEATURES_DIR
+from captioner.cache import FEATURES_DIR_HELP
 from captioner.cli.flags import NUM_BEAMS, Flag, add_command
 
 if TYPE_CHECKING:
-    from captioner.data import CaptionRecord
+    from captioner.data import CaptionRecord, SplitConfig
     from captioner.evaluation.clipscore import CLIPScorer
 
 DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
@@ -26,7 +26,7 @@ FLAGS = (
     Flag("--split", f"split to score (default: {DEFAULT_SPLIT})", type=str),
     NUM_BEAMS,
     Flag("--limit", "only the first N images (default: all)", type=int),
-    Flag("--cache-dir", f"feature cache folder (default: {FEATURES_DIR})", type=str),
+    Flag("--cache-dir", f"feature cache folder ({FEATURES_DIR_HELP})", type=str),
     Flag(
         "--predictions",
         "file for per-image predictions, JSONL (default: predictions-SPLIT.jsonl)",
@@ -62,15 +62,20 @@ def run(args: argparse.Namespace) -> int:
 
     require_training_extra("eval")  # before any work or import of the extra
     from captioner.cli import UsageError
+    from captioner.data import SplitConfig
     from captioner.evaluation.evaluate import evaluate, save_predictions
     from captioner.torch_model import CaptionModel
 
     split = args.split or DEFAULT_SPLIT
-    records = _records(args.data, split, args.limit)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be 1 or more, got {args.limit}")
     if args.clip_rerank and args.clip is None:
         raise UsageError("--clip-rerank needs --clip MODEL: the CLIP that scores the beams")
-    clip = None if args.clip is None else _clip_scorer(args.clip)
     model = CaptionModel.from_pretrained(args.model)
+    # Data without splits is split as it was for training the model.
+    splits = SplitConfig.from_metadata(model.config.metadata)
+    records = _records(args.data, split, args.limit, splits)
+    clip = None if args.clip is None else _clip_scorer(args.clip)
     options = {
         "num_beams": args.num_beams,
         "cache_dir": args.cache_dir,
@@ -93,15 +98,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _records(data: str, split: str, limit: int | None) -> list[CaptionRecord]:
+def _records(
+    data: str, split: str, limit: int | None, splits: SplitConfig
+) -> list[CaptionRecord]:
     """The split's records, the first `limit` of them where given; a UsageError where none."""
     from captioner.cli import UsageError
     from captioner.data import load_records
 
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be 1 or more, got {limit}")
     try:
-        records = load_records(data, split)[:limit]
+        records = load_records(data, split, splits=splits)[:limit]
     except (OSError, ValueError) as error:
         raise UsageError(str(error)) from None
     if not records:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from captioner.cache import ENCODE_WORKERS, FEATURES_DIR
+from captioner.cache import ENCODE_WORKERS, FEATURES_DIR_HELP
 from captioner.config import EncoderConfig
 
 
@@ -24,7 +24,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--split", action="append", help="a split to encode, repeatable (default: every split)"
     )
-    parser.add_argument("--cache-dir", help=f"cache folder (default: {FEATURES_DIR})")
+    parser.add_argument("--cache-dir", help=f"cache folder ({FEATURES_DIR_HELP})")
     parser.add_argument(
         "--num-workers",
         type=int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from captioner.cache import FEATURES_DIR_HELP
 from captioner.training.config import DEFAULT_PRESET, PRESETS, TrainConfig
 
 
@@ -27,6 +28,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output-dir",
         help=f"where checkpoints, logs and best/ go (default: {TrainConfig.output_dir})",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        help=f"where the encoder's grids of the photos are kept ({FEATURES_DIR_HELP})",
     )
     parser.add_argument(
         "--resume",
@@ -65,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
         overrides = parse_settings(TrainConfig, args.set)
     except ValueError as error:
         raise UsageError(f"--set {error}") from None
-    flags = {"data": args.data, "output_dir": args.output_dir, "wandb": args.wandb}
+    flags = {
+        "data": args.data,
+        "output_dir": args.output_dir,
+        "cache_dir": args.cache_dir,
+        "wandb": args.wandb,
+    }
     overrides.update({key: value for key, value in flags.items() if value is not None})
     if args.resume and not args.output_dir:
         raise UsageError("--resume needs --output-dir: the folder of the run to continue")

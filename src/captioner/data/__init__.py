@@ -2,7 +2,6 @@
 
 from captioner.data.formats import (
     CaptionRecord,
-    hash_split,
     karpathy_splits,
     load_hub,
     load_jsonl,
@@ -10,11 +9,12 @@ from captioner.data.formats import (
     load_karpathy,
     load_records,
     load_table,
-    same_split,
 )
+from captioner.data.splits import SplitConfig, hash_split, same_split
 
 __all__ = [
     "CaptionRecord",
+    "SplitConfig",
     "hash_split",
     "karpathy_splits",
     "load_hub",

@@ -10,9 +10,9 @@ Formats (`load_records` tells them apart by path):
   `.parquet` / `.arrow` file holding such a table (image, caption, split, filename columns).
 
 Splits are taken from the source. Sources without one (Kaggle files, tables without a `split`
-column) use a Karpathy file found beside them (or passed as `karpathy=`) and otherwise
-`hash_split`: a deterministic train/val/test split by a hash of the image id, so an image's
-split never depends on the file order or on which other images are present.
+column) use a Karpathy file found beside them (or passed as `karpathy=`) and otherwise a
+`SplitConfig`: a deterministic train/val/test split by a hash of the image id (see splits.py),
+logged in one line.
 
 Image ids are the image file's stem wherever there is a file name (`1000092795` for
 Flickr30k's `1000092795.jpg`, in every format), so the feature cache is shared across formats;
@@ -29,14 +29,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captioner.data.splits import SplitConfig, log_hash_split, same_split
+
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf:"
-# hash_split's shares of the images that go to val and to test (the rest is train).
-HASH_VAL_FRACTION = 0.05
-HASH_TEST_FRACTION = 0.05
-# "dev" (Flickr8k's name), "val" (Karpathy's) and "validation" (the hub's) are one split.
-_SPLIT_ALIASES = {"dev": "val", "validation": "val"}
 
 
 @dataclass
@@ -49,68 +46,58 @@ class CaptionRecord:
     split: str  # "train" / "dev" / "val" / "test" / "restval", as the source says
 
 
-def same_split(a: str, b: str) -> bool:
-    """Whether two split names mean the same split ("dev" and "val" do)."""
-    return _SPLIT_ALIASES.get(a.lower(), a.lower()) == _SPLIT_ALIASES.get(b.lower(), b.lower())
-
-
-def hash_split(
-    image_id: str, val: float = HASH_VAL_FRACTION, test: float = HASH_TEST_FRACTION
-) -> str:
-    """The split ("train", "val" or "test") of an image, fixed by the SHA-1 of its id alone."""
-    position = int.from_bytes(hashlib.sha1(image_id.encode()).digest()[:8], "big") / 2**64
-    return "test" if position < test else "val" if position < test + val else "train"
-
-
 def load_records(
     source: str | Path,
     split: str | None = None,
     *,
     image_root: str | Path | None = None,
     karpathy: str | Path | None = None,
+    splits: SplitConfig | None = None,
 ) -> list[CaptionRecord]:
     """The records of `source` (any format above), only those of `split` if given.
 
     `image_root` overrides where image files are looked for (Karpathy and Kaggle formats);
-    `karpathy` names a Karpathy split file for Kaggle files (one beside them is found alone).
+    `karpathy` names a Karpathy split file for Kaggle files (one beside them is found alone);
+    `splits` shares out the images of a source without splits (default: `SplitConfig()`).
     """
     text = str(source)
+    splits = splits or SplitConfig()
     if text.startswith(HUB_PREFIX):
-        records = load_hub(text[len(HUB_PREFIX) :])
+        records = load_hub(text[len(HUB_PREFIX) :], splits)
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such dataset file or folder")
-        records = _load_path(path, image_root, karpathy)
+        records = _load_path(path, image_root, karpathy, splits)
     if split is None:
         return records
     return [record for record in records if same_split(record.split, split)]
 
 
 def _load_path(
-    path: Path, image_root: str | Path | None, karpathy: str | Path | None
+    path: Path, image_root: str | Path | None, karpathy: str | Path | None, splits: SplitConfig
 ) -> list[CaptionRecord]:
     if path.is_dir():
         if (path / "captions.jsonl").is_file():
-            return load_jsonl(path)
+            return load_jsonl(path, splits)
         found = sorted(path.glob("dataset_*.json"))
         if len(found) == 1:
             return load_karpathy(found[0], image_root)
         for name in ("captions.txt", "results.csv"):
             if (path / name).is_file():
-                return load_kaggle(path / name, karpathy, image_root)
+                return load_kaggle(path / name, karpathy, image_root, splits)
         raise ValueError(
             f"{path}: no captions.jsonl, single dataset_*.json, captions.txt or results.csv inside"
         )
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return load_jsonl(path)
+        return load_jsonl(path, splits)
     if suffix == ".json":
         return load_karpathy(path, image_root)
     if suffix in (".txt", ".csv"):
-        return load_kaggle(path, karpathy, image_root)
+        return load_kaggle(path, karpathy, image_root, splits)
     if suffix in (".parquet", ".arrow"):
-        return load_table(path)
+        return load_table(path, splits)
     raise ValueError(
         f"{path}: not a dataset format we read (captions.jsonl folder, dataset_*.json, "
         "captions.txt, results.csv, .parquet, .arrow, hf:<hub id>)"
@@ -119,9 +106,11 @@ def _load_path(
 
 @dataclass
 class _Tally:
-    """What a loader skipped, logged once at the end."""
+    """What a loader skipped, logged once at the end; the images without a split of their own
+    are shared out by `splits` then."""
 
     source: str
+    splits: SplitConfig = field(default_factory=SplitConfig)
     bad_rows: int = 0
     missing_images: int = 0
     empty_captions: int = 0
@@ -129,7 +118,8 @@ class _Tally:
     outside_split_file: int = 0
     records: list[CaptionRecord] = field(default_factory=list)
 
-    def add(self, image_id: str, image: Path | bytes, captions: list, split: str) -> None:
+    def add(self, image_id: str, image: Path | bytes, captions: list, split: str | None) -> None:
+        """An image with its captions; `split` None: the source gives it none."""
         cleaned = [text.strip() for text in captions if isinstance(text, str) and text.strip()]
         self.empty_captions += len(captions) - len(cleaned)
         if not cleaned:
@@ -137,9 +127,10 @@ class _Tally:
         elif isinstance(image, Path) and not image.is_file():
             self.missing_images += 1
         else:
-            self.records.append(CaptionRecord(image_id, image, cleaned, split))
+            self.records.append(CaptionRecord(image_id, image, cleaned, split or ""))
 
     def finish(self) -> list[CaptionRecord]:
+        self._share_out()
         skipped = {
             "bad rows": self.bad_rows,
             "image files missing": self.missing_images,
@@ -164,14 +155,22 @@ class _Tally:
         )
         return self.records
 
+    def _share_out(self) -> None:
+        unsplit = [record for record in self.records if not record.split]
+        for record in unsplit:
+            record.split = self.splits.split_of(record.image_id)
+        if unsplit:
+            log_hash_split(self.source, [record.split for record in unsplit], self.splits)
 
-def load_jsonl(path: str | Path) -> list[CaptionRecord]:
-    """A .jsonl file, or a folder with captions.jsonl; image paths are relative to its folder."""
+
+def load_jsonl(path: str | Path, splits: SplitConfig | None = None) -> list[CaptionRecord]:
+    """A .jsonl file, or a folder with captions.jsonl; image paths are relative to its folder.
+    Rows without a `split` are shared out by `splits`."""
     path = Path(path)
     if path.is_dir():
         path = path / "captions.jsonl"
     folder = path.parent
-    tally = _Tally(str(path))
+    tally = _Tally(str(path), splits or SplitConfig())
     with open(path, encoding="utf-8") as lines:
         for line in lines:
             if not line.strip():
@@ -181,14 +180,14 @@ def load_jsonl(path: str | Path) -> list[CaptionRecord]:
                 image = folder / row["image"]
                 image_id = str(row.get("image_id") or Path(row["image"]).stem)
                 captions = row["captions"]
-                split = row.get("split") or hash_split(image_id)
+                split = row.get("split")
             except (ValueError, KeyError, TypeError, AttributeError):
                 tally.bad_rows += 1
                 continue
             if not isinstance(captions, list):
                 tally.bad_rows += 1
                 continue
-            tally.add(image_id, image, captions, str(split))
+            tally.add(image_id, image, captions, str(split) if split else None)
     return tally.finish()
 
 
@@ -248,18 +247,34 @@ def load_kaggle(
     path: str | Path,
     karpathy: str | Path | None = None,
     image_root: str | Path | None = None,
+    splits: SplitConfig | None = None,
 ) -> list[CaptionRecord]:
     """Kaggle's Flickr8k captions.txt (`image,caption`) or Flickr30k results.csv (`a| n| text`).
 
     Told apart by the header line. Splits come from `karpathy`, else a dataset_*.json beside
-    the file, else `hash_split`; images the Karpathy file lacks are dropped (Flickr8k's 91
-    extra photos, for one).
+    the file, else `splits`; images the Karpathy file lacks are dropped (Flickr8k's 91 extra
+    photos, for one).
     """
     path = Path(path)
-    tally = _Tally(str(path))
-    captions: dict[str, list[str]] = {}  # file name -> captions, in file order
+    tally = _Tally(str(path), splits or SplitConfig())
     with open(path, encoding="utf-8") as file:
-        lines = [line.rstrip("\n") for line in file]
+        captions = _kaggle_captions([line.rstrip("\n") for line in file], tally)
+    if karpathy is None:
+        beside = sorted(path.parent.glob("dataset_*.json"))
+        karpathy = beside[0] if len(beside) == 1 else None
+    known = karpathy_splits(karpathy) if karpathy is not None else None
+    root = _image_root(path.parent, next(iter(captions), None), image_root)
+    for name, texts in captions.items():
+        if known is not None and name not in known:
+            tally.outside_split_file += 1
+            continue
+        tally.add(Path(name).stem, root / name, texts, known[name] if known else None)
+    return tally.finish()
+
+
+def _kaggle_captions(lines: list[str], tally: _Tally) -> dict[str, list[str]]:
+    """Image file name -> its captions, in file order, from the lines of a Kaggle file."""
+    captions: dict[str, list[str]] = {}
     pipes = bool(lines) and "|" in lines[0]
     if lines and lines[0].lower().startswith("image"):
         lines = lines[1:]  # the header: "image,caption" or "image_name| comment_number| comment"
@@ -283,40 +298,22 @@ def load_kaggle(
             tally.bad_rows += 1
             continue
         captions.setdefault(name, []).append(caption)
-
-    if karpathy is None:
-        beside = sorted(path.parent.glob("dataset_*.json"))
-        karpathy = beside[0] if len(beside) == 1 else None
-    splits = karpathy_splits(karpathy) if karpathy is not None else None
-    if splits is None:
-        log.info("%s: no Karpathy split file given or beside it; splitting by hash_split", path)
-    root = _image_root(path.parent, next(iter(captions), None), image_root)
-    for name, texts in captions.items():
-        image_id = Path(name).stem
-        if splits is None:
-            split = hash_split(image_id)
-        elif name in splits:
-            split = splits[name]
-        else:
-            tally.outside_split_file += 1
-            continue
-        tally.add(image_id, root / name, texts, split)
-    return tally.finish()
+    return captions
 
 
-def load_hub(name: str) -> list[CaptionRecord]:
+def load_hub(name: str, splits: SplitConfig | None = None) -> list[CaptionRecord]:
     """A Hugging Face hub dataset, `owner/name` (every hub split) or `owner/name:hub_split`.
 
     Rows carry their own split in a `split` column where there is one (as in
     nlphuji/flickr_30k_test, whose one hub split holds Karpathy's train/val/test); otherwise the
-    hub split's name is the record's split.
+    hub split's name is the record's split (`splits` shares out a table of neither).
     """
     import datasets
 
     repo, _, hub_split = name.partition(":")
     loaded = datasets.load_dataset(repo, split=hub_split or None)
     tables = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(hub_split, loaded)]
-    tally = _Tally(HUB_PREFIX + name)
+    tally = _Tally(HUB_PREFIX + name, splits or SplitConfig())
     for table_split, table in tables:
         if isinstance(table.features.get("image"), datasets.Image):
             table = table.cast_column("image", datasets.Image(decode=False))  # bytes, not PIL
@@ -325,13 +322,14 @@ def load_hub(name: str) -> list[CaptionRecord]:
     return tally.finish()
 
 
-def load_table(path: str | Path) -> list[CaptionRecord]:
-    """A local .parquet or .arrow file of a hub-style table (as `datasets` writes them)."""
+def load_table(path: str | Path, splits: SplitConfig | None = None) -> list[CaptionRecord]:
+    """A local .parquet or .arrow file of a hub-style table (as `datasets` writes them); rows
+    without a `split` are shared out by `splits`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
-    tally = _Tally(str(path))
+    tally = _Tally(str(path), splits or SplitConfig())
     if path.suffix.lower() == ".parquet":
         batches = pq.ParquetFile(path).iter_batches(batch_size=256)
     else:
@@ -370,8 +368,8 @@ def _add_table_row(
         image_id = image.stem
     else:  # nothing but the pixels: name the image by its content
         image_id = hashlib.sha1(image).hexdigest()[:16]
-    split = row.get("split") or fallback_split or hash_split(image_id)
-    tally.add(image_id, image, captions, str(split))
+    split = row.get("split") or fallback_split
+    tally.add(image_id, image, captions, str(split) if split else None)
 
 
 def _image_value(value: object, folder: Path | None) -> Path | bytes:

@@ -11,11 +11,19 @@ import numpy as np
 import torch
 
 from captioner.batch import CaptionCollator
-from captioner.cache import FEATURES_DIR
+from captioner.config import GenerationConfig
 from captioner.data import CaptionRecord
 from captioner.evaluation.clipscore import CLIPScorer
 from captioner.evaluation.metrics import caption_metrics
-from captioner.features import build_cache, cached_records, image_source, record_key
+from captioner.features import (
+    FeatureCache,
+    build_cache,
+    cached_records,
+    image_source,
+    record_key,
+)
+from captioner.hub import CONFIG_FILE
+from captioner.model_card import write_model_card
 from captioner.objective import teacher_forced
 from captioner.torch_model import CaptionModel
 
@@ -25,7 +33,7 @@ def evaluate(
     model: CaptionModel,
     records: list[CaptionRecord],
     num_beams: int | None = None,
-    cache_dir: str | Path = FEATURES_DIR,
+    cache_dir: str | Path | None = None,
     batch_size: int = 50,
     meteor: bool = True,
     progress: bool = True,
@@ -57,25 +65,11 @@ def evaluate(
     records = cached_records(records, cache)
     if not records:
         raise ValueError("nothing to evaluate: none of the images could be read")
-    collator = CaptionCollator(model.tokenizer, model.config.decoder.max_length)
-    predictions: dict[str, str] = {}
-    beams: dict[str, list[str]] = {}  # each image's final beams, best first (re-ranking)
-    correct = counted = 0
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        grids = [cache[record_key(r)] for r in chunk]
-        features = torch.from_numpy(np.stack(grids)).float().to(model.device)
-        for record, caption in zip(chunk, model.generate_from_features(features, generation)):
-            predictions[record.image_id] = caption.text
-            beams[record.image_id] = [caption.text, *(a.text for a in caption.alternatives)]
-        # Teacher-forced accuracy over every reference caption.
-        batch = collator.tokenize(features, [r.captions for r in chunk]).to(model.device)
-        _, right, count = teacher_forced(model, batch)
-        correct += int(right)
-        counted += int(count)
+    beams, token_accuracy = _decode(model, records, cache, generation, batch_size)
+    predictions = {image_id: texts[0] for image_id, texts in beams.items()}
     references = {r.image_id: r.captions for r in records}
     scores: dict[str, Any] = caption_metrics(predictions, references, meteor=meteor)
-    scores["token_accuracy"] = correct / max(counted, 1)
+    scores["token_accuracy"] = token_accuracy
     if clip is not None:
         scores.update(_clip_scores(clip, records, predictions))
     if clip_rerank and clip is not None:  # checked above: re-ranking has a CLIP model
@@ -90,6 +84,63 @@ def evaluate(
     scores["images"] = len(records)
     scores["seconds"] = round(time.perf_counter() - started, 2)
     return scores, predictions
+
+
+def _decode(
+    model: CaptionModel,
+    records: list[CaptionRecord],
+    cache: FeatureCache,
+    generation: GenerationConfig,
+    batch_size: int,
+) -> tuple[dict[str, list[str]], float]:
+    """Each image's final beams (best first), and the teacher-forced token accuracy over every
+    reference caption."""
+    collator = CaptionCollator(model.tokenizer, model.config.decoder.max_length)
+    beams: dict[str, list[str]] = {}
+    correct = counted = 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        grids = [cache[record_key(r)] for r in chunk]
+        features = torch.from_numpy(np.stack(grids)).float().to(model.device)
+        for record, caption in zip(chunk, model.generate_from_features(features, generation)):
+            beams[record.image_id] = [caption.text, *(a.text for a in caption.alternatives)]
+        batch = collator.tokenize(features, [r.captions for r in chunk]).to(model.device)
+        _, right, count = teacher_forced(model, batch)
+        correct += int(right)
+        counted += int(count)
+    return beams, correct / max(counted, 1)
+
+
+# What a saved model's card reports of `evaluate`'s scores (METEOR needs Java: not recorded).
+RECORDED_METRICS = ("bleu1", "bleu4", "rouge_l", "cider", "token_accuracy")
+
+
+def record_evaluation(
+    directory: str | Path,
+    records: list[CaptionRecord],
+    split: str,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the model saved in `directory` on `records` exactly as `captioner eval` does (the
+    same loading, decoding and metrics), and record the scores, with what they measured, in
+    its config's metadata and model card: so the card's figures are the ones `captioner eval`
+    prints on that split. Returns the recorded entry."""
+    directory = Path(directory)
+    model = CaptionModel.from_pretrained(directory)
+    scores, _ = evaluate(model, records, cache_dir=cache_dir, meteor=False, progress=progress)
+    generation = model.config.generation
+    entry = {
+        "split": split,
+        "images": scores["images"],
+        "num_beams": generation.num_beams,
+        "max_new_tokens": generation.max_new_tokens,
+        "metrics": {name: round(scores[name], 4) for name in RECORDED_METRICS},
+    }
+    model.config.metadata["evaluation"] = entry
+    model.config.save(directory / CONFIG_FILE)
+    write_model_card(directory, model.config)
+    return entry
 
 
 def _clip_scores(

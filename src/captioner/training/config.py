@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captioner.cache import FEATURES_DIR
 from captioner.config import DecoderConfig, EncoderConfig, GenerationConfig, _build
+from captioner.data import SplitConfig
 
 CONFIG_FILE = "train_config.json"  # in the output folder: the settings a run was started with
 DEFAULT_PRESET = "flickr8k-effnet"
@@ -21,6 +21,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-t
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir",
+        "cache_dir",
         "max_minutes",
         "num_workers",
         "checkpoint_every_steps",
@@ -32,8 +33,10 @@ RESUMABLE_CHANGES = frozenset(
 @dataclass
 class TrainConfig:
     data: str | None = None  # anything `captioner.data.load_records` reads
+    # How the photos of data without a train/dev/test split of its own are shared out.
+    data_split: SplitConfig = field(default_factory=SplitConfig)
     output_dir: str = "runs/captioner"
-    cache_dir: str = FEATURES_DIR
+    cache_dir: str | None = None  # encoder grids; None: `captioner.cache.features_dir()`
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # Decoding used to score the dev split after each epoch (greedy is fast and tracks beam).
@@ -145,6 +148,7 @@ class TrainConfig:
         heads = f"a multiple of decoder.n_heads ({decoder.n_heads})"
         _require("decoder.d_model", decoder.d_model, decoder.d_model % decoder.n_heads == 0, heads)
         _number("decoder.dropout", decoder.dropout, 0.0, 1.0, open_high=True)
+        self.data_split.validate()
         try:  # the decoder writes up to max_length - 1 tokens after the start token
             self.validation_generation.validate(decoder.max_length - 1)
         except ValueError as error:
@@ -158,6 +162,7 @@ class TrainConfig:
             "encoder": EncoderConfig,
             "decoder": DecoderConfig,
             "validation_generation": GenerationConfig,
+            "data_split": SplitConfig,
         }
         for key, kind in nested.items():
             if key in data:
@@ -199,6 +204,24 @@ PRESETS["flickr8k-effnet-scst"] = {
     "learning_rate": 2e-5,
     "warmup_steps": 20,
     "early_stopping_patience": 4,
+    "max_minutes": 30.0,
+}
+# Your own photos, about 40 to 500 of them with a few captions each, on a CPU: a small decoder
+# that few examples can train, many short epochs with early stopping on dev, words seen twice
+# or more as the vocabulary, and a tenth of the photos each for dev and test where the data
+# has no split (a twentieth of 40 photos leaves dev CIDEr to two images).
+PRESETS["small"] = {
+    "encoder": {"name": "efficientnet-lite2"},
+    "decoder": {"d_model": 256, "n_heads": 4, "n_layers": 2, "dropout": 0.3},
+    "data_split": {"dev_fraction": 0.1, "test_fraction": 0.1},
+    "captions_per_image": "all",
+    "mirror_images": True,
+    "min_token_count": 2,
+    "epochs": 30,
+    "batch_size": 16,
+    "learning_rate": 1e-3,
+    "warmup_steps": 30,
+    "early_stopping_patience": 6,
     "max_minutes": 30.0,
 }
 # Production: CLIP ViT-B/32 from the Hugging Face hub and the default 6-layer decoder, on a GPU.

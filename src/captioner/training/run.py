@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from captioner.batch import CaptionCollator
 from captioner.config import CaptionerConfig
-from captioner.data import CaptionRecord, load_records
+from captioner.data import CaptionRecord, load_records, same_split
 from captioner.decoder import with_token_source
 from captioner.decoding import max_new_tokens_limit
 from captioner.encoders import build_encoder
@@ -73,10 +73,11 @@ def extract_features(
     encoded too. A split left with no usable records is a `TrainingSetupError`."""
     if not config.data:
         raise TrainingSetupError("no data given: pass --data (a dataset folder or file)")
-    try:
-        records = {split: load_records(config.data, split) for split in splits}
+    try:  # read once: a split made here is logged once
+        every = load_records(config.data, splits=config.data_split)
     except (OSError, ValueError) as error:
         raise TrainingSetupError(str(error)) from None
+    records = {split: [r for r in every if same_split(r.split, split)] for split in splits}
     for split, found in records.items():
         if not found:
             raise TrainingSetupError(f"{config.data} has no records in split {split!r}")
@@ -237,7 +238,12 @@ def train(
             generation.max_new_tokens, max_new_tokens_limit(model.config.decoder.max_length)
         )
     model.config.metadata.update(
-        {"data": config.data, "train_split": config.train_split, "dev_split": config.dev_split}
+        {
+            "data": config.data,
+            "train_split": config.train_split,
+            "dev_split": config.dev_split,
+            "data_split": dataclasses.asdict(config.data_split),  # `captioner eval` splits alike
+        }
     )
     collator = CaptionCollator(model.tokenizer, config.decoder.max_length)
     data = CaptionData(config, cache, records, collator)
@@ -295,6 +301,12 @@ def train(
             module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True
         )
     best = output_dir / BEST_DIR
+    if trainer.is_global_zero and (best / MODEL_CONFIG_FILE).is_file():
+        from captioner.evaluation.evaluate import record_evaluation
+
+        record_evaluation(
+            best, records[config.dev_split], config.dev_split, config.cache_dir, progress
+        )
     if config.wandb and trainer.is_global_zero:
         _log_wandb_artifact(trainer, best)
     return best
