@@ -283,6 +283,10 @@ def test_a_training_run_folder_means_its_best_model(tiny_model, tmp_path, caplog
             "unknown DecoderConfig fields",
         ),
         (
+            lambda d: (d / "config.json").write_text('{"generation": [3]}'),
+            "GenerationConfig settings must be a mapping, got [3]",
+        ),
+        (
             lambda d: (d / "tokenizer.json").write_text('{"kind": "clip-bpe", "vocab": [1, 2]}'),
             "tokenizer.json: not a readable tokenizer",
         ),

@@ -13,7 +13,10 @@ import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass
@@ -151,14 +154,34 @@ class GenerationConfig:
         return self
 
 
-def check_int(name: str, value: Any, low: int, high: int | None, why: str = "") -> None:
+def check(name: str, value: Any, ok: bool, allowed: str) -> None:
+    """A ValueError in the one wording every refused setting has, unless `ok`: the setting, what
+    it may be and what it was, so a typo is fixed from the message alone."""
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_int(
+    name: str,
+    value: Any,
+    low: int,
+    high: int | None = None,
+    why: str = "",
+    *,
+    optional: bool = False,
+) -> None:
+    """An integer (not a bool) from `low` to `high` (None: no upper bound), or None if
+    `optional`; `why` says where `high` comes from."""
+    if optional and value is None:
+        return
     allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
     if why and high is not None:
         allowed += f" ({why})"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if int(value) < low or (high is not None and int(value) > high):
-        raise ValueError(f"{name} must be {allowed}, got {value}")
+    if optional:
+        allowed += " or none"
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    shown = int(value) if whole else value
+    check(name, shown, whole and low <= shown and (high is None or shown <= high), allowed)
 
 
 def check_number(
@@ -166,23 +189,30 @@ def check_number(
     value: Any,
     low: float | None = None,
     high: float | None = None,
+    *,
     low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
 ) -> None:
-    """A finite real number, within [low, high] (or (low, high]) where they are given."""
+    """A finite real number (not a bool) within `low` and `high` where they are given, each
+    bound included unless its `_open` flag says otherwise, or None if `optional`."""
+    if optional and value is None:
+        return
     bounds = []
     if low is not None:
         bounds.append(f"{'>' if low_open else '>='} {low}")
     if high is not None:
-        bounds.append(f"<= {high}")
+        bounds.append(f"{'<' if high_open else '<='} {high}")
     allowed = "a number " + " and ".join(bounds) if bounds else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if (
-        low is not None
-        and (float(value) <= low if low_open else float(value) < low)
-        or (high is not None and float(value) > high)
-    ):
-        raise ValueError(f"{name} must be {allowed}, got {value}")
+    if optional:
+        allowed += " or none"
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value)):
+        check(name, value, False, allowed)
+    shown = value if isinstance(value, (int, float)) else float(value)
+    above = low is None or (shown > low if low_open else shown >= low)
+    below = high is None or (shown < high if high_open else shown <= high)
+    check(name, shown, above and below, allowed)
 
 
 @dataclass
@@ -198,12 +228,7 @@ class CaptionerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaptionerConfig:
-        return cls(
-            encoder=_build(EncoderConfig, data.get("encoder", {})),
-            decoder=_build(DecoderConfig, data.get("decoder", {})),
-            generation=_build(GenerationConfig, data.get("generation", {})),
-            metadata=dict(data.get("metadata", {})),
-        )
+        return config_from_dict(cls, data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -235,15 +260,30 @@ def current_option_names(values: dict[str, Any]) -> dict[str, Any]:
     return current
 
 
-def _build(kind: type, values: dict[str, Any]) -> Any:
-    """Build a dataclass from a dict, refusing unknown keys so typos in configs surface early."""
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
+
+
+def config_from_dict(kind: type[ConfigT], values: Any) -> ConfigT:
+    """`kind(**values)`, each field that is itself a config dataclass built from its own dict
+    the same way. Unknown keys are refused so that typos in configs surface early."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{kind.__name__} settings must be a mapping, got {values!r}")
     if kind is GenerationConfig:
         values = current_option_names(values)
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = set(values) - known
+    unknown = set(values) - {f.name for f in dataclasses.fields(kind)}
     if unknown:
         raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
-    return kind(**values)
+    hints = typing.get_type_hints(kind)
+    return kind(
+        **{
+            key: config_from_dict(hints[key], value) if _is_config(hints[key]) else value
+            for key, value in values.items()
+        }
+    )
+
+
+def _is_config(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
 # ---- typed KEY=VALUE settings (`captioner train --set`) -------------------------------------
@@ -264,7 +304,7 @@ def setting_keys(kind: type, prefix: str = "") -> dict[str, Any]:
     dataclass's field), with its type."""
     keys: dict[str, Any] = {}
     for name, annotation in typing.get_type_hints(kind).items():
-        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        if _is_config(annotation):
             keys.update(setting_keys(annotation, f"{prefix}{name}."))
         else:
             keys[prefix + name] = annotation

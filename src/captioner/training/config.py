@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captioner.config import DecoderConfig, EncoderConfig, GenerationConfig, _build
+from captioner.config import (
+    DecoderConfig,
+    EncoderConfig,
+    GenerationConfig,
+    check,
+    check_int,
+    check_number,
+    config_from_dict,
+)
 from captioner.data import SplitConfig
 
 CONFIG_FILE = "train_config.json"  # in the output folder: the settings a run was started with
@@ -93,24 +100,43 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ValueError, naming the setting and its allowed values, for a value out of range;
         returns self."""
-        _require("objective", self.objective, self.objective in OBJECTIVES, " or ".join(OBJECTIVES))
+        self._check_choices()
+        self._check_counts()
+        self._check_rates()
+        _check_decoder(self.decoder)
+        self.data_split.validate()
+        try:  # the decoder writes up to max_length - 1 tokens after the start token
+            self.validation_generation.validate(self.decoder.max_length - 1)
+        except ValueError as error:
+            raise ValueError(f"validation_generation.{error}") from None
+        return self
+
+    def _check_choices(self) -> None:
+        """The settings that name one of a few choices, or a split, or the devices."""
+        check("objective", self.objective, self.objective in OBJECTIVES, " or ".join(OBJECTIVES))
         if self.objective == "scst" and not self.init_from:
             raise ValueError(
                 "self-critical training (objective=scst) needs init_from: a trained model"
             )
         choices = " or ".join(CAPTION_CHOICES)
-        _require(
-            "captions_per_image",
-            self.captions_per_image,
-            self.captions_per_image in CAPTION_CHOICES,
-            choices,
-        )
+        per_image = self.captions_per_image
+        check("captions_per_image", per_image, per_image in CAPTION_CHOICES, choices)
         precisions = "none (automatic) or one of " + ", ".join(PRECISIONS)
-        _require("precision", self.precision, self.precision in (None, *PRECISIONS), precisions)
+        check("precision", self.precision, self.precision in (None, *PRECISIONS), precisions)
+        devices = self.devices
+        devices_ok = isinstance(devices, str) or (
+            isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1
+        )
+        check("devices", devices, devices_ok, "an integer >= 1, or text such as auto")
+        for key in ("train_split", "dev_split"):
+            split = getattr(self, key)
+            check(key, split, bool(str(split).strip()), "a split name")
+
+    def _check_counts(self) -> None:
         for key in ("epochs", "batch_size", "num_nodes"):
-            _integer(key, getattr(self, key), 1)
+            check_int(key, getattr(self, key), 1)
         for key in ("steps_per_epoch", "checkpoint_every_steps"):
-            _integer(key, getattr(self, key), 1, optional=True)
+            check_int(key, getattr(self, key), 1, optional=True)
         for key in (
             "warmup_steps",
             "early_stopping_patience",
@@ -118,56 +144,36 @@ class TrainConfig:
             "seed",
             "min_token_count",
         ):
-            _integer(key, getattr(self, key), 0)
-        _integer("scst_samples", self.scst_samples, 2)  # each sample's baseline is the others
+            check_int(key, getattr(self, key), 0)
+        check_int("scst_samples", self.scst_samples, 2)  # each sample's baseline is the others
+
+    def _check_rates(self) -> None:
+        """The real-valued settings. Bounds are given as integers so the message reads `>= 0`."""
         for key in ("weight_decay", "grad_clip", "scst_xe_weight"):
-            _number(key, getattr(self, key), 0.0)
-        _number("label_smoothing", self.label_smoothing, 0.0, 1.0, open_high=True)
-        _number("learning_rate", self.learning_rate, 0.0, open_low=True)
+            check_number(key, getattr(self, key), 0)
+        check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        check_number("learning_rate", self.learning_rate, 0, low_open=True)
         for key in ("max_minutes", "checkpoint_every_minutes"):
-            _number(key, getattr(self, key), 0.0, open_low=True, optional=True)
-        _number(
-            "average_decay",
-            self.average_decay,
-            0.0,
-            1.0,
-            open_low=True,
-            open_high=True,
-            optional=True,
+            check_number(key, getattr(self, key), 0, low_open=True, optional=True)
+        check_number(
+            "average_decay", self.average_decay, 0, 1, low_open=True, high_open=True, optional=True
         )
-        _number("scst_top_p", self.scst_top_p, 0.0, 1.0, open_low=True)
-        devices_ok = isinstance(self.devices, str) or (_is_int(self.devices) and self.devices >= 1)
-        _require("devices", self.devices, devices_ok, "an integer >= 1, or text such as auto")
-        for key in ("train_split", "dev_split"):
-            _require(key, getattr(self, key), bool(str(getattr(self, key)).strip()), "a split name")
-        decoder = self.decoder
-        for key in ("d_model", "n_heads", "n_layers", "mlp_ratio"):
-            _integer(f"decoder.{key}", getattr(decoder, key), 1)
-        _integer("decoder.image_layers", decoder.image_layers, 0)
-        _integer("decoder.max_length", decoder.max_length, 2)
-        heads = f"a multiple of decoder.n_heads ({decoder.n_heads})"
-        _require("decoder.d_model", decoder.d_model, decoder.d_model % decoder.n_heads == 0, heads)
-        _number("decoder.dropout", decoder.dropout, 0.0, 1.0, open_high=True)
-        self.data_split.validate()
-        try:  # the decoder writes up to max_length - 1 tokens after the start token
-            self.validation_generation.validate(decoder.max_length - 1)
-        except ValueError as error:
-            raise ValueError(f"validation_generation.{error}") from None
-        return self
+        check_number("scst_top_p", self.scst_top_p, 0, 1, low_open=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        nested = {
-            "encoder": EncoderConfig,
-            "decoder": DecoderConfig,
-            "validation_generation": GenerationConfig,
-            "data_split": SplitConfig,
-        }
-        for key, kind in nested.items():
-            if key in data:
-                data[key] = _build(kind, data[key])
-        return _build(cls, data)
+        return config_from_dict(cls, data)
+
+
+def _check_decoder(decoder: DecoderConfig) -> None:
+    """The decoder's shape, which `DecoderConfig` does not check: a trained model's is trusted."""
+    for key in ("d_model", "n_heads", "n_layers", "mlp_ratio"):
+        check_int(f"decoder.{key}", getattr(decoder, key), 1)
+    check_int("decoder.image_layers", decoder.image_layers, 0)
+    check_int("decoder.max_length", decoder.max_length, 2)
+    heads = f"a multiple of decoder.n_heads ({decoder.n_heads})"
+    check("decoder.d_model", decoder.d_model, decoder.d_model % decoder.n_heads == 0, heads)
+    check_number("decoder.dropout", decoder.dropout, 0, 1, high_open=True)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -255,43 +261,6 @@ PRESETS["coco-clip"] = {
     "warmup_steps": 2000,
     "dev_split": "val",
 }
-
-
-def _require(key: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{key} must be {allowed}, got {value!r}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _integer(key: str, value: Any, low: int, optional: bool = False) -> None:
-    if not (optional and value is None):
-        allowed = f"an integer >= {low}" + (" or none" if optional else "")
-        _require(key, value, _is_int(value) and value >= low, allowed)
-
-
-def _number(
-    key: str,
-    value: Any,
-    low: float,
-    high: float | None = None,
-    *,
-    open_low: bool = False,
-    open_high: bool = False,
-    optional: bool = False,
-) -> None:
-    """A finite number in the interval from `low` to `high` (None: no upper bound)."""
-    if optional and value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low)
-    ok = ok and (high is None or (value < high if open_high else value <= high))
-    allowed = f"a number {'>' if open_low else '>='} {low:g}"
-    if high is not None:
-        allowed += f" and {'<' if open_high else '<='} {high:g}"
-    _require(key, value, ok, allowed + (" or none" if optional else ""))
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
