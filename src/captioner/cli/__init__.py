@@ -11,6 +11,7 @@ import sys
 from typing import NoReturn
 
 from captioner.cli import caption, evaluate, export, features, serve, train
+from captioner.cli.extras import NEEDED_MODULES, require_training_extra
 from captioner.hub import MissingExtraError, ModelLoadError, ModelNotFoundError
 from captioner.runtime.onnx import ExportedModelError
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in NEEDED_MODULES:  # before any work or import of the extra
+            require_training_extra(args.command)
         return args.run(args)
     except (
         ModelNotFoundError,

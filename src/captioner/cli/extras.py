@@ -1,7 +1,8 @@
 """The commands beyond captioning and serving need the training extra (`captioner[train]`).
 
-Each checks for it first, before any work, so that a plain install answers in one line what to
-install (exit code 2) instead of a traceback, or a failure after captioning a whole split.
+The command line checks for it before running one of them, so that a plain install answers in
+one line what to install (exit code 2) instead of a traceback, or a failure after captioning a
+whole split.
 """
 
 from __future__ import annotations

@@ -34,9 +34,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.cli.extras import require_training_extra
-
-    require_training_extra("features")  # before any work or import of the extra
     from captioner.cli import UsageError
     from captioner.data import load_records
     from captioner.encoders import build_encoder

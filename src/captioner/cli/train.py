@@ -58,9 +58,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.cli.extras import require_training_extra
-
-    require_training_extra("train")  # before any work or import of the extra
     from captioner.cli import UsageError
     from captioner.config import parse_settings
     from captioner.training.config import preset, resumed_config
