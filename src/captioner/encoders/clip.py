@@ -48,17 +48,9 @@ class CLIPEncoder(ImageEncoder):
     def export_onnx(self, file: str | Path | IO[bytes]) -> None:
         """`pixels` (batch, 3, size, size) -> `features` (batch, tokens, dim), any batch: the
         graph `export_onnx` writes as `encoder.onnx` for the EfficientNet encoders."""
-        from captioner.onnx.export import trace_to_onnx
+        from captioner.onnx.export import trace_image_encoder
 
-        size = self.preprocess.crop_size
-        trace_to_onnx(
-            _Features(self),
-            (torch.zeros(1, 3, size, size),),
-            file,
-            ["pixels"],
-            ["features"],
-            {"pixels": {0: "batch"}, "features": {0: "batch"}},
-        )
+        trace_image_encoder(_Features(self), self.preprocess.crop_size, file)
 
 
 class _Features(nn.Module):

@@ -77,17 +77,10 @@ class FeatureMap(nn.Module):
 
 
 def export_feature_map(net: nn.Module, size: int, file: str | Path | IO[bytes]) -> None:
-    """`pixels` (batch, 3, size, size) -> `features` (batch, tokens, dim), any batch."""
-    from captioner.onnx.export import trace_to_onnx
+    """`net`'s feature map as the encoder graph (`trace_image_encoder`)."""
+    from captioner.onnx.export import trace_image_encoder
 
-    trace_to_onnx(
-        FeatureMap(net),
-        (torch.zeros(1, 3, size, size),),
-        file,
-        ["pixels"],
-        ["features"],
-        {"pixels": {0: "batch"}, "features": {0: "batch"}},
-    )
+    trace_image_encoder(FeatureMap(net), size, file)
 
 
 def onnx_session(net: nn.Module, size: int, threads: int) -> onnxruntime.InferenceSession:

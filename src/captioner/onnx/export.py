@@ -76,6 +76,19 @@ def trace_to_onnx(
         )
 
 
+def trace_image_encoder(module: nn.Module, size: int, file: str | Path | IO[bytes]) -> None:
+    """`module` as the encoder graph every runtime reads: `pixels` (batch, 3, size, size) ->
+    `features` (batch, tokens, dim), any batch."""
+    trace_to_onnx(
+        module,
+        (torch.zeros(1, 3, size, size),),
+        file,
+        ["pixels"],
+        ["features"],
+        {"pixels": {0: "batch"}, "features": {0: "batch"}},
+    )
+
+
 def kv_shape(config: DecoderConfig, batch: int, length: int) -> tuple[int, ...]:
     """(batch, heads, length, head width): the shape of each past, present and cross tensor."""
     return (batch, config.n_heads, length, config.d_model // config.n_heads)
