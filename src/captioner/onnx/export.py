@@ -223,54 +223,69 @@ def export_decoder(
         raise ValueError(f"ONNX variants must be among {', '.join(VARIANTS)}, got {variants}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = decoder.config
     was_training = decoder.training
     decoder.eval()
     with tempfile.TemporaryDirectory() as scratch:
+        # The int8 graphs are made from the fp32 ones, which only stay when asked for.
         fp32 = {
             graph: directory / name if "fp32" in variants else Path(scratch) / name
             for graph, name in FILES["fp32"].items()
         }
-        features = torch.zeros(2, config.image_tokens, config.image_dim)
-        with torch.no_grad():
-            cross = ImageMemory(decoder)(features)
-        cross_names = kv_names("cross", config.n_layers)
-        past_names = kv_names("past", config.n_layers)
-        present_names = kv_names("present", config.n_layers)
-        trace_to_onnx(
-            ImageMemory(decoder),
-            (features,),
-            fp32["image"],
-            ["features"],
-            cross_names,
-            {name: {0: "batch"} for name in ["features", *cross_names]},
-        )
-        # Traced at a past of 2 tokens: the position and the concatenation follow the past's shape.
-        past = tuple(torch.zeros(kv_shape(config, 2, 2)) for _ in past_names)
-        text_layers = decoder.clip_text.n_layers if config.token_embedding != "learned" else 0
-        text_past_names = kv_names("text_past", text_layers)
-        text_present_names = kv_names("text_present", text_layers)
-        text_past = tuple(torch.zeros(text_kv_shape(decoder, 2, 2)) for _ in text_past_names)
-        trace_to_onnx(
-            DecodingStep(decoder),
-            (torch.zeros(2, 1, dtype=torch.long), *past, *cross, *text_past),
-            fp32["step"],
-            ["ids", *past_names, *cross_names, *text_past_names],
-            ["logits", *present_names, *text_present_names, "cross_attention"],
-            {
-                **{name: {0: "batch"} for name in ["ids", *cross_names, "logits"]},
-                **{name: {0: "batch", 2: "past"} for name in [*past_names, *text_past_names]},
-                **{
-                    name: {0: "batch", 2: "past_plus_one"}
-                    for name in [*present_names, *text_present_names]
-                },
-                "cross_attention": {0: "batch"},
-            },
-        )
+        cross = trace_image_graph(decoder, fp32["image"])
+        trace_step_graph(decoder, cross, fp32["step"])
         if "int8" in variants:
             for graph, name in FILES["int8"].items():
                 quantize(fp32[graph], directory / name)
     decoder.train(was_training)
+
+
+def trace_image_graph(decoder: CaptionDecoder, file: Path) -> tuple[torch.Tensor, ...]:
+    """decoder_image (`ImageMemory`) into `file`; returns the cross tensors it computes for a
+    batch of 2, which the step graph is traced with."""
+    config = decoder.config
+    features = torch.zeros(2, config.image_tokens, config.image_dim)
+    with torch.no_grad():
+        cross = ImageMemory(decoder)(features)
+    cross_names = kv_names("cross", config.n_layers)
+    trace_to_onnx(
+        ImageMemory(decoder),
+        (features,),
+        file,
+        ["features"],
+        cross_names,
+        {name: {0: "batch"} for name in ["features", *cross_names]},
+    )
+    return cross
+
+
+def trace_step_graph(decoder: CaptionDecoder, cross: tuple[torch.Tensor, ...], file: Path) -> None:
+    """decoder_step (`DecodingStep`) into `file`, traced at a past of 2 tokens: the position
+    and the concatenation follow the past's shape, so any length runs."""
+    config = decoder.config
+    cross_names = kv_names("cross", config.n_layers)
+    past_names = kv_names("past", config.n_layers)
+    present_names = kv_names("present", config.n_layers)
+    text_layers = decoder.clip_text.n_layers if config.token_embedding != "learned" else 0
+    text_past_names = kv_names("text_past", text_layers)
+    text_present_names = kv_names("text_present", text_layers)
+    past = tuple(torch.zeros(kv_shape(config, 2, 2)) for _ in past_names)
+    text_past = tuple(torch.zeros(text_kv_shape(decoder, 2, 2)) for _ in text_past_names)
+    trace_to_onnx(
+        DecodingStep(decoder),
+        (torch.zeros(2, 1, dtype=torch.long), *past, *cross, *text_past),
+        file,
+        ["ids", *past_names, *cross_names, *text_past_names],
+        ["logits", *present_names, *text_present_names, "cross_attention"],
+        {
+            **{name: {0: "batch"} for name in ["ids", *cross_names, "logits"]},
+            **{name: {0: "batch", 2: "past"} for name in [*past_names, *text_past_names]},
+            **{
+                name: {0: "batch", 2: "past_plus_one"}
+                for name in [*present_names, *text_present_names]
+            },
+            "cross_attention": {0: "batch"},
+        },
+    )
 
 
 # int8 products that every CPU computes exactly. Weights are int8 in [-63, 63] (7 bits, a scale
@@ -315,15 +330,10 @@ def quantize_matmuls(model: onnx.ModelProto) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-
     weights = {
         t.name: t
         for t in graph.initializer
         if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
-    }
-    constants: dict[str, np.ndarray] = {
-        "quantize_scale": np.array(1 / ACTIVATION_LEVELS, np.float32),
-        "quantize_zero": np.array(ACTIVATION_ZERO, np.uint8),
     }
     quantised: dict[str, tuple[str, str]] = {}  # activation -> (uint8 values, row peaks)
     changed, nodes = 0, []
@@ -331,49 +341,72 @@ def quantize_matmuls(model: onnx.ModelProto) -> int:
         if node.op_type != "MatMul" or node.input[1] not in weights:
             nodes.append(node)
             continue
-        source, (out,) = node.input[0], node.output
+        source = node.input[0]
         if source not in quantised:
-            peak, values = f"{source}_row_peak", f"{source}_row_uint8"
-            nodes += [
-                helper.make_node("Abs", [source], [f"{source}_abs"]),
-                helper.make_node("ReduceMax", [f"{source}_abs"], [peak], axes=[-1], keepdims=1),
-                helper.make_node("Div", [source, peak], [f"{source}_by_peak"]),
-                helper.make_node(
-                    "QuantizeLinear",
-                    [f"{source}_by_peak", "quantize_scale", "quantize_zero"],
-                    [values],
-                ),
-            ]
-            quantised[source] = values, peak
+            quantisation, quantised[source] = _quantize_rows(source)
+            nodes += quantisation
         values, peak = quantised[source]
-        name = node.input[1]
-        matrix = numpy_helper.to_array(weights[name])
-        column_scale = np.abs(matrix).max(axis=0) / WEIGHT_LEVELS
-        column_scale[column_scale == 0] = 1
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(
-                    np.round(matrix / column_scale).astype(np.int8), f"{name}_int8"
-                ),
-                numpy_helper.from_array(column_scale.astype(np.float32), f"{name}_column_scale"),
-            ]
-        )
-        nodes += [
-            helper.make_node(
-                "MatMulIntegerToFloat",
-                [values, f"{name}_int8", "quantize_scale", f"{name}_column_scale", "quantize_zero"],
-                [f"{out}_by_column"],
-                domain="com.microsoft",
-            ),
-            helper.make_node("Mul", [f"{out}_by_column", peak], [out]),
-        ]
+        nodes += _integer_matmul(graph, weights[node.input[1]], values, peak, node.output[0])
         changed += 1
     if changed:
+        constants: dict[str, np.ndarray] = {
+            "quantize_scale": np.array(1 / ACTIVATION_LEVELS, np.float32),
+            "quantize_zero": np.array(ACTIVATION_ZERO, np.uint8),
+        }
         graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
         replace_nodes(graph, nodes)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return changed
+
+
+def _quantize_rows(source: str) -> tuple[list[onnx.NodeProto], tuple[str, str]]:
+    """The nodes quantising activation `source` by its row peaks, and the names of the uint8
+    values and of the peaks they compute."""
+    from onnx import helper
+
+    peak, values = f"{source}_row_peak", f"{source}_row_uint8"
+    nodes = [
+        helper.make_node("Abs", [source], [f"{source}_abs"]),
+        helper.make_node("ReduceMax", [f"{source}_abs"], [peak], axes=[-1], keepdims=1),
+        helper.make_node("Div", [source, peak], [f"{source}_by_peak"]),
+        helper.make_node(
+            "QuantizeLinear",
+            [f"{source}_by_peak", "quantize_scale", "quantize_zero"],
+            [values],
+        ),
+    ]
+    return nodes, (values, peak)
+
+
+def _integer_matmul(
+    graph: onnx.GraphProto, weight: onnx.TensorProto, values: str, peak: str, out: str
+) -> list[onnx.NodeProto]:
+    """The nodes computing `out` from the quantised rows and `weight` stored as int8 columns
+    (its initializers added to `graph`)."""
+    from onnx import helper, numpy_helper
+
+    name = weight.name
+    matrix = numpy_helper.to_array(weight)
+    column_scale = np.abs(matrix).max(axis=0) / WEIGHT_LEVELS
+    column_scale[column_scale == 0] = 1
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(
+                np.round(matrix / column_scale).astype(np.int8), f"{name}_int8"
+            ),
+            numpy_helper.from_array(column_scale.astype(np.float32), f"{name}_column_scale"),
+        ]
+    )
+    return [
+        helper.make_node(
+            "MatMulIntegerToFloat",
+            [values, f"{name}_int8", "quantize_scale", f"{name}_column_scale", "quantize_zero"],
+            [f"{out}_by_column"],
+            domain="com.microsoft",
+        ),
+        helper.make_node("Mul", [f"{out}_by_column", peak], [out]),
+    ]
 
 
 def replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
