@@ -196,6 +196,39 @@ def train(
 
     With `resume`, continue the run in `config.output_dir` exactly from its `last.ckpt`: the
     config must be the one it was started with (`resumed_config` reads it back)."""
+    config, initial = _checked_start(config, resume)
+    output_dir = Path(config.output_dir)
+    cache, records = extract_features(config, [config.train_split, config.dev_split], progress)
+    # Seeded after feature extraction, which may or may not have run the encoder's data loader:
+    # the same seed gives the same model whether or not this run filled the cache.
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = _model(config, initial, records[config.train_split], output_dir, resume)
+    collator = CaptionCollator(model.tokenizer, config.decoder.max_length)
+    data = CaptionData(config, cache, records, collator)
+    module = _module(config, model, records[config.train_split])
+    (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    last = last_checkpoint(output_dir)
+    with _quiet_lightning(resume):
+        trainer = _trainer(config, _callbacks(config, last, callbacks, progress), progress)
+        trainer.fit(
+            module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True
+        )
+    best = output_dir / BEST_DIR
+    if trainer.is_global_zero and (best / MODEL_CONFIG_FILE).is_file():
+        from captioner.evaluation.evaluate import record_evaluation
+
+        record_evaluation(
+            best, records[config.dev_split], config.dev_split, config.cache_dir, progress
+        )
+    if config.wandb and trainer.is_global_zero:
+        _log_wandb_artifact(trainer, best)
+    return best
+
+
+def _checked_start(config: TrainConfig, resume: bool) -> tuple[TrainConfig, CaptionModel | None]:
+    """The config to train with and the model `init_from` names (None: a new one). Whatever
+    stops the run is a TrainingSetupError here, before the output folder is written to."""
     config.validate()
     output_dir = Path(config.output_dir)
     last = last_checkpoint(output_dir)
@@ -214,19 +247,28 @@ def train(
             raise TrainingSetupError(
                 f"cannot resume {output_dir} with other settings ({', '.join(clash)} differ)"
             )
-    cache, records = extract_features(config, [config.train_split, config.dev_split], progress)
-    # Seeded after feature extraction, which may or may not have run the encoder's data loader:
-    # the same seed gives the same model whether or not this run filled the cache.
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    return config, initial
+
+
+def _model(
+    config: TrainConfig,
+    initial: CaptionModel | None,
+    records: list[CaptionRecord],
+    output_dir: Path,
+    resume: bool,
+) -> CaptionModel:
+    """The model to train: `initial`, or a new one over the vocabulary of `records`; its
+    tokenizer saved in `output_dir` and the data it learns from in its metadata."""
     if initial is not None:
         model = initial
         model.tokenizer.save(output_dir / TOKENIZER_FILE)
     else:
-        tokenizer = _tokenizer(config, records[config.train_split], output_dir, resume)
+        tokenizer = _tokenizer(config, records, output_dir, resume)
         decoder = with_token_source(config.decoder, config.encoder)
         try:
-            model = CaptionModel(CaptionerConfig(encoder=config.encoder, decoder=decoder), tokenizer)
+            model = CaptionModel(
+                CaptionerConfig(encoder=config.encoder, decoder=decoder), tokenizer
+            )
         except OSError as error:  # a CLIP hub id or folder (token input) that cannot be loaded
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise TrainingSetupError(f"cannot build the model: {reason}") from None
@@ -245,17 +287,27 @@ def train(
             "data_split": dataclasses.asdict(config.data_split),  # `captioner eval` splits alike
         }
     )
-    collator = CaptionCollator(model.tokenizer, config.decoder.max_length)
-    data = CaptionData(config, cache, records, collator)
-    if config.objective == "scst":
-        corpus = [r.captions for r in records[config.train_split]]
-        module: CaptionerModule = SelfCriticalModule(model, config, corpus)
-    else:
-        module = CaptionerModule(model, config)
-    (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    return model
 
+
+def _module(
+    config: TrainConfig, model: CaptionModel, records: list[CaptionRecord]
+) -> CaptionerModule:
+    """The LightningModule of `config.objective`; self-critical training rewards CIDEr-D with
+    the document frequencies of the training captions `records`."""
+    if config.objective == "scst":
+        return SelfCriticalModule(model, config, [r.captions for r in records])
+    return CaptionerModule(model, config)
+
+
+def _callbacks(
+    config: TrainConfig, last: Path, extra: list[Callback] | None, progress: bool
+) -> list[Callback]:
+    """`extra`, then checkpoints (best and `last`), early stopping, export of the best model,
+    the weight average and, where no terminal shows a bar, a progress line every few steps."""
+    output_dir = Path(config.output_dir)
     callbacks = [
-        *(callbacks or []),
+        *(extra or []),
         ModelCheckpoint(
             dirpath=output_dir / CHECKPOINT_DIR,
             filename="best-{epoch}",
@@ -275,41 +327,32 @@ def train(
         # Lightning's Rich bar draws nothing into a log file (nohup, SLURM): tqdm writes a line
         # every `refresh_rate` steps, with the loss and the speed.
         callbacks.append(TQDMProgressBar(refresh_rate=NON_TTY_REFRESH_STEPS))
-    with _quiet_lightning(resume):
-        trainer = L.Trainer(
-            max_epochs=config.epochs,
-            limit_train_batches=config.steps_per_epoch,
-            # Lightning's dict[str, int] is too narrow: it makes a timedelta(**max_time) of it
-            max_time={"minutes": config.max_minutes} if config.max_minutes else None,  # type: ignore[dict-item]
-            accelerator=config.accelerator,
-            devices=config.devices,
-            num_nodes=config.num_nodes,
-            strategy=config.strategy,
-            # checked against PRECISIONS (TrainConfig.validate), Lightning's Literal values
-            precision=config.precision or default_precision(),  # type: ignore[arg-type]
-            gradient_clip_val=config.grad_clip,
-            logger=_logger(config, output_dir),
-            callbacks=callbacks,
-            default_root_dir=output_dir,
-            enable_progress_bar=progress,
-            enable_model_summary=progress,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,  # CaptionSampler shards itself, deterministically
-            log_every_n_steps=20,
-        )
-        trainer.fit(
-            module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True
-        )
-    best = output_dir / BEST_DIR
-    if trainer.is_global_zero and (best / MODEL_CONFIG_FILE).is_file():
-        from captioner.evaluation.evaluate import record_evaluation
+    return callbacks
 
-        record_evaluation(
-            best, records[config.dev_split], config.dev_split, config.cache_dir, progress
-        )
-    if config.wandb and trainer.is_global_zero:
-        _log_wandb_artifact(trainer, best)
-    return best
+
+def _trainer(config: TrainConfig, callbacks: list[Callback], progress: bool) -> L.Trainer:
+    output_dir = Path(config.output_dir)
+    return L.Trainer(
+        max_epochs=config.epochs,
+        limit_train_batches=config.steps_per_epoch,
+        # Lightning's dict[str, int] is too narrow: it makes a timedelta(**max_time) of it
+        max_time={"minutes": config.max_minutes} if config.max_minutes else None,  # type: ignore[dict-item]
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        # checked against PRECISIONS (TrainConfig.validate), Lightning's Literal values
+        precision=config.precision or default_precision(),  # type: ignore[arg-type]
+        gradient_clip_val=config.grad_clip,
+        logger=_logger(config, output_dir),
+        callbacks=callbacks,
+        default_root_dir=output_dir,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # CaptionSampler shards itself, deterministically
+        log_every_n_steps=20,
+    )
 
 
 # What a run writes in its output folder (besides logs of other loggers).
