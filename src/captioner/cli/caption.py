@@ -213,7 +213,7 @@ class _Printer:
     def __init__(self, json_lines: bool, to_stdout: bool, single: bool):
         self.json_lines = json_lines
         self.to_stdout = to_stdout
-        self.single = single  # one image: just its caption, as before folders were taken
+        self.single = single  # one image: just its caption, without the file name
 
     def __call__(self, row: dict) -> None:
         if self.to_stdout and self.json_lines:

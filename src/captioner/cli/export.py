@@ -104,11 +104,10 @@ def _export_onnx(model: CaptionModel, directory: Path, variants: Sequence[str]) 
 
 
 def _onnx_files(directory: Path) -> set[str] | None:
-    """The files an earlier ONNX export wrote in `directory` (named in its manifest; from
-    before manifests, the description, the graphs it names, the config and vocabulary); None
+    """The files an earlier ONNX export wrote in `directory` (named in its manifest; for an
+    export without one, the description, the graphs it names, the config and vocabulary); None
     when the folder is new or empty."""
-    from captioner.hub import CONFIG_FILE, TOKENIZER_FILE
-    from captioner.onnx.export import DESCRIPTION_FILE
+    from captioner.hub import CONFIG_FILE, DESCRIPTION_FILE, TOKENIZER_FILE
     from captioner.onnx.web import files_written
 
     if not directory.is_dir() or not any(directory.iterdir()):

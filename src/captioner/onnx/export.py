@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioner.decoder import CaptionDecoder, DecoderBlock
-from captioner.hub import CONFIG_FILE, TOKENIZER_FILE
+from captioner.hub import CONFIG_FILE, DESCRIPTION_FILE, TOKENIZER_FILE
 from captioner.runtime.onnx import (
-    DESCRIPTION_FILE,
     FORMAT,
     FORMAT_VERSION,
     VARIANTS,
@@ -45,8 +44,8 @@ if TYPE_CHECKING:
 GRAPHS_REVISION = 4
 OPSET = 17
 ENCODER_FILE = "encoder.onnx"
-# variant -> graph -> file; the encoder stays float32 in both (int8 convolutions lost accuracy
-# and speed, see the README's "Exported model (ONNX)")
+# variant -> graph -> file; the encoder stays float32 in both (int8 convolutions cost both
+# accuracy and speed, see the README's "Exported model (ONNX)")
 FILES = {
     "fp32": {"image": "decoder_image.onnx", "step": "decoder_step.onnx"},
     "int8": {"image": "decoder_image.int8.onnx", "step": "decoder_step.int8.onnx"},
@@ -112,7 +111,7 @@ class DecodingStep(nn.Module):
     length of one, heads split and merge by constant reshapes (no transposes, no shape
     arithmetic in the graph), and each layer's self-attention query, key and value come from one
     matrix product. That keeps the step graph small enough that ONNX Runtime's per-node overhead
-    no longer dominates a step. tests/test_onnx.py checks it against the PyTorch decoder, which
+    does not dominate a step. tests/test_onnx.py checks it against the PyTorch decoder, which
     stays the reference."""
 
     def __init__(self, decoder: CaptionDecoder):

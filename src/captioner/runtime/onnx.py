@@ -11,19 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from captioner.hub import DESCRIPTION_FILE
 from captioner.transforms import Preprocess
 
 if TYPE_CHECKING:
     import onnxruntime
 
-DESCRIPTION_FILE = "captioner.json"
 FORMAT = "captioner-onnx"
 FORMAT_VERSION = 2
 # The decoder graphs an export may hold: float32, and int8 weights (the encoder is float32).
 VARIANTS = ("fp32", "int8")
-# Per variant: up to this many rows a decoding step runs faster on one thread than on more
-# (`bench/decoder_step.py`: waking a second thread costs more than it saves on little work).
-# The float32 graphs read four times the weights: two threads win from one row.
+# The threads of a decoding step (`step_session`), per variant: up to this many rows it runs on
+# one thread, above on all, because waking a second thread costs more than it saves on little
+# work; the float32 graphs read four times the weights, so more threads pay from the first row.
+# bench/decoder_step.py times a step on one and on two threads to choose them.
 ONE_THREAD_ROWS = {"int8": 32, "fp32": 0}
 # Images per encoder call: past 2, activations spill out of the core's cache and each image
 # costs more (bench/encoder_paths.py --batches 1 2 8).

