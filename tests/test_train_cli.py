@@ -134,6 +134,20 @@ def test_usage_errors_are_one_line_and_touch_nothing(dataset, tmp_path, capsys):
     assert not run.exists()
 
 
+@pytest.mark.parametrize(
+    ("saved", "fragment"),
+    [
+        ({"decoder": {"n_layerz": 2}}, "unknown DecoderConfig fields: ['n_layerz']"),
+        ({"validation_generation": 3}, "GenerationConfig settings must be a mapping, got 3"),
+        ({"epochz": 3}, "unknown TrainConfig fields: ['epochz']"),
+    ],
+)
+def test_a_damaged_saved_config_is_one_line_naming_the_field(saved, fragment, tmp_path, capsys):
+    (tmp_path / "train_config.json").write_text(json.dumps(saved))
+    code, err = run_cli(["train", "--output-dir", str(tmp_path), "--resume"], capsys)
+    assert_one_line_usage_error(code, err, "is not a training config", fragment)
+
+
 class StopAfterFirstEpoch(Callback):
     def on_train_epoch_end(self, trainer, module):
         trainer.should_stop = True
