@@ -59,9 +59,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from captioner.cli import UsageError
+    from captioner.training.run import TrainingSetupError, train
+
+    config = training_config(args)
+    try:
+        best = train(config, resume=bool(args.resume))
+    except TrainingSetupError as error:
+        raise UsageError(str(error)) from None
+    print(f"best model: {best}")
+    return 0
+
+
+def training_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from the preset (or the resumed run's own), the flags and every
+    `--set`, checked: a UsageError says what is wrong before anything is read or written."""
+    from captioner.cli import UsageError
     from captioner.config import parse_settings
     from captioner.training.config import preset, resumed_config
-    from captioner.training.run import TrainingSetupError, train
 
     try:
         overrides = parse_settings(TrainConfig, args.set)
@@ -78,14 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --output-dir: the folder of the run to continue")
     try:
         if args.resume:
-            config = resumed_config(args.output_dir, args.preset, overrides)
-        else:
-            config = preset(args.preset or DEFAULT_PRESET, **overrides)
+            return resumed_config(args.output_dir, args.preset, overrides)
+        return preset(args.preset or DEFAULT_PRESET, **overrides)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    try:
-        best = train(config, resume=bool(args.resume))
-    except TrainingSetupError as error:
-        raise UsageError(str(error)) from None
-    print(f"best model: {best}")
-    return 0
