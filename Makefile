@@ -9,13 +9,17 @@ FRONTEND_SOURCES := $(filter-out %.test.ts %.test.tsx,$(shell find frontend/src 
 
 install: $(STAMP)
 
-# torch is pinned to the CPU wheel first, so that the project's `torch>=2.4` is already satisfied
-# and pip never pulls a multi-GB CUDA build on a CPU machine. `make wheel` and tests/test_wheel.py
-# build offline with this venv's setuptools, hence the build-system floor of pyproject.toml here.
+# PyTorch's CPU build goes in first, so that the project's `torch>=2.4` is already satisfied and
+# pip never pulls a multi-GB CUDA build: PyTorch's CPU index offers `2.13.0+cpu`, which pip ranks
+# above PyPI's CUDA `2.13.0` (TORCH_INDEX= leaves the index out, for a GPU machine or no network).
+# `make wheel` and tests/test_wheel.py build offline with this venv's setuptools, hence the
+# build-system floor of pyproject.toml here.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77.0.1"
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
