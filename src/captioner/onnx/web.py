@@ -34,9 +34,8 @@ DEFAULT_PAGE_DIR = default_page_dir()  # the wheel's packaged page, or frontend/
 MODEL_DIR = "model"
 WEB_VARIANTS = ("int8",)
 # A graph is stored as `<name>.gz` (which the page decompresses) when that saves at least this
-# share of its bytes. Measured on the bundled model: the int8 decoder graphs save 18-26%, the
-# float32 encoder 8% (1.5 MB, which Chromium took 0.24 s to decompress: about what 1.5 MB takes
-# to download at 50 Mbit/s); below a few percent the browser would decompress for little.
+# share of its bytes; a graph that shrinks less stays plain, since the browser would spend
+# about as long decompressing it as the saved bytes take to download.
 MIN_GZIP_SAVING = 0.05
 GZIP_SUFFIX = ".gz"
 # In a site's or an ONNX export's folder: the files export wrote there (the only ones a later
