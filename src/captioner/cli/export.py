@@ -82,7 +82,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _model_source(args: argparse.Namespace) -> CaptionModel | Path:
     """The PyTorch model, or, when a site is all that is asked, the model's folder if it has
     the int8 graphs the site copies. Anything else needs the training extra: a UsageError says
-    so before any work when it is missing."""
+    so when it is missing, before any work (for a site, once the model's folder is found)."""
     from captioner.cli.extras import require_training_extra
     from captioner.hub import resolve_model_dir
     from captioner.onnx.web import has_web_graphs
