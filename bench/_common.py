@@ -24,7 +24,7 @@ import onnxruntime
 from PIL import Image
 
 from captioner import Captioner, CaptionerConfig, EncoderConfig
-from captioner.hub import BUNDLED_DIR
+from captioner.hub import BUNDLED_DIR, CONFIG_FILE
 from captioner.runtime.base import DEFAULT_RUNTIME
 from captioner.runtime.onnx import OnnxRuntime, available_threads
 
@@ -113,7 +113,7 @@ def sample_images(count: int) -> list[bytes]:
 def model_source(source: str | None) -> str | None:
     """`source`, else the bundled model (None), else the trained run's best checkpoint (what
     gets bundled, before it is)."""
-    if source is None and not (BUNDLED_DIR / "config.json").is_file() and TRAINED_RUN.is_dir():
+    if source is None and not (BUNDLED_DIR / CONFIG_FILE).is_file() and TRAINED_RUN.is_dir():
         return str(TRAINED_RUN)
     return source
 

@@ -32,6 +32,7 @@ from captioner.data import load_records
 from captioner.evaluation.clipscore import CLIPScorer
 from captioner.evaluation.evaluate import evaluate
 from captioner.features import record_key
+from captioner.hub import WEIGHTS_FILE
 from captioner.onnx.export import ENCODER_FILE, export_decoder
 from captioner.torch_model import CaptionModel
 from captioner.training.config import preset
@@ -214,7 +215,7 @@ def main() -> None:
         f"{batch_size / statistics.median(steady):.1f} captions/s"
     )
     print(f"whole run (with per-epoch validation and export): {seconds:.1f} s")
-    weights = best / "model.safetensors"
+    weights = best / WEIGHTS_FILE
     print(f"saved model: {mib(size_of(best))} (weights {mib(weights.stat().st_size)})")
     print(f"peak memory: {peak_memory(args.device)}")
     print()

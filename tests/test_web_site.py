@@ -24,6 +24,7 @@ from captioner.onnx.web import (
     compress_graphs,
     site_size,
     write_site,
+    write_site_from_export,
 )
 from captioner.page import DEVICE_MODEL_FILE, PAGE_FILE, page_description
 
@@ -97,6 +98,41 @@ def test_compressed_graphs_load_back_equal_and_what_does_not_shrink_stays_plain(
     kept = sorted(p.name for p in model_dir.iterdir())
     # Beside the graphs: the description, and the config and vocabulary of a whole model.
     assert kept == sorted([DESCRIPTION_FILE, "config.json", "tokenizer.json", *files.values()])
+
+
+def files_and_bytes(directory: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_a_site_from_an_exports_graphs_is_the_site_written_from_pytorch(
+    tiny_model, tmp_path, page_dir
+):
+    exported = export_onnx(tiny_model, tmp_path / "onnx")  # fp32 too: the site keeps int8 only
+    from_graphs = write_site_from_export(exported, tmp_path / "from-graphs", page_dir)
+    from_pytorch = write_site(tiny_model, tmp_path / "from-pytorch", page_dir)
+    assert files_and_bytes(from_graphs) == files_and_bytes(from_pytorch)
+    assert "int8" in json.loads((exported / DESCRIPTION_FILE).read_text())["variants"]
+
+
+@pytest.mark.parametrize(
+    ("graph", "error"),
+    [("../../elsewhere.onnx", "is not the name of a file beside it"), ("gone.onnx", "is missing")],
+)
+def test_an_export_whose_graphs_cannot_be_copied_is_refused_before_any_site(
+    tiny_model, tmp_path, page_dir, graph, error
+):
+    exported = export_onnx(tiny_model, tmp_path / "onnx", ["int8"])
+    (tmp_path / "elsewhere.onnx").write_bytes(b"not the model's")
+    description = json.loads((exported / DESCRIPTION_FILE).read_text())
+    description["variants"]["int8"]["step"] = graph
+    (exported / DESCRIPTION_FILE).write_text(json.dumps(description))
+    with pytest.raises(ValueError, match=error):
+        write_site_from_export(exported, tmp_path / "site", page_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "elsewhere.onnx", "onnx"]
 
 
 def test_an_unbuilt_page_is_refused_before_any_export(tiny_model, tmp_path):

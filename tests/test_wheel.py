@@ -1,6 +1,6 @@
 """The wheel, installed like software: built from this checkout, `pip install`ed into a fresh
-venv outside it (only what the base install pulls), it captions and serves the page without
-torch, transformers or Lightning.
+venv outside it (only what the base install pulls), it captions, serves the page and exports the
+bundled model as a static site without torch, transformers or Lightning.
 
 About a minute: pip takes the dependencies from its cache (or the index) and nothing is compiled.
 `pytest -m "not install"` leaves these tests out.
@@ -215,10 +215,18 @@ def test_serve_from_the_plain_install_answers_the_page_and_the_api(venv, photo_f
             server.wait()
 
 
-def test_export_web_from_the_installed_wheel_writes_the_packaged_page(venv_with_training, tmp_path):
+def test_export_web_from_the_installed_wheel_writes_the_packaged_page(
+    venv, venv_with_training, tmp_path
+):
+    # The plain install copies the bundled model's int8 graphs: no torch needed.
+    run([venv / "bin" / "captioner", "export", "flickr8k-effnet", "--web", "site"], tmp_path)
+    plain_site = tmp_path / "site"
+    assert (plain_site / "index.html").read_bytes() == (BUILT_PAGE / "index.html").read_bytes()
+    assert (plain_site / "model" / "captioner.json").is_file()
+    # A model with PyTorch weights only is exported from them, with the training extra.
     assert installed_package(venv_with_training, tmp_path).is_relative_to(venv_with_training)
     model_dir = save_tiny_model(tmp_path / "tiny")
-    site_dir = tmp_path / "site"
+    site_dir = tmp_path / "tiny-site"
     run(
         [venv_with_training / "bin" / "captioner", "export", model_dir, "--web", site_dir], tmp_path
     )

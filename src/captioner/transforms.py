@@ -166,8 +166,10 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 
 
 # An image over this many times the target size is first shrunk by an integer box filter, then
-# resampled: 3.5x faster on a 12 MP photo, at most 2 of 255 levels off the plain filter (Pillow's
-# `reducing_gap`). Smaller images (Flickr8k's, COCO's) are resized exactly as without it.
+# resampled (Pillow's `reducing_gap`): the costly filter then reads about this many times the
+# output's width and height rather than a whole camera photo, for a difference of a few levels
+# on some pixels.
+# Smaller images (Flickr8k's, COCO's) are resized exactly as without it.
 REDUCING_GAP = 3.0
 # How far either side of its centre each filter reads, in input pixels when upscaling (Pillow's).
 _SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}

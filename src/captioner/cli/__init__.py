@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 from captioner.cli import caption, evaluate, export, features, serve, train
-from captioner.cli.extras import NEEDED_MODULES, require_training_extra
+from captioner.cli.extras import CHECKED_BY_THE_COMMAND, NEEDED_MODULES, require_training_extra
 from captioner.hub import MissingExtraError, ModelLoadError, ModelNotFoundError
 from captioner.runtime.onnx import ExportedModelError
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in NEEDED_MODULES:  # before any work or import of the extra
+        # Before any work or import of the extra.
+        if args.command in NEEDED_MODULES and args.command not in CHECKED_BY_THE_COMMAND:
             require_training_extra(args.command)
         return args.run(args)
     except (

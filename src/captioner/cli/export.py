@@ -47,8 +47,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    source = _model_source(args)
+    try:
+        if isinstance(source, Path):
+            _write_site(args.web, source)
+        else:
+            _write(source, args)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile
+        where = f" {error.filename}" if error.filename else ""
+        print(f"captioner: export: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
     from captioner.cli import UsageError
-    from captioner.torch_model import CaptionModel
 
     if args.output is None and args.onnx is None and args.web is None:
         raise UsageError(
@@ -63,14 +77,27 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"export: {flag} {folder} is a file: give a folder")
     if args.output is not None:
         _check_model_folder(args.output)
-    model = CaptionModel.from_pretrained(args.model)
-    try:
-        _write(model, args)
-    except OSError as error:  # a full disk, a folder made read-only meanwhile
-        where = f" {error.filename}" if error.filename else ""
-        print(f"captioner: export: cannot write{where}: {error.strerror or error}", file=sys.stderr)
-        return 1
-    return 0
+
+
+def _model_source(args: argparse.Namespace) -> CaptionModel | Path:
+    """The PyTorch model, or, when a site is all that is asked, the model's folder if it has
+    the int8 graphs the site copies. Anything else needs the training extra: a UsageError says
+    so when it is missing, before any work (for a site, once the model's folder is found)."""
+    from captioner.cli.extras import require_training_extra
+    from captioner.hub import resolve_model_dir
+    from captioner.onnx.web import has_web_graphs
+
+    site_only = args.output is None and args.onnx is None
+    if not site_only:
+        require_training_extra("export")  # before fetching the model
+    directory = resolve_model_dir(args.model)
+    if site_only:
+        if has_web_graphs(directory):
+            return directory
+        require_training_extra("export", f"{directory} has no int8 ONNX graphs for --web to copy")
+    from captioner.torch_model import CaptionModel
+
+    return CaptionModel.from_pretrained(directory)
 
 
 def _write(model: CaptionModel, args: argparse.Namespace) -> None:
@@ -84,11 +111,19 @@ def _write(model: CaptionModel, args: argparse.Namespace) -> None:
             _export_onnx(model, args.onnx, args.variants or VARIANTS)
         print(f"saved {args.onnx} ({_megabytes(args.onnx):.1f} MB)")
     if args.web is not None:
-        from captioner.onnx.web import site_size, write_site
+        _write_site(args.web, model)
 
-        with _onnx_errors("--web"):
-            write_site(model, args.web)
-        print(f"saved {args.web}: a static site of {site_size(args.web) / 1e6:.1f} MB")
+
+def _write_site(directory: Path, model: CaptionModel | Path) -> None:
+    """The site of `model`, or of the int8 graphs in the model folder `model`."""
+    from captioner.onnx.web import site_size, write_site, write_site_from_export
+
+    with _onnx_errors("--web"):
+        if isinstance(model, Path):
+            write_site_from_export(model, directory)
+        else:
+            write_site(model, directory)
+    print(f"saved {directory}: a static site of {site_size(directory) / 1e6:.1f} MB")
 
 
 def _export_onnx(model: CaptionModel, directory: Path, variants: Sequence[str]) -> None:

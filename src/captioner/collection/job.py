@@ -355,8 +355,8 @@ def pipelined(
 ) -> None:
     """`then(item, first(item))` for each item in order, `first` of the next item running in a
     thread meanwhile. For the encoder (`first`) and decoding (`then`): ONNX Runtime releases
-    the GIL, and decoding leaves cores idle that the encoder then uses (about a tenth more images
-    a second on 2 cores, bench/collection_throughput.py)."""
+    the GIL, and decoding leaves cores idle that the encoder then uses
+    (bench/collection_throughput.py measures what that gains)."""
     with ThreadPoolExecutor(1, thread_name_prefix="captioner-pipeline") as worker:
         previous: tuple[Item, Future[Partial]] | None = None
         for item in items:

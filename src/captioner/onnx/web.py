@@ -19,12 +19,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from captioner.hub import CONFIG_FILE, DESCRIPTION_FILE, TOKENIZER_FILE
 from captioner.page import PAGE_FILE, default_page_dir, page_description
-from captioner.runtime.onnx import DESCRIPTION_FILE
+from captioner.runtime.onnx import read_description
 
 if TYPE_CHECKING:
     from captioner.torch_model import CaptionModel
@@ -34,9 +35,8 @@ DEFAULT_PAGE_DIR = default_page_dir()  # the wheel's packaged page, or frontend/
 MODEL_DIR = "model"
 WEB_VARIANTS = ("int8",)
 # A graph is stored as `<name>.gz` (which the page decompresses) when that saves at least this
-# share of its bytes. Measured on the bundled model: the int8 decoder graphs save 18-26%, the
-# float32 encoder 8% (1.5 MB, which Chromium took 0.24 s to decompress: about what 1.5 MB takes
-# to download at 50 Mbit/s); below a few percent the browser would decompress for little.
+# share of its bytes; a graph that shrinks less stays plain, since the browser would spend
+# about as long decompressing it as the saved bytes take to download.
 MIN_GZIP_SAVING = 0.05
 GZIP_SUFFIX = ".gz"
 # In a site's or an ONNX export's folder: the files export wrote there (the only ones a later
@@ -63,7 +63,24 @@ def write_site(
     ValueError says what is wrong."""
     from captioner.onnx.export import export_onnx
 
-    directory, page_dir = Path(directory), Path(page_dir)
+    return _build_site(
+        Path(directory), Path(page_dir), lambda target: export_onnx(model, target, WEB_VARIANTS)
+    )
+
+
+def write_site_from_export(
+    exported: str | Path, directory: str | Path, page_dir: str | Path = DEFAULT_PAGE_DIR
+) -> Path:
+    """`write_site`'s site, its model copied from the int8 graphs a model folder already has
+    (`has_web_graphs`: an ONNX export, the bundled model) rather than exported: no torch."""
+    exported = Path(exported)
+    return _build_site(
+        Path(directory), Path(page_dir), lambda target: copy_web_model(exported, target)
+    )
+
+
+def _build_site(directory: Path, page_dir: Path, write_model: Callable[[Path], object]) -> Path:
+    """The site of `write_site`, `write_model(folder)` writing its model into the folder."""
     if not (page_dir / "index.html").is_file():
         raise ValueError(
             f"the page is not built ({page_dir} has no index.html): run `make frontend`"
@@ -73,13 +90,51 @@ def write_site(
         shutil.copytree(page_dir, site)
         if (site / MODEL_DIR).exists():
             raise ValueError(f"{page_dir} already has a {MODEL_DIR}/ folder: not a built page")
-        export_onnx(model, site / MODEL_DIR, WEB_VARIANTS)
+        write_model(site / MODEL_DIR)
         compress_graphs(site / MODEL_DIR)
         # Tells the page it is static: it then never asks for the API a static host lacks.
         description = page_description(server=False, device_model=True)
         (site / PAGE_FILE).write_text(json.dumps(description) + "\n")
         install_export(site, directory, ours)
     return directory
+
+
+def has_web_graphs(model_dir: Path) -> bool:
+    """Whether the model folder has a `captioner.json` naming the site's int8 graphs;
+    ExportedModelError for one this version cannot read."""
+    if not (model_dir / DESCRIPTION_FILE).is_file():
+        return False
+    variants = read_description(model_dir)["variants"]
+    return isinstance(variants, dict) and all(variant in variants for variant in WEB_VARIANTS)
+
+
+def copy_web_model(exported: Path, target: Path) -> None:
+    """What `export_onnx(model, target, WEB_VARIANTS)` writes, copied from the folder of an
+    export: its `captioner.json` naming only the int8 variant, the graphs that names, and the
+    config and vocabulary that make the folder a whole model."""
+    description = read_description(exported)
+    description["variants"] = {v: description["variants"][v] for v in WEB_VARIANTS}
+    files = {CONFIG_FILE, TOKENIZER_FILE, *_graph_names(exported, description["variants"])}
+    for name in sorted(files):
+        if not (exported / name).is_file():
+            raise ValueError(f"{exported / name} is missing: the model folder is incomplete")
+    target.mkdir()
+    for name in files:
+        shutil.copyfile(exported / name, target / name)
+    write_description(target, description)
+
+
+def _graph_names(exported: Path, variants: dict[str, Any]) -> set[str]:
+    """The graph files `variants` (of `exported`'s `captioner.json`) names; ValueError for a
+    name that is a path rather than a file's name: it would copy a file from elsewhere."""
+    where = exported / DESCRIPTION_FILE
+    if not all(isinstance(files, dict) for files in variants.values()):
+        raise ValueError(f"{where}: a variant is not a mapping of graphs to files")
+    names = {name for files in variants.values() for name in files.values()}
+    for name in names:
+        if not isinstance(name, str) or PurePosixPath(name).name != name or name == "..":
+            raise ValueError(f"{where}: {name!r} is not the name of a file beside it")
+    return names
 
 
 @contextlib.contextmanager
@@ -215,15 +270,19 @@ def compress_graphs(model_dir: str | Path) -> None:
     """Each graph `captioner.json` in `model_dir` names, replaced by `<name>.gz` where that
     saves `MIN_GZIP_SAVING` of it, and `captioner.json` naming the files kept."""
     model_dir = Path(model_dir)
-    description_file = model_dir / DESCRIPTION_FILE
-    description = json.loads(description_file.read_text())
+    description = json.loads((model_dir / DESCRIPTION_FILE).read_text())
     stored: dict[str, str] = {}  # a graph file -> the file the site keeps (variants share some)
     for files in description["variants"].values():
         for graph, name in files.items():
             if name not in stored:
                 stored[name] = _gzip_if_smaller(model_dir / name).name
             files[graph] = stored[name]
-    description_file.write_text(json.dumps(description, indent=1) + "\n")
+    write_description(model_dir, description)
+
+
+def write_description(model_dir: Path, description: dict[str, Any]) -> None:
+    """`captioner.json` as the export writes it, so a copied model's is the same bytes."""
+    (model_dir / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1) + "\n")
 
 
 def _gzip_if_smaller(file: Path) -> Path:
