@@ -445,6 +445,22 @@ def test_cider_d_reward_matches_coco_caption_on_the_same_corpus():
     assert close > fragment > unrelated == 0.0
 
 
+def test_cider_d_reward_with_the_end_word_scores_where_a_caption_ends():
+    references = ["a dog runs on the grass", "a brown dog runs on the grass", "a dog on grass"]
+    corpus = [references, ["two kids play in the water"], ["a man rides a bike on the road"]]
+    plain, with_end = CiderD(corpus), CiderD(corpus, end_word=True)
+    caption = "a dog runs on the grass"
+    # Without the end word, whether the caption ended or was cut off is not seen.
+    assert len(set(plain.scores([caption, caption], references, [True, False]))) == 1
+    ended, cut_off = with_end.scores([caption, caption], references, [True, False])
+    assert ended > cut_off > 0
+    # A caption that stops mid-phrase loses the "the grass <eos>" n-grams a full one earns.
+    full, trailing = with_end.scores([caption, "a dog runs on the"], references)
+    assert full > trailing
+    with pytest.raises(ValueError):  # one `ended` flag a candidate
+        with_end.scores([caption, caption], references, [True])
+
+
 def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
     first = train(tiny_config(dataset, tmp_path / "xe", epochs=1), progress=False)
     scst = tiny_config(
@@ -502,6 +518,13 @@ def test_self_critical_step_scores_its_samples_without_dropout():
     first, second = (_self_critical_loss(model, batch) for _ in range(2))
     assert first != 0.0
     torch.testing.assert_close(first, second)
+
+
+def test_the_end_word_changes_the_self_critical_rewards_of_the_same_samples():
+    model, batch = _tiny_self_critical_setup(dropout=0.0)
+    plain = _self_critical_loss(model, batch)
+    with_end = _self_critical_loss(model, batch, scst_reward_end_word=True)
+    assert plain != with_end  # the same seeded samples, scored with the end as a word
 
 
 def test_a_sample_cut_off_at_the_length_limit_is_scored_without_an_end_token():

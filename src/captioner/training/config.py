@@ -60,6 +60,8 @@ class TrainConfig:
     # 12-token caption hold a random token, and rewards mostly score that noise.
     scst_top_p: float = 1.0
     scst_xe_weight: float = 0.0  # weight of the references' cross-entropy in self-critical steps
+    # The end of a caption counts as a word in the self-critical CIDEr-D reward (`CiderD`).
+    scst_reward_end_word: bool = False
     train_split: str = "train"
     dev_split: str = "dev"
     captions_per_image: str = "random"  # "random": one of them each epoch; "all": every one

@@ -36,26 +36,46 @@ def _ngrams(words: list[str], n: int) -> Counter:
     )
 
 
+# The word `CiderD(end_word=True)` appends to every caption that ended; no PTB token has angle
+# brackets, so it matches nothing but itself.
+END_WORD = "<eos>"
+
+
 class CiderD:
     """CIDEr-D as coco-caption computes it (n-grams 1..4, sigma 6, clipped, x10), but with
     document frequencies fixed from a reference corpus: scoring a training batch alone would
-    make every n-gram look rare."""
+    make every n-gram look rare.
 
-    def __init__(self, corpus: Iterable[Sequence[str]], n: int = 4, sigma: float = 6.0):
+    `end_word`: the end of a caption counts as a word (`END_WORD`), as in the self-critical
+    paper's own training code, so that a caption is also rewarded for ending where references
+    end ("... on the beach <eos>") rather than trailing off ("... on the <eos>")."""
+
+    def __init__(
+        self,
+        corpus: Iterable[Sequence[str]],
+        n: int = 4,
+        sigma: float = 6.0,
+        end_word: bool = False,
+    ):
         self.n = n
         self.sigma = sigma
+        self.end_word = end_word
         self.document_frequency: Counter = Counter()
         images = 0
         for references in corpus:
             images += 1
             seen = set()
             for reference in references:
-                seen |= set(_ngrams(ptb_tokenize(reference).split(), n))
+                seen |= set(_ngrams(self._words(reference), n))
             self.document_frequency.update(seen)
         self.log_images = math.log(max(images, 1))
 
-    def _vector(self, text: str) -> tuple[list[dict], list[float], int]:
-        counts = _ngrams(ptb_tokenize(text).split(), self.n)
+    def _words(self, text: str, ended: bool = True) -> list[str]:
+        words = ptb_tokenize(text).split()
+        return [*words, END_WORD] if self.end_word and ended else words
+
+    def _vector(self, text: str, ended: bool = True) -> tuple[list[dict], list[float], int]:
+        counts = _ngrams(self._words(text, ended), self.n)
         vector: list[dict] = [{} for _ in range(self.n)]
         norms = [0.0] * self.n
         length = 0
@@ -68,10 +88,21 @@ class CiderD:
                 length += frequency
         return vector, [math.sqrt(v) for v in norms], length
 
-    def scores(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:
-        """Each candidate against the same references, which are vectorised once."""
+    def scores(
+        self,
+        candidates: Sequence[str],
+        references: Sequence[str],
+        ended: Sequence[bool] | None = None,
+    ) -> list[float]:
+        """Each candidate against the same references, which are vectorised once. `ended`:
+        whether each candidate ended (drew the end token) rather than was cut off; all did
+        when not given."""
         refs = [self._vector(reference) for reference in references]
-        return [self._against(self._vector(candidate), refs) for candidate in candidates]
+        ended = [True] * len(candidates) if ended is None else ended
+        return [
+            self._against(self._vector(candidate, end), refs)
+            for candidate, end in zip(candidates, ended, strict=True)
+        ]
 
     def _against(self, hypothesis: tuple, references: list[tuple]) -> float:
         hyp, hyp_norms, hyp_length = hypothesis
@@ -116,7 +147,7 @@ def sampled_log_probs(
 class SelfCriticalModule(CaptionerModule):
     def __init__(self, model: CaptionModel, config: TrainConfig, corpus: Iterable[Sequence[str]]):
         super().__init__(model, config)
-        self.cider = CiderD(corpus)
+        self.cider = CiderD(corpus, end_word=config.scst_reward_end_word)
         self.sampling = GenerationConfig(
             do_sample=True, top_p=config.scst_top_p, temperature=1.0, no_repeat_ngram_size=0,
             max_new_tokens=min(
@@ -145,9 +176,15 @@ class SelfCriticalModule(CaptionerModule):
                 self._sampling_at(self.global_step),
             )
         texts = [self.model.tokenizer.decode(h.ids) for h in hypotheses]
+        limit = self.sampling.max_new_tokens  # within the decoder's reach (see __init__)
+        ended = [len(h.ids) < limit for h in hypotheses]  # the others were cut off at the limit
         rewards = torch.tensor(
             [
-                self.cider.scores(texts[i * samples : (i + 1) * samples], references)
+                self.cider.scores(
+                    texts[i * samples : (i + 1) * samples],
+                    references,
+                    ended[i * samples : (i + 1) * samples],
+                )
                 for i, references in enumerate(batch.captions)
             ]
         )
@@ -155,7 +192,6 @@ class SelfCriticalModule(CaptionerModule):
         advantage = (rewards - baseline).view(-1).to(self.device)
 
         image_index = torch.arange(images, device=self.device).repeat_interleave(samples)
-        limit = self.sampling.max_new_tokens  # within the decoder's reach (see __init__)
         log_prob = sampled_log_probs(self.model, batch.features, image_index, hypotheses, limit)
         loss = -(advantage * log_prob).mean()
         if self.config.scst_xe_weight:
