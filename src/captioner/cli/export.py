@@ -27,8 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--onnx",
         type=Path,
         metavar="DIR",
-        help="write the whole model as ONNX graphs + captioner.json to DIR (README: 'Exported "
-        "model (ONNX)')",
+        help="write the whole model as ONNX graphs + captioner.json to DIR (docs/onnx.md)",
     )
     parser.add_argument(
         "--variants",
@@ -41,7 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="DIR",
         help="write a static site that captions in the browser (the built page + the int8 ONNX "
-        "model) to DIR (README: 'Run it in the browser')",
+        "model) to DIR (docs/serving.md)",
     )
     parser.set_defaults(run=run)
 

@@ -45,7 +45,7 @@ GRAPHS_REVISION = 4
 OPSET = 17
 ENCODER_FILE = "encoder.onnx"
 # variant -> graph -> file; the encoder stays float32 in both (int8 convolutions cost both
-# accuracy and speed, see the README's "Exported model (ONNX)")
+# accuracy and speed, see docs/onnx.md)
 FILES = {
     "fp32": {"image": "decoder_image.onnx", "step": "decoder_step.onnx"},
     "int8": {"image": "decoder_image.int8.onnx", "step": "decoder_step.int8.onnx"},
