@@ -87,6 +87,7 @@ bundled-model: install
 # the React hooks rules: frontend/eslint.config.js).
 lint: install frontend/node_modules/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	cd frontend && npm run lint
 

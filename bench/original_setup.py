@@ -117,7 +117,9 @@ def mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
-def captions_per_second(model: CaptionModel, features: torch.Tensor, beam: int, device: str) -> float:
+def captions_per_second(
+    model: CaptionModel, features: torch.Tensor, beam: int, device: str
+) -> float:
     """Captions a second from cached grids, `features` rows at a time (one batch)."""
     generation = model.generation_config(num_beams=beam)
     model.generate_from_features(features[:2], generation)  # warm-up

@@ -212,7 +212,9 @@ OLD_FLAGS = [
     ("command", "old", "new", "text", "field", "value"),
     [("caption", *flags) for flags in OLD_FLAGS] + [("eval", *OLD_FLAGS[0])],
 )
-def test_an_old_flag_still_works_and_names_its_new_one(command, old, new, text, field, value, capsys):
+def test_an_old_flag_still_works_and_names_its_new_one(
+    command, old, new, text, field, value, capsys
+):
     args = build_parser().parse_args([command, "--data", "d", old, text])
     assert getattr(args, field) == value
     assert capsys.readouterr().err == f"captioner {command}: {old} is now {new}\n"

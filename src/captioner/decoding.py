@@ -345,7 +345,9 @@ class _BeamSearch(_Step):
         # images leave.
         decoding.keep(np.array(extensions.rows), kept_images)
         rows = extensions.rows
-        state.history = [state.history[row] + [token] for row, token in zip(rows, extensions.tokens)]
+        state.history = [
+            state.history[row] + [token] for row, token in zip(rows, extensions.tokens)
+        ]
         if self.return_attention:
             assert weights is not None  # started with attention
             state.attention = [state.attention[row] + [weights[row]] for row in rows]

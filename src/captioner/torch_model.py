@@ -111,9 +111,7 @@ class CaptionModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG_FILE)
         state = {  # `dtype` applies to the weights, never to integer tensors (ids, counts)
-            name: (
-                tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-            )
+            name: (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor)
             .detach()
             .contiguous()
             .cpu()

@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _records(
-    data: str, split: str, limit: int | None, splits: SplitConfig
-) -> list[CaptionRecord]:
+def _records(data: str, split: str, limit: int | None, splits: SplitConfig) -> list[CaptionRecord]:
     """The split's records, the first `limit` of them where given; a UsageError where none."""
     from captioner.cli import UsageError
     from captioner.data import load_records
