@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -486,6 +487,25 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it did learn something
     with pytest.raises(ValueError, match="needs init_from"):
         tiny_config(dataset, tmp_path / "bad", objective="scst")
+
+
+def test_a_fine_tuning_run_stopped_early_does_not_show_its_start_models_scores(dataset, tmp_path):
+    first = train(tiny_config(dataset, tmp_path / "xe", epochs=1), progress=False)
+    assert "evaluation" in json.loads((first / "config.json").read_text())["metadata"]
+    scst = tiny_config(
+        dataset,
+        tmp_path / "scst",
+        objective="scst",
+        init_from=str(first),
+        steps_per_epoch=2,
+        scst_samples=3,
+    )
+    with pytest.raises(Killed):  # after epoch 0 exported best/, before the run's own evaluation
+        train(scst, progress=False, callbacks=[KillAtStep(3)])
+    best = Path(scst.output_dir) / "best"
+    metadata = json.loads((best / "config.json").read_text())["metadata"]
+    assert "evaluation" not in metadata and metadata["epoch"] == 0
+    assert "decoded as the model decodes by default" not in (best / "README.md").read_text()
 
 
 SCST_CAPTIONS = [["a dog runs on the grass", "a brown dog"], ["two kids swim", "a pool"]]

@@ -261,6 +261,10 @@ def _model(
     tokenizer saved in `output_dir` and the data it learns from in its metadata."""
     if initial is not None:
         model = initial
+        # Its scores describe the model trained from, not this run's: a best/ exported before
+        # this run's own evaluation (or by a run stopped before it) must not show them.
+        for key in ("evaluation", "dev_metrics", "epoch"):
+            model.config.metadata.pop(key, None)
         model.tokenizer.save(output_dir / TOKENIZER_FILE)
     else:
         tokenizer = _tokenizer(config, records, output_dir, resume)
