@@ -382,6 +382,9 @@ _LIGHTNING_NOISE = (
     r"Found \d+ module\(s\) in eval mode",
     r"Precision .* is not supported by the model summary",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Epochs of a few batches (your own 40 photos) are normal here; the logger still records
+    # every 20 steps, across epochs.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
 )
 _RANK_ZERO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
