@@ -235,7 +235,7 @@ def main() -> None:
     scores, _ = evaluate(
         model,
         dev,
-        num_beams=3,
+        {"num_beams": 3},
         cache_dir=config.cache_dir,
         meteor=False,
         progress=False,

@@ -291,3 +291,31 @@ def test_export_never_resaves_over_a_users_config(model_dir, tmp_path, capsys):
     assert (folder / "config.json").read_text() == '{"my": "settings"}'
     assert main(["export", str(model_dir), str(tmp_path / "copy")]) == 0
     assert main(["export", str(model_dir), str(tmp_path / "copy"), "--half"]) == 0  # its own
+
+
+def test_eval_decodes_with_the_beam_search_flags_given(model_dir, tmp_path, capsys):
+    from training_data import make_colour_dataset
+
+    from captioner import Captioner
+
+    dataset = make_colour_dataset(tmp_path / "colours")
+    arguments = ["eval", "--model", str(model_dir), "--data", str(dataset), "--json"]
+    arguments += ["--cache-dir", str(tmp_path / "cache")]
+    flags = ["--num-beams", "3", "--no-repeat-ngram-size", "1", "--length-penalty", "0.5"]
+    predictions = {}
+    for name, extra in (("own", []), ("flags", flags)):
+        path = tmp_path / f"{name}.jsonl"
+        assert main([*arguments, *extra, "--predictions", str(path)]) == 0
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        predictions[name] = {line["image_id"]: line["caption"] for line in lines}
+    model = Captioner.from_pretrained(model_dir, runtime="torch")
+    ids = sorted(predictions["flags"])
+    images = [dataset / "images" / f"{image_id}.png" for image_id in ids]
+    options = {"num_beams": 3, "no_repeat_ngram_size": 1, "length_penalty": 0.5}
+    assert [predictions["flags"][i] for i in ids] == [
+        c.text for c in model.caption(images, **options)
+    ]
+    assert predictions["flags"] != predictions["own"]  # the flags did change the decoding
+    capsys.readouterr()
+    assert main([*arguments, "--no-repeat-ngram-size", "-1"]) == 2
+    assert "no_repeat_ngram_size" in capsys.readouterr().err

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from captioner.cache import FEATURES_DIR_HELP
-from captioner.cli.flags import NUM_BEAMS, Flag, add_command
+from captioner.cli.flags import GENERATION_FLAGS, Flag, add_command, generation_options
 
 if TYPE_CHECKING:
     from captioner.data import CaptionRecord, SplitConfig
     from captioner.evaluation.clipscore import CLIPScorer
 
 DEFAULT_SPLIT = "dev"  # what `captioner eval` scores unless told otherwise
+BEAM_SEARCH_OPTIONS = ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size")
 
 
 FLAGS = (
@@ -24,7 +25,8 @@ FLAGS = (
     ),
     Flag("--data", "dataset folder or file", type=str, required=True),
     Flag("--split", f"split to score (default: {DEFAULT_SPLIT})", type=str),
-    NUM_BEAMS,
+    # Beam search's settings; sampling would make the scores a draw.
+    *(flag for flag in GENERATION_FLAGS if flag.dest in BEAM_SEARCH_OPTIONS),
     Flag("--limit", "only the first N images (default: all)", type=int),
     Flag("--cache-dir", f"feature cache folder ({FEATURES_DIR_HELP})", type=str),
     Flag(
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     records = _records(args.data, split, args.limit, splits)
     clip = None if args.clip is None else _clip_scorer(args.clip)
     options = {
-        "num_beams": args.num_beams,
+        "options": generation_options(args) or None,
         "cache_dir": args.cache_dir,
         "clip": clip,
         "clip_rerank": args.clip_rerank,
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         scores, predictions = evaluate(
             model, records, **{key: value for key, value in options.items() if value is not None}
         )
-    except ValueError as error:  # an out-of-range --num-beams, or no readable image
+    except ValueError as error:  # an out-of-range decoding flag, or no readable image
         raise UsageError(str(error)) from None
     predictions_path = args.predictions or Path(f"predictions-{split}.jsonl")
     save_predictions(predictions_path, predictions, records)

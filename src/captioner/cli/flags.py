@@ -144,6 +144,20 @@ GENERATION_FLAGS = (
         "K",
         old_names=("--num-captions",),
     ),
+    Flag(
+        "--length-penalty",
+        f"a beam's score is log p / length ** P ({model_default('length_penalty')})",
+        DECODING,
+        float,
+        "P",
+    ),
+    Flag(
+        "--no-repeat-ngram-size",
+        f"no run of N tokens twice in a caption, 0 = off ({model_default('no_repeat_ngram_size')})",
+        DECODING,
+        int,
+        "N",
+    ),
     Flag("--do-sample", "sample instead of beam search", DECODING, old_names=("--sample",)),
     Flag("--top-p", f"sampling nucleus ({model_default('top_p')})", DECODING, float, "P"),
     Flag(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from captioner.torch_model import CaptionModel
 def evaluate(
     model: CaptionModel,
     records: list[CaptionRecord],
-    num_beams: int | None = None,
+    options: Mapping[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     batch_size: int = 50,
     meteor: bool = True,
@@ -42,14 +43,15 @@ def evaluate(
 ) -> tuple[dict, dict[str, str]]:
     """Metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, teacher-forced token accuracy; with
     `clip`, CLIPScore and RefCLIPScore) and the prediction per image id, decoding with the
-    model's own settings (`num_beams` overrides its beam). With `clip_rerank`, the final beams
+    model's own settings but for the GenerationConfig fields in `options` (e.g. num_beams=1).
+    An unknown or out-of-range option is a ValueError. With `clip_rerank`, the final beams
     are re-ranked by CLIPScore too, and `scores["clip_reranked"]` holds the same metrics for
     the captions that wins. Encoder grids come from (and go into) the feature cache. Records
     whose image cannot be read are left out; a ValueError if none is left."""
     started = time.perf_counter()
     generation = model.config.generation
-    if num_beams is not None:
-        generation = generation.replace(num_beams=num_beams)
+    if options:
+        generation = generation.replace(**options)
     if clip_rerank:
         if clip is None:
             raise ValueError("re-ranking by CLIPScore needs a CLIP model (--clip)")
