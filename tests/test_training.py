@@ -466,22 +466,19 @@ def test_cider_d_reward_with_the_end_word_scores_where_a_caption_ends():
         with_end.scores([caption, caption], references, [True])
 
 
+def _self_critical_config(dataset, tmp_path, first: Path, **overrides) -> TrainConfig:
+    """A tiny self-critical run fine-tuning the model exported to `first`."""
+    return tiny_config(
+        dataset, tmp_path, objective="scst", init_from=str(first), scst_samples=3, **overrides
+    )
+
+
 def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
     first = train(tiny_config(dataset, tmp_path / "xe", epochs=1), progress=False)
-    scst = tiny_config(
-        dataset, tmp_path / "scst", objective="scst", init_from=str(first), epochs=1, scst_samples=3
-    )
-    best = train(scst, progress=False)
+    best = train(_self_critical_config(dataset, tmp_path / "scst", first, epochs=1), progress=False)
     tuned = CaptionModel.from_pretrained(best)
     # Sampling is seeded by step: a rerun draws the same captions and ends with the same weights.
-    again = tiny_config(
-        dataset,
-        tmp_path / "again",
-        objective="scst",
-        init_from=str(first),
-        epochs=1,
-        scst_samples=3,
-    )
+    again = _self_critical_config(dataset, tmp_path / "again", first, epochs=1)
     rerun = CaptionModel.from_pretrained(train(again, progress=False)).decoder.state_dict()
     for key, value in tuned.decoder.state_dict().items():
         torch.testing.assert_close(value, rerun[key], msg=key)
@@ -496,14 +493,7 @@ def test_self_critical_fine_tuning_from_a_trained_model(dataset, tmp_path):
 def test_a_fine_tuning_run_stopped_early_does_not_show_its_start_models_scores(dataset, tmp_path):
     first = train(tiny_config(dataset, tmp_path / "xe", epochs=1), progress=False)
     assert "evaluation" in json.loads((first / "config.json").read_text())["metadata"]
-    scst = tiny_config(
-        dataset,
-        tmp_path / "scst",
-        objective="scst",
-        init_from=str(first),
-        steps_per_epoch=2,
-        scst_samples=3,
-    )
+    scst = _self_critical_config(dataset, tmp_path / "scst", first, steps_per_epoch=2)
     with pytest.raises(Killed):  # after epoch 0 exported best/, before the run's own evaluation
         train(scst, progress=False, callbacks=[KillAtStep(3)])
     best = Path(scst.output_dir) / "best"

@@ -87,6 +87,10 @@ MAX_RETURN_SEQUENCES = 16
 # Near 0 the scaled logits overflow float32 (NaN scores; 0.01 already samples almost greedily);
 # above 100 sampling is uniform noise.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+# A beam's score is divided by length ** length_penalty: beyond +-10 the longest caption's
+# factor (max_length ** 10 is about 1e16 at 40 tokens) ranks by length alone, and far beyond
+# it the power overflows.
+MAX_LENGTH_PENALTY = 10.0
 
 
 @dataclass
@@ -146,7 +150,7 @@ class GenerationConfig:
             why = "num_beams: the best beams; or do_sample=True for samples"
             check_int("num_return_sequences", self.num_return_sequences, 1, self.num_beams, why)
         check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, None)
-        check_number("length_penalty", self.length_penalty)
+        check_number("length_penalty", self.length_penalty, -MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY)
         check_number("top_p", self.top_p, 0.0, 1.0, low_open=True)
         check_number("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
         if self.seed is not None:
