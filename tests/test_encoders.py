@@ -1,4 +1,5 @@
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -89,3 +90,50 @@ def test_encoder_stays_frozen_inside_a_training_parent(tiny_model):
 def test_unknown_encoder_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder(EncoderConfig("resnet-9000"))
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_trained_blocks_grid_through_the_top_is_the_frozen_encoders_grid(runtime, photo):
+    """With trained_blocks=1 the grid is what enters Lite0's last block (192 channels, cached
+    under another key), and the trainable top (that block and the head, copied) turns it into
+    the whole encoder's grid, in PyTorch and in ONNX Runtime alike."""
+    from captioner.encoders.efficientnet import EfficientNetLiteEncoder
+
+    full = EfficientNetLiteEncoder("efficientnet-lite0", runtime="torch")
+    staged = build_encoder(EncoderConfig("efficientnet-lite0", trained_blocks=1), runtime)
+    assert (staged.trained_blocks, staged.dim, full.dim) == (1, 192, 1280)
+    assert staged.cache_key != full.cache_key and "trained_blocks=1" in staged.cache_key
+    pixels = full.preprocess.batch([photo, photo.rotate(90, expand=True)])
+    grid = staged(pixels).tokens
+    assert grid.shape == (2, 49, 192)
+    top = staged.trainable_top()
+    assert (top.in_dim, top.out_dim) == (192, 1280)
+    assert all(p.requires_grad for p in top.parameters())
+    assert not any(p.requires_grad for p in staged.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(top(grid.clone()), full(pixels).tokens, atol=1e-4, rtol=1e-4)
+        next(top.parameters()).add_(1.0)  # a copy: training it leaves the encoder alone
+    torch.testing.assert_close(staged(pixels).tokens, grid)
+    with pytest.raises(ValueError, match="no trained blocks"):
+        full.trainable_top()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            EncoderConfig("clip", trained_blocks=1),
+            "encoder.trained_blocks must be 0 with the clip encoder "
+            "(only EfficientNet-Lite's last blocks can be trained), got 1",
+        ),
+        (
+            EncoderConfig("efficientnet-lite0", trained_blocks=16),
+            "encoder.trained_blocks must be an integer from 0 to 15 "
+            "(efficientnet-lite0 has 16 blocks), got 16",
+        ),
+        (EncoderConfig("efficientnet-lite2", trained_blocks=-1), "from 0 to 20"),
+    ],
+)
+def test_trained_blocks_an_encoder_cannot_have_are_refused(config, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_encoder(config)

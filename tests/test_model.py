@@ -219,6 +219,23 @@ def test_configs_saved_with_old_option_names_still_load(tiny_model, photo, tmp_p
         CaptionModel.from_pretrained(directory)
 
 
+def test_configs_saved_before_trained_encoder_blocks_still_load(tiny_model, photo, tmp_path):
+    """A config.json without encoder.trained_blocks (every model saved before it, the bundled
+    one included) means the whole encoder frozen; one that asks for trained blocks its
+    weights do not hold is one line."""
+    directory = tiny_model.save_pretrained(tmp_path / "old")
+    saved = json.loads((directory / "config.json").read_text())
+    assert saved["encoder"].pop("trained_blocks") == 0
+    (directory / "config.json").write_text(json.dumps(saved))
+    loaded = CaptionModel.from_pretrained(directory)
+    assert loaded.config.encoder.trained_blocks == 0 and loaded.decoder.image_stage is None
+    assert loaded.caption(photo)[0].token_ids == tiny_model.caption(photo)[0].token_ids
+    saved["encoder"]["trained_blocks"] = 1
+    (directory / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ModelLoadError, match="not readable weights for this config"):
+        CaptionModel.from_pretrained(directory)
+
+
 def test_a_caption_converts_to_hugging_faces_image_to_text_pipeline_shape(tiny_model, photo):
     """What `pipeline("image-to-text")(image)` gives for one image: a list of dicts whose
     "generated_text" is a caption, the best first when it is asked for several."""

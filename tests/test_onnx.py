@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_model import build_tiny_model
 
 from captioner import Captioner
 from captioner.cache import cache_root
@@ -397,3 +398,66 @@ def test_int8_products_cannot_saturate_a_16_bit_pair_sum(tiny_model, tmp_path):
             weights = values[node.input[1]]
             assert weights.dtype == np.int8 and np.abs(weights.astype(int)).max() <= 63
             assert values[node.input[4]].dtype == np.uint8 and values[node.input[4]] == 128
+
+
+@pytest.fixture(scope="module")
+def staged_dir(tmp_path_factory):
+    """The tiny model with Lite0's last block and head in its decoder (trained_blocks=1), their
+    weights moved off the ImageNet ones as training moves them."""
+    model = build_tiny_model(trained_blocks=1)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.decoder.image_stage.parameters():
+            parameter.mul_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+    return model.save_pretrained(tmp_path_factory.mktemp("staged"))
+
+
+def test_trained_encoder_blocks_are_exported_in_the_decoders_image_graph(staged_dir, tmp_path):
+    """encoder.onnx stops where the trained blocks start and decoder_image runs the decoder's
+    copy of them: the fp32 graphs compute PyTorch's image memory and write its captions (greedy
+    and beam 3); the int8 variant quantises MatMuls only, so its convolutions stay float32 and
+    its image memory stays within rounding of fp32; the exported folder captions as the cached
+    export does."""
+    import onnx
+
+    from captioner.onnx.export import ENCODER_FILE, FILES
+
+    out = tmp_path / "onnx"
+    assert main(["export", str(staged_dir), "--onnx", str(out)]) == 0
+    description = json.loads((out / DESCRIPTION_FILE).read_text())
+    assert description["encoder"]["dim"] == 192
+    model = CaptionModel.from_pretrained(staged_dir)
+    images = generated_images(4)
+    pixels = model.captioner().pixels(images)
+    grid = cpu_session(out / ENCODER_FILE, 1).run(None, {"pixels": pixels})[0]
+    assert grid.shape == (4, 49, 192)
+    np.testing.assert_allclose(grid, model.encoder(torch.from_numpy(pixels)).tokens, atol=1e-4)
+    with torch.inference_mode():
+        expected = ImageMemory(model.decoder)(torch.from_numpy(grid))
+    cross = {
+        variant: cpu_session(out / FILES[variant]["image"], 1).run(None, {"features": grid})
+        for variant in ("fp32", "int8")
+    }
+    for got, want in zip(cross["fp32"], expected, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    for got, want in zip(cross["int8"], cross["fp32"], strict=True):
+        assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+    convolutions = []
+    for variant in ("fp32", "int8"):
+        graph = onnx.load(str(out / FILES[variant]["image"])).graph
+        stored = {t.name: t for t in graph.initializer}
+        weights = [stored[n.input[1]] for n in graph.node if n.op_type == "Conv"]
+        assert all(w.data_type == onnx.TensorProto.FLOAT for w in weights), variant
+        convolutions.append(len(weights))
+    assert convolutions[0] == convolutions[1] > 0
+
+    torch_model = Captioner.from_pretrained(staged_dir, runtime="torch")
+    fp32 = Captioner.from_pretrained(staged_dir, runtime="onnx-fp32")
+    for num_beams in (1, 3):
+        want = torch_model.caption(images, num_beams=num_beams)
+        got = fp32.caption(images, num_beams=num_beams)
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        assert [c.score for c in got] == pytest.approx([c.score for c in want], abs=1e-4)
+    int8 = Captioner.from_pretrained(out)
+    assert int8.runtime.name == "onnx-int8"
+    assert token_ids(int8, images) == token_ids(Captioner.from_pretrained(staged_dir), images)

@@ -113,11 +113,29 @@ def test_a_bad_set_value_is_one_line_naming_it(assignment, fragments, capsys):
         ("data_split.dev_fraction=1.5", "data_split.dev_fraction must be a number >= 0 and <= 1"),
         ("data_split.seed=-1", "data_split.seed must be an integer >= 0, got -1"),
         ("data_split.test_fraction=0.95", "must leave some photos to train, got 0.05 + 0.95"),
+        ("encoder.trained_blocks=-1", "encoder.trained_blocks must be an integer from 0 to 20"),
+        (
+            "encoder.trained_blocks=21",
+            "encoder.trained_blocks must be an integer from 0 to 20 "
+            "(efficientnet-lite2 has 21 blocks), got 21",
+        ),
+        ("encoder_lr_scale=0", "encoder_lr_scale must be a number > 0, got 0"),
     ],
 )
 def test_an_out_of_range_setting_is_refused(assignment, fragment, capsys):
     code, err = run_cli(["train", "--data", "anything", "--set", assignment], capsys)
     assert_one_line_usage_error(code, err, fragment)
+
+
+def test_trained_encoder_blocks_are_refused_for_clip_in_one_line(capsys):
+    args = ["train", "--preset", "flickr30k-clip", "--data", "anything"]
+    code, err = run_cli([*args, "--set", "encoder.trained_blocks=1"], capsys)
+    assert_one_line_usage_error(
+        code,
+        err,
+        "encoder.trained_blocks must be 0 with the clip encoder "
+        "(only EfficientNet-Lite's last blocks can be trained), got 1",
+    )
 
 
 def test_usage_errors_are_one_line_and_touch_nothing(dataset, tmp_path, capsys):

@@ -162,6 +162,64 @@ def test_the_exported_model_is_the_weight_average(dataset, tmp_path):
     assert moved  # and not the raw weights of the last step
 
 
+def test_trained_encoder_blocks_train_slower_resume_exactly_and_reload(dataset, tmp_path):
+    """encoder.trained_blocks=1: the decoder's copy of Lite0's last block and head trains from
+    cached grids of the block before, in optimiser groups of their own at encoder_lr_scale
+    times the learning rate; it is averaged and checkpointed with the decoder (a run stopped
+    after an epoch and resumed ends with the uninterrupted run's weights), and the exported
+    model holds it: reloaded and saved again, the same weights and captions."""
+    from captioner.encoders.efficientnet import EfficientNetLiteEncoder
+
+    def config(name):
+        return tiny_config(
+            dataset,
+            tmp_path / name,
+            encoder={"trained_blocks": 1},
+            average_decay=0.5,
+            early_stopping_patience=9,
+        )
+
+    best = train(config("straight"), progress=False)
+    run = tmp_path / "straight" / "run"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state = last["state_dict"]
+    top_keys = [k for k in state if k.startswith("model.decoder.image_stage.")]
+    assert top_keys and not any(k.startswith("model.encoder.") for k in state)
+    groups = last["optimizer_states"][0]["param_groups"]
+    learning_rate = TrainConfig.from_dict(last["hyper_parameters"]["train"]).learning_rate
+    slow = [g for g in groups if g["initial_lr"] == pytest.approx(learning_rate * 0.1)]
+    fast = [g for g in groups if g["initial_lr"] == pytest.approx(learning_rate)]
+    assert len(slow) + len(fast) == len(groups) and slow and fast
+    assert sum(len(g["params"]) for g in slow) == len(top_keys)  # the top, and only the top
+    assert {g["weight_decay"] for g in slow} == {0.0, 0.01}  # its biases are not decayed
+    pretrained = EfficientNetLiteEncoder("efficientnet-lite0", trained_blocks=1).trainable_top()
+    start = pretrained.state_dict()
+    assert start.keys() == {k.removeprefix("model.decoder.image_stage.") for k in top_keys}
+    trained = {k: state[f"model.decoder.image_stage.{k}"] for k in start}
+    assert all(not torch.equal(trained[k], v) for k, v in start.items())
+    average = last["callbacks"]["DecoderAverage"]["average"]
+    assert any(not torch.equal(average[f"module.image_stage.{k}"], v) for k, v in trained.items())
+
+    stopped = config("stopped")
+    train(stopped, progress=False, callbacks=[StopAfterFirstEpoch()])
+    train(stopped, resume=True, progress=False)
+    _assert_same_weights(run, tmp_path / "stopped" / "run")
+
+    model = CaptionModel.from_pretrained(best)
+    assert model.config.encoder.trained_blocks == 1 and model.config.decoder.image_dim == 192
+    exported = model.decoder.image_stage.state_dict()
+    assert all(not torch.equal(exported[k], v) for k, v in start.items())  # not refilled
+    again = CaptionModel.from_pretrained(model.save_pretrained(tmp_path / "again"))
+    for key, value in model.decoder.state_dict().items():
+        assert torch.equal(value, again.decoder.state_dict()[key]), key
+    image = Image.new("RGB", (40, 40), (220, 30, 30))
+    features = model.encoder(model.encoder.preprocess.batch([image])).tokens
+    ids = torch.tensor([[model.special.start, 5, 6]])
+    with torch.inference_mode():
+        torch.testing.assert_close(again(features, ids), model(features, ids), rtol=0, atol=0)
+    assert again.caption(image)[0].token_ids == model.caption(image)[0].token_ids
+
+
 def test_progress_reaches_a_log_file(dataset, tmp_path, capsys):
     """Under nohup or SLURM stdout is a file, where Lightning's Rich bar prints only the final
     state when training ends; every epoch must show up as it runs."""

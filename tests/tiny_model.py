@@ -28,11 +28,12 @@ CAPTIONS = [
 ]
 
 
-def build_tiny_model() -> CaptionModel:
-    """EfficientNet-Lite0 (its weights ship in a pip package) and a 2-layer, 64-wide decoder."""
+def build_tiny_model(trained_blocks: int = 0) -> CaptionModel:
+    """EfficientNet-Lite0 (its weights ship in a pip package) and a 2-layer, 64-wide decoder;
+    with `trained_blocks`, the decoder holds Lite0's last blocks (`EncoderConfig`)."""
     torch.manual_seed(0)
     config = CaptionerConfig(
-        encoder=EncoderConfig("efficientnet-lite0"),
+        encoder=EncoderConfig("efficientnet-lite0", trained_blocks=trained_blocks),
         decoder=DecoderConfig(n_layers=2, d_model=64, n_heads=4),
         generation=GenerationConfig(max_new_tokens=12),  # short captions keep the tests quick
         metadata={"dataset": "none (test model)", "dev_metrics": {"CIDEr": 0.0}},

@@ -26,13 +26,45 @@ class EncoderConfig:
     name: str = "efficientnet-lite2"
     # Hub id or local folder for encoders that load weights from one (CLIP); unused otherwise.
     source: str | None = None
+    # EfficientNet-Lite only: its last N MBConv blocks and its head convolution (with ReLU6) are
+    # trained with the decoder, starting from the ImageNet weights, so the encoder's top adapts
+    # to captions while training still reads cached grids: those are the activations of the
+    # block before them (the top is part of the decoder, `EfficientNetTop`). 0: the whole
+    # encoder frozen.
+    trained_blocks: int = 0
+
+    def validate(self) -> EncoderConfig:
+        """ValueError for a `trained_blocks` this encoder cannot have; returns self."""
+        blocks = EFFICIENTNET_LITE_BLOCKS.get(self.name)
+        if blocks is None:  # any other encoder is frozen whole
+            check_int("encoder.trained_blocks", self.trained_blocks, 0)
+            only = "only EfficientNet-Lite's last blocks can be trained"
+            check(
+                "encoder.trained_blocks",
+                self.trained_blocks,
+                self.trained_blocks == 0,
+                f"0 with the {self.name} encoder ({only})",
+            )
+        else:  # at least the first block stays frozen: the cached grids come out of it
+            why = f"{self.name} has {blocks} blocks"
+            check_int("encoder.trained_blocks", self.trained_blocks, 0, blocks - 1, why)
+        return self
+
+
+# MBConv blocks of each EfficientNet-Lite, as efficientnet_lite_pytorch builds them (the
+# encoder checks its network against this, without which configs are checked before any build).
+EFFICIENTNET_LITE_BLOCKS = {"efficientnet-lite0": 16, "efficientnet-lite2": 21}
 
 
 @dataclass
 class DecoderConfig:
-    """Shape of the transformer decoder. `vocab_size` and `image_dim` are filled in at build time."""
+    """Shape of the transformer decoder. `vocab_size`, `image_dim` and `image_tokens` are filled
+    in at build time, from the tokenizer and the encoder."""
 
     vocab_size: int = 49408
+    # The width of the encoder's grids the decoder reads (the encoder's `dim`): with trained
+    # encoder blocks (`EncoderConfig.trained_blocks`), their input; the projection then takes
+    # what the decoder's copy of those blocks puts out.
     image_dim: int = 1280
     image_tokens: int = 81
     d_model: int = 512

@@ -1,13 +1,15 @@
 """The caption decoder: a pre-norm transformer that cross-attends to the image's patch grid.
 
 Each block is causal self-attention, cross-attention to the projected image tokens, then an MLP,
-each behind a LayerNorm and a residual. Optional `ImageBlock`s first let the image tokens attend
-to each other. Positions are learned. Tokens come in through `config.token_embedding`: a
-learned embedding that is also the output layer (tied), or CLIP's frozen text tower (its token
-table, or its causal per-token states) through a learned projection, with a learned output layer
-(`CLIPTextTokens`, built from `config.token_embedding_source`). A
-`KVCache` makes generation cost one token's work per step, and any call can hand back the
-cross-attention weights of every layer and head (for attention maps).
+each behind a LayerNorm and a residual. An optional `ImageStage` (the encoder's last layers,
+trained with the decoder) runs on the grid before it is projected. Optional `ImageBlock`s then
+let the image tokens attend to each other. Positions are learned. Tokens come in through
+`config.token_embedding`: a learned embedding that is also the output layer (tied), or CLIP's
+frozen text tower (its token table, or its causal per-token states) through a learned
+projection, with a learned output layer (`CLIPTextTokens`, built from
+`config.token_embedding_source`). A `KVCache` makes generation cost one token's work per step,
+and any call can hand back the cross-attention weights of every layer and head (for attention
+maps).
 """
 
 from __future__ import annotations
@@ -60,12 +62,27 @@ class KVCache:
 
 
 def check_image_tokens(config: DecoderConfig, features: torch.Tensor) -> None:
-    """ValueError unless `features` (batch, tokens, dim) has the grid this decoder was built for."""
+    """ValueError unless `features` (batch, tokens, dim) has the grid this decoder was built for:
+    its number of tokens and their width."""
     if features.shape[1] != config.image_tokens:
         raise ValueError(
             f"the decoder was built for {config.image_tokens} image tokens, "
             f"got {features.shape[1]}: wrong encoder for this model?"
         )
+    if features.shape[2] != config.image_dim:
+        raise ValueError(
+            f"the decoder was built for image tokens {config.image_dim} wide, "
+            f"got {features.shape[2]}: wrong encoder for this model?"
+        )
+
+
+class ImageStage(nn.Module):
+    """Trained layers the encoder's grid goes through before the decoder projects it, part of
+    the decoder's weights: (batch, tokens, in_dim) -> (batch, tokens, out_dim), the same tokens.
+    The encoder makes it (`ImageEncoder.trainable_top`); the decoder only knows this shape."""
+
+    in_dim: int
+    out_dim: int
 
 
 def check_rows(rows: int, images: int) -> None:
@@ -229,11 +246,21 @@ class DecoderOutput:
 class CaptionDecoder(nn.Module):
     clip_ids: torch.Tensor  # a buffer, with CLIP token input
 
-    def __init__(self, config: DecoderConfig):
+    def __init__(self, config: DecoderConfig, image_stage: ImageStage | None = None):
+        """`image_stage`: trained encoder layers (`ImageStage`) the grid goes through first,
+        taking grids `config.image_dim` wide; None: the projection reads the grid itself."""
         super().__init__()
         self.config = config
         d = config.d_model
-        self.image_projection = nn.Sequential(nn.Linear(config.image_dim, d), nn.LayerNorm(d))
+        image_width = config.image_dim
+        if image_stage is not None:
+            if image_stage.in_dim != config.image_dim:
+                raise ValueError(
+                    f"the image stage takes tokens {image_stage.in_dim} wide, "
+                    f"the decoder reads {config.image_dim}"
+                )
+            image_width = image_stage.out_dim
+        self.image_projection = nn.Sequential(nn.Linear(image_width, d), nn.LayerNorm(d))
         self.image_positions = nn.Parameter(torch.zeros(1, config.image_tokens, d))
         self.image_blocks = nn.ModuleList(ImageBlock(config) for _ in range(config.image_layers))
         # Pre-norm blocks leave their sum unnormalised; without blocks the projection's norm holds.
@@ -249,6 +276,8 @@ class CaptionDecoder(nn.Module):
         self.apply(_init_weights)
         nn.init.normal_(self.positions, std=0.02)
         nn.init.normal_(self.image_positions, std=0.02)
+        # Added after the initialisation above, which must leave its pretrained weights alone.
+        self.image_stage = image_stage
 
     def _build_clip_tokens(self, config: DecoderConfig) -> None:
         from captioner.encoders.clip import DEFAULT_CLIP, CLIPTextTokens
@@ -332,8 +361,11 @@ class CaptionDecoder(nn.Module):
         return KVCache(self.config.n_layers)
 
     def encode_image(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder grid (batch, tokens, image_dim) to the decoder's memory (batch, tokens, d)."""
+        """Encoder grid (batch, tokens, image_dim) to the decoder's memory (batch, tokens, d),
+        through the image stage first where there is one."""
         check_image_tokens(self.config, features)
+        if self.image_stage is not None:
+            features = self.image_stage(features)
         memory = self.dropout(self.image_projection(features) + self.image_positions)
         for block in self.image_blocks:
             memory = block(memory)

@@ -42,10 +42,17 @@ class CaptionModel(nn.Module):
         encoder_runtime: str = DEFAULT_RUNTIME,
     ):
         """`encoder_runtime` (see `captioner.runtime.base`): "torch" keeps the encoder in
-        PyTorch too; otherwise an EfficientNet encoder runs in ONNX Runtime on CPU."""
+        PyTorch too; otherwise an EfficientNet encoder runs in ONNX Runtime on CPU. With
+        `config.encoder.trained_blocks`, the decoder holds the encoder's trained top."""
         super().__init__()
         self.tokenizer = tokenizer or CaptionTokenizer()
         self.encoder = encoder or build_encoder(config.encoder, encoder_runtime)
+        trained = config.encoder.trained_blocks
+        if self.encoder.trained_blocks != trained:  # an encoder given for another config
+            raise ValueError(
+                f"the encoder has trained_blocks={self.encoder.trained_blocks}, "
+                f"the model's config {trained}"
+            )
         # The decoder's input sizes follow from the encoder and tokenizer: one source of truth.
         config.decoder = dataclasses.replace(
             config.decoder,
@@ -54,7 +61,10 @@ class CaptionModel(nn.Module):
             image_tokens=self.encoder.grid_h * self.encoder.grid_w,
         )
         self.config = config
-        self.decoder = CaptionDecoder(config.decoder)
+        # The trained top starts from the encoder's pretrained weights; a saved model's own
+        # replace them when its state dict is loaded.
+        top = self.encoder.trainable_top() if trained else None
+        self.decoder = CaptionDecoder(config.decoder, image_stage=top)
         self.special = special_tokens(self.tokenizer)
         # (weights version, variant) -> the Captioner over this model's exported graphs
         self._exported: dict[tuple, Captioner] = {}
@@ -105,8 +115,9 @@ class CaptionModel(nn.Module):
 
     # ---- persistence ----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """config.json + model.safetensors (decoder only: the frozen encoder is referenced by
-        name) + tokenizer.json + a model card. `dtype=torch.float16` halves the size on disk."""
+        """config.json + model.safetensors (decoder only, with any trained encoder blocks: the
+        frozen encoder is referenced by name) + tokenizer.json + a model card.
+        `dtype=torch.float16` halves the size on disk."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG_FILE)

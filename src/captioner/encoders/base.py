@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from captioner.transforms import Preprocess
+
+if TYPE_CHECKING:
+    from captioner.decoder import ImageStage
 
 
 @dataclass
@@ -28,6 +32,9 @@ class ImageEncoder(nn.Module):
     grid_h: int
     grid_w: int
     preprocess: Preprocess
+    # Its last layers trained with the decoder (`trainable_top`), where the grid stops before
+    # them: `EncoderConfig.trained_blocks`.
+    trained_blocks: int = 0
 
     @property
     def cache_key(self) -> str:
@@ -37,6 +44,11 @@ class ImageEncoder(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) normalised pixels to (batch, grid_h * grid_w, dim)."""
         raise NotImplementedError
+
+    def trainable_top(self) -> ImageStage:
+        """A trainable copy of the layers above `features`' grid, for the decoder to train
+        (`CaptionDecoder(image_stage=...)`); only encoders with `trained_blocks` have one."""
+        raise ValueError(f"the {self.name} encoder has no trained blocks")
 
     def freeze(self) -> ImageEncoder:
         self.eval()

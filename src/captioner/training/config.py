@@ -74,6 +74,10 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # validate (and checkpoint) after this many steps
     batch_size: int = 64  # images per step (each with one or all of its captions)
     learning_rate: float = 5e-4
+    # The learning rate of trained encoder blocks (`encoder.trained_blocks`) as a share of
+    # learning_rate: they start from pretrained ImageNet weights, which a decoder's rate, made
+    # for weights that start random, would wash out.
+    encoder_lr_scale: float = 0.1
     weight_decay: float = 0.01
     warmup_steps: int = 500
     label_smoothing: float = 0.1
@@ -105,6 +109,7 @@ class TrainConfig:
         self._check_choices()
         self._check_counts()
         self._check_rates()
+        self.encoder.validate()
         _check_decoder(self.decoder)
         self.data_split.validate()
         try:  # the decoder writes up to max_length - 1 tokens after the start token
@@ -154,7 +159,8 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip", "scst_xe_weight"):
             check_number(key, getattr(self, key), 0)
         check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
-        check_number("learning_rate", self.learning_rate, 0, low_open=True)
+        for key in ("learning_rate", "encoder_lr_scale"):
+            check_number(key, getattr(self, key), 0, low_open=True)
         for key in ("max_minutes", "checkpoint_every_minutes"):
             check_number(key, getattr(self, key), 0, low_open=True, optional=True)
         check_number(

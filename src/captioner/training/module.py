@@ -78,21 +78,30 @@ class CaptionerModule(L.LightningModule):
         self._dev_correct = self._dev_count = 0
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
+        # (trained encoder block, weight-decayed) -> parameters, in this order: the decoder's
+        # matrices, its other parameters, then the encoder's top at its lower learning rate.
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {
+            (False, True): [],
+            (False, False): [],
+            (True, True): [],
+            (True, False): [],
+        }
         for name, parameter in self.model.decoder.named_parameters():
             # Norms, biases, embeddings and positions are not weight-decayed.
-            (
-                decay
-                if parameter.ndim >= 2 and "embedding" not in name and "positions" not in name
-                else no_decay
-            ).append(parameter)
+            decays = parameter.ndim >= 2 and "embedding" not in name and "positions" not in name
+            groups[name.startswith("image_stage."), decays].append(parameter)
+        learning_rate = self.config.learning_rate
         optimizer = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": self.config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
+                {
+                    "params": parameters,
+                    "weight_decay": self.config.weight_decay if decays else 0.0,
+                    "lr": learning_rate * (self.config.encoder_lr_scale if encoder else 1.0),
+                }
+                for (encoder, decays), parameters in groups.items()
+                if parameters or not encoder  # the decoder's two groups, as before
             ],
-            lr=self.config.learning_rate,
+            lr=learning_rate,
             betas=(0.9, 0.98),
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
