@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from training_data import make_colour_dataset, tiny_config
 
 from captioner.cli import build_parser, main
-from captioner.config import parse_settings
+from captioner.cli.train import training_config
+from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig, parse_settings
 from captioner.training.config import PRESETS, TrainConfig, preset
 from captioner.training.run import train
 
@@ -136,6 +137,26 @@ def test_trained_encoder_blocks_are_refused_for_clip_in_one_line(capsys):
         "encoder.trained_blocks must be 0 with the clip encoder "
         "(only EfficientNet-Lite's last blocks can be trained), got 1",
     )
+
+
+def test_model_settings_that_contradict_init_from_are_refused(tmp_path, capsys):
+    """A run from init_from trains that model as it is: a contradicting encoder or decoder
+    setting would be silently dropped, so it is refused; repeating the model's own is fine."""
+    start = tmp_path / "start"
+    start.mkdir()
+    encoder = EncoderConfig(name="efficientnet-lite2")
+    CaptionerConfig(encoder=encoder, decoder=DecoderConfig(n_layers=2)).save(start / "config.json")
+    base = ["train", "--data", "anything", "--set", f"init_from={start}"]
+    for setting, fragment in (
+        ("decoder.n_layers=4", "(decoder.n_layers=2)"),
+        ("encoder.trained_blocks=1", "(encoder.trained_blocks=0)"),
+    ):
+        code, err = run_cli([*base, "--set", setting], capsys)
+        assert_one_line_usage_error(
+            code, err, f"--set {setting} contradicts the model init_from names", fragment
+        )
+    args = build_parser().parse_args([*base, "--set", "decoder.n_layers=2"])
+    assert training_config(args).init_from == str(start)
 
 
 def test_usage_errors_are_one_line_and_touch_nothing(dataset, tmp_path, capsys):

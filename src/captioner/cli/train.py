@@ -93,6 +93,31 @@ def training_config(args: argparse.Namespace) -> TrainConfig:
     try:
         if args.resume:
             return resumed_config(args.output_dir, args.preset, overrides)
-        return preset(args.preset or DEFAULT_PRESET, **overrides)
+        config = preset(args.preset or DEFAULT_PRESET, **overrides)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if config.init_from:
+        _check_model_settings(config.init_from, overrides)
+    return config
+
+
+def _check_model_settings(init_from: str, overrides: dict) -> None:
+    """A run from `init_from` trains that model's encoder and decoder as they are: an
+    `encoder.*` or `decoder.*` setting that differs from them would be silently ignored, so it
+    is a UsageError (one that repeats them is fine)."""
+    from captioner.cli import UsageError
+    from captioner.hub import load_config, resolve_model_dir
+    from captioner.training.config import contradictions
+
+    asked = {part: overrides[part] for part in ("encoder", "decoder") if part in overrides}
+    if not asked:
+        return
+    start = load_config(resolve_model_dir(init_from)).to_dict()
+    if clash := contradictions(start, asked):
+        key = clash[0]
+        part, name = key.split(".", 1)
+        raise UsageError(
+            f"--set {key}={asked[part][name]!r} contradicts the model init_from names "
+            f"({key}={start[part][name]!r}): a run from init_from trains that model's encoder "
+            "and decoder as they are; leave it out"
+        )

@@ -51,7 +51,8 @@ class TrainConfig:
         default_factory=lambda: GenerationConfig(num_beams=1, max_new_tokens=25)
     )
     # "xe": cross-entropy from scratch (or from `init_from`); "scst": self-critical fine-tuning
-    # on CIDEr-D of a model trained with "xe", named by `init_from`.
+    # on CIDEr-D of a model trained with "xe", named by `init_from`. A run from `init_from`
+    # trains that model: its encoder and decoder settings replace these.
     objective: str = "xe"
     init_from: str | None = None
     scst_samples: int = 5  # sampled captions per image
