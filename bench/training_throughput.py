@@ -102,7 +102,9 @@ def main() -> None:
     encoder = random_clip_encoder() if config.encoder.name == "clip" else None
     model = CaptionModel(
         CaptionerConfig(
-            encoder=EncoderConfig(config.encoder.name, encoder and encoder.source),
+            encoder=EncoderConfig(
+                config.encoder.name, encoder and encoder.source, config.encoder.trained_blocks
+            ),
             decoder=config.decoder,
         ),
         tokenizer,

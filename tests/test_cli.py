@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from captioner.cli import COMMANDS, build_parser, main
 from captioner.collection import CollectionConfig
-from captioner.config import CaptionerConfig, GenerationConfig
+from captioner.config import CaptionerConfig, EncoderConfig, GenerationConfig
 from captioner.hub import BUNDLED_DIR
 from captioner.model_card import MARKER, model_card
 
@@ -278,6 +278,20 @@ def test_the_bundled_model_card_is_the_one_save_pretrained_writes():
     config = CaptionerConfig.load(BUNDLED_DIR / "config.json")
     assert card == model_card(config, "flickr8k-effnet", None)
     assert "Captioner.from_pretrained()" in card and card.rstrip().endswith(MARKER)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "encoder_words"),
+    [
+        (0, "the frozen `efficientnet-lite2` image encoder and"),
+        (1, "the `efficientnet-lite2` image encoder (frozen but for its last block and head "),
+        (2, "encoder (frozen but for its last 2 blocks and head convolution, which were trained "),
+    ],
+)
+def test_the_model_card_says_which_encoder_blocks_were_trained(blocks, encoder_words):
+    encoder = EncoderConfig(name="efficientnet-lite2", trained_blocks=blocks)
+    card = model_card(CaptionerConfig(encoder=encoder), "mine", "mine")
+    assert encoder_words in " ".join(card.split())
 
 
 def test_export_never_resaves_over_a_users_config(model_dir, tmp_path, capsys):

@@ -12,9 +12,12 @@ from lightning.pytorch.callbacks import Callback
 from training_data import make_colour_dataset, tiny_config
 
 from captioner.cli import build_parser, main
+from captioner.cli.features import encoder_config
 from captioner.cli.train import training_config
 from captioner.config import CaptionerConfig, DecoderConfig, EncoderConfig, parse_settings
-from captioner.training.config import PRESETS, TrainConfig, preset
+from captioner.encoders import build_encoder
+from captioner.features import FeatureCache, cache_dir
+from captioner.training.config import DEFAULT_PRESET, PRESETS, TrainConfig, preset
 from captioner.training.run import train
 
 
@@ -257,6 +260,28 @@ def test_features_and_eval_refuse_bad_input_in_one_line(dataset, tmp_path, capsy
     beam = ["eval", "--data", str(dataset), "--num-beams", "0", "--cache-dir", str(tmp_path / "c")]
     code, err = run_cli(beam, capsys)
     assert_one_line_usage_error(code, err, "num_beams must be")
+
+
+def test_features_caches_what_train_reads(dataset, tmp_path, capsys):
+    """With trained encoder blocks, train reads the activations entering them: `features`
+    caches those, by default as the default preset trains, or for --trained-blocks N."""
+    defaults = build_parser().parse_args(["features", "--data", "x"])
+    assert encoder_config(defaults) == preset(DEFAULT_PRESET).encoder
+    assert encoder_config(defaults).trained_blocks == 1
+    named = build_parser().parse_args(
+        ["features", "--data", "x", "--encoder", "efficientnet-lite0"]
+    )
+    assert encoder_config(named).trained_blocks == 0  # another encoder: the preset's is not its
+
+    lite0 = ["features", "--data", str(dataset), "--encoder", "efficientnet-lite0"]
+    code, err = run_cli([*lite0, "--trained-blocks", "16"], capsys)
+    assert_one_line_usage_error(code, err, "encoder.trained_blocks must be an integer from 0 to 15")
+    root = tmp_path / "cache"
+    assert main([*lite0, "--trained-blocks", "1", "--cache-dir", str(root)]) == 0
+    encoder = build_encoder(EncoderConfig("efficientnet-lite0", trained_blocks=1))
+    cache = FeatureCache(cache_dir(root, encoder))
+    assert len(cache) > 0 and [d.name for d in root.iterdir()] == [cache.directory.name]
+    assert cache.array.shape[-1] == encoder.dim == 192  # the last block's input, not 1280 wide
 
 
 def test_evaluation_does_not_import_training():

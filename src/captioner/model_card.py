@@ -82,11 +82,18 @@ def _front_matter(config: CaptionerConfig, dataset: str | None) -> dict[str, Any
 
 
 def _description(config: CaptionerConfig) -> str:
-    decoder = config.decoder
+    decoder, blocks = config.decoder, config.encoder.trained_blocks
+    trained = (
+        f" (frozen but for its last {'block' if blocks == 1 else f'{blocks} blocks'} and head "
+        "convolution, which were trained with the decoder)"
+        if blocks
+        else ""
+    )
     return (
         f"An image captioning model for the `captioner` library: the "
-        f"frozen `{config.encoder.name}` image encoder"
+        f"{'' if blocks else 'frozen '}`{config.encoder.name}` image encoder"
         + (f" (`{config.encoder.source}`)" if config.encoder.source else "")
+        + trained
         + f" and a {decoder.n_layers}-layer, {decoder.d_model}-wide transformer decoder that "
         f"writes the caption while attending to the encoder's {decoder.image_tokens} patch "
         f"embeddings ({decoder.vocab_size:,}-token vocabulary)."

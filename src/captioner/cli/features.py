@@ -22,6 +22,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--encoder-source", help="hub id or folder of the weights (CLIP)")
     parser.add_argument(
+        "--trained-blocks",
+        type=int,
+        metavar="N",
+        help="EfficientNet-Lite's last N blocks train with the decoder "
+        "(encoder.trained_blocks), so what enters them is cached instead of the grid "
+        "(default: as `train` uses: 1 for its default encoder, else 0)",
+    )
+    parser.add_argument(
         "--split", action="append", help="a split to encode, repeatable (default: every split)"
     )
     parser.add_argument("--cache-dir", help=f"cache folder ({FEATURES_DIR_HELP})")
@@ -52,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise UsageError(f"no records in {args.data} (splits: {', '.join(args.split or [])})")
     try:
-        encoder = build_encoder(
-            EncoderConfig(**_given(name=args.encoder, source=args.encoder_source))
-        )
+        encoder = build_encoder(encoder_config(args))
     except ValueError as error:
         raise UsageError(str(error)) from None
     cache = build_cache(
@@ -64,6 +70,18 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{len(cache)} images cached in {cache.directory} ({len(cache.failed)} unreadable)")
     return 0
+
+
+def encoder_config(args: argparse.Namespace) -> EncoderConfig:
+    """The encoder `captioner train` would cache with: its default preset's, or the one named."""
+    from captioner.training.config import DEFAULT_PRESET, preset
+
+    trained = preset(DEFAULT_PRESET).encoder
+    name = args.encoder or trained.name
+    blocks = args.trained_blocks
+    if blocks is None:
+        blocks = trained.trained_blocks if name == trained.name else 0
+    return EncoderConfig(name, args.encoder_source, blocks).validate()
 
 
 def _given(**options: Any) -> dict[str, Any]:
