@@ -307,6 +307,30 @@ def test_export_never_resaves_over_a_users_config(model_dir, tmp_path, capsys):
     assert main(["export", str(model_dir), str(tmp_path / "copy"), "--half"]) == 0  # its own
 
 
+def test_eval_never_writes_over_a_users_file_by_default(model_dir, tmp_path, monkeypatch, capsys):
+    from training_data import make_colour_dataset
+
+    dataset = make_colour_dataset(tmp_path / "colours")
+    monkeypatch.chdir(tmp_path)
+    arguments = ["eval", "--model", str(model_dir), "--data", str(dataset), "--json"]
+    arguments += ["--cache-dir", str(tmp_path / "cache")]
+    default = tmp_path / "predictions-dev.jsonl"
+    default.write_text("my notes\n")
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "predictions-dev.jsonl exists and was not written by captioner eval" in err
+    assert len(err.strip().splitlines()) == 1 and default.read_text() == "my notes\n"
+    assert main([*arguments, "--predictions", str(default)]) == 0  # named: the user's say-so
+    first = default.read_text()
+    assert json.loads(first.splitlines()[0])["caption"]
+    assert main(arguments) == 0  # an earlier eval's file is replaced
+    assert default.read_text() == first
+    capsys.readouterr()
+    for path, words in ((tmp_path, "is a folder"), (tmp_path / "no" / "p.jsonl", "does not exist")):
+        assert main([*arguments, "--predictions", str(path)]) == 2
+        assert words in capsys.readouterr().err
+
+
 def test_eval_decodes_with_the_beam_search_flags_given(model_dir, tmp_path, capsys):
     from training_data import make_colour_dataset
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,8 @@ FLAGS = (
     Flag("--cache-dir", f"feature cache folder ({FEATURES_DIR_HELP})", type=str),
     Flag(
         "--predictions",
-        "file for per-image predictions, JSONL (default: predictions-SPLIT.jsonl)",
+        "file for per-image predictions, JSONL (default: predictions-SPLIT.jsonl, which is "
+        "never written over unless an earlier eval wrote it)",
         type=Path,
     ),
     Flag(
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit must be 1 or more, got {args.limit}")
     if args.clip_rerank and args.clip is None:
         raise UsageError("--clip-rerank needs --clip MODEL: the CLIP that scores the beams")
+    predictions_path = _predictions_path(args.predictions, split)
     model = CaptionModel.from_pretrained(args.model)
     # Data without splits is split as it was for training the model.
     splits = SplitConfig.from_metadata(model.config.metadata)
@@ -87,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:  # an out-of-range decoding flag, or no readable image
         raise UsageError(str(error)) from None
-    predictions_path = args.predictions or Path(f"predictions-{split}.jsonl")
     save_predictions(predictions_path, predictions, records)
     if args.json:
         print(json.dumps(scores))
@@ -95,6 +97,26 @@ def run(args: argparse.Namespace) -> int:
         _print_scores(scores)
         print(f"predictions saved to {predictions_path}", file=sys.stderr)
     return 0
+
+
+def _predictions_path(named: Path | None, split: str) -> Path:
+    """Where the predictions go, checked before minutes of captioning, not after: a file named
+    on the command line is the user's to replace; the default one only where an earlier eval
+    wrote it."""
+    from captioner.cli import UsageError
+    from captioner.evaluation.evaluate import is_predictions_file
+
+    path = named or Path(f"predictions-{split}.jsonl")
+    if os.path.isdir(path):
+        raise UsageError(f"the predictions file {path} is a folder")
+    if not path.parent.is_dir():
+        raise UsageError(f"the predictions file's folder {path.parent} does not exist")
+    if named is None and os.path.lexists(path) and not is_predictions_file(path):
+        raise UsageError(
+            f"{path} exists and was not written by captioner eval: move it, or choose another "
+            "file with --predictions"
+        )
+    return path
 
 
 def _records(data: str, split: str, limit: int | None, splits: SplitConfig) -> list[CaptionRecord]:

@@ -156,6 +156,20 @@ def _clip_scores(
     return {"clip_score": found.clip_score, "refclip_score": found.refclip_score}
 
 
+PREDICTION_KEYS = ("image_id", "caption", "references")  # one line of `save_predictions`
+
+
+def is_predictions_file(path: str | Path) -> bool:
+    """Whether `path` is a file `save_predictions` wrote: its first line is one of its objects.
+    Anything else there is the user's, which an eval run must not replace unasked."""
+    try:
+        with Path(path).open(encoding="utf-8") as lines:
+            first = json.loads(lines.readline())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(first, dict) and tuple(first) == PREDICTION_KEYS
+
+
 def save_predictions(
     path: str | Path, predictions: dict[str, str], records: list[CaptionRecord]
 ) -> None:
@@ -164,8 +178,6 @@ def save_predictions(
     with Path(path).open("w") as out:
         for image_id, text in predictions.items():
             out.write(
-                json.dumps(
-                    {"image_id": image_id, "caption": text, "references": by_id[image_id].captions}
-                )
+                json.dumps(dict(zip(PREDICTION_KEYS, (image_id, text, by_id[image_id].captions))))
                 + "\n"
             )
