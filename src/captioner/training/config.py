@@ -86,7 +86,8 @@ class TrainConfig:
     # Score and export an exponential moving average of the decoder's weights (None: the raw ones).
     average_decay: float | None = None
     early_stopping_patience: int = 5
-    max_minutes: float | None = None  # stop (and keep the best) after this long
+    # Stop (and keep the best) after this much training time, summed over the run's resumes.
+    max_minutes: float | None = None
     # `last.ckpt` (what --resume continues from) is written after every epoch, and within one
     # after this many steps and this many minutes since the last write (None: never).
     checkpoint_every_steps: int | None = None
