@@ -267,7 +267,7 @@ def test_features_caches_what_train_reads(dataset, tmp_path, capsys):
     caches those, by default as the default preset trains, or for --trained-blocks N."""
     defaults = build_parser().parse_args(["features", "--data", "x"])
     assert encoder_config(defaults) == preset(DEFAULT_PRESET).encoder
-    assert encoder_config(defaults).trained_blocks == 1
+    assert encoder_config(defaults).trained_blocks == 2
     named = build_parser().parse_args(
         ["features", "--data", "x", "--encoder", "efficientnet-lite0"]
     )

