@@ -128,6 +128,23 @@ def test_resume_continues_exactly_with_dropout(dataset, tmp_path):
     _assert_same_weights(straight, tmp_path / "killed" / "run")
 
 
+class FlatCider(Callback):
+    """Dev CIDEr-D that never beats the first validation's, so early stopping ends the run."""
+
+    def on_validation_end(self, trainer, *_):
+        trainer.callback_metrics["val/cider"] = torch.tensor(0.5)
+
+
+def test_a_run_early_stopping_ended_trains_no_more_when_resumed(dataset, tmp_path):
+    config = tiny_config(dataset, tmp_path, epochs=6, early_stopping_patience=1)
+    train(config, progress=False, callbacks=[FlatCider()])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    stopped = torch.load(last, weights_only=True)
+    assert stopped["epoch"] == 1  # no better than epoch 0 at epoch 1: stopped there, of 6
+    train(config, resume=True, progress=False)
+    assert torch.load(last, weights_only=True)["global_step"] == stopped["global_step"]
+
+
 def test_a_checkpoint_every_few_minutes_within_an_epoch(dataset, tmp_path):
     config = tiny_config(dataset, tmp_path, epochs=1, checkpoint_every_minutes=1e-9)
     with pytest.raises(Killed):

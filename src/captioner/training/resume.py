@@ -18,7 +18,7 @@ from typing import Any, cast
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -117,3 +117,13 @@ class ExactResume(Callback):
         random.setstate((version, tuple(values), gauss))
         kind, keys, position, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+class StoppedStaysStopped(EarlyStopping):
+    """Early stopping that a resume honours. Lightning restores the count of validations
+    without a new best, but not the decision it led to, so resuming a run that early stopping
+    ended would train one more epoch and stop again; this one trains none."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True

@@ -16,7 +16,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
-    EarlyStopping,
     ModelCheckpoint,
     ProgressBar,
     TQDMProgressBar,
@@ -50,6 +49,7 @@ from captioner.training.resume import (
     CHECKPOINT_DIR,
     ExactResume,
     ResumeCheckpoint,
+    StoppedStaysStopped,
     last_checkpoint,
 )
 from captioner.training.scst import SelfCriticalModule
@@ -321,7 +321,9 @@ def _callbacks(
         ),
         ResumeCheckpoint(last, config.checkpoint_every_steps, config.checkpoint_every_minutes),
         ExactResume(),
-        EarlyStopping(monitor="val/cider", mode="max", patience=config.early_stopping_patience),
+        StoppedStaysStopped(
+            monitor="val/cider", mode="max", patience=config.early_stopping_patience
+        ),
         ExportBest(output_dir / BEST_DIR),
     ]
     if config.average_decay is not None:  # after ExportBest, which must see the average
