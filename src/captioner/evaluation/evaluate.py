@@ -157,6 +157,7 @@ def _clip_scores(
 
 
 PREDICTION_KEYS = ("image_id", "caption", "references")  # one line of `save_predictions`
+_FIRST_LINE_LIMIT = 1 << 20  # characters read to recognise one; a line of ours has hundreds
 
 
 def is_predictions_file(path: str | Path) -> bool:
@@ -164,7 +165,7 @@ def is_predictions_file(path: str | Path) -> bool:
     Anything else there is the user's, which an eval run must not replace unasked."""
     try:
         with Path(path).open(encoding="utf-8") as lines:
-            first = json.loads(lines.readline())
+            first = json.loads(lines.readline(_FIRST_LINE_LIMIT))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(first, dict) and tuple(first) == PREDICTION_KEYS
