@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
 import shutil
+import sys
 
 import pytest
 from conftest import FLICKR8K, require_flickr8k
@@ -225,14 +227,20 @@ def test_meteor_is_none_without_java(monkeypatch, caplog):
 def test_meteor_is_none_when_java_fails(tmp_path, monkeypatch, caplog):
     # A `java` that dies at once (no JRE behind the launcher, too little memory for -Xmx2G...).
     fake = tmp_path / "java"
-    fake.write_text("#!/bin/sh\nexit 1\n")
+    # It closes its input first, so captioner's writes to it fail (BrokenPipeError) every time.
+    fake.write_text("#!/bin/sh\nexec 0<&-\nsleep 0.2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
+    # pycocoevalcap's `Meteor.__del__` raised BrokenPipeError on that pipe ("Exception ignored").
+    ignored: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
     with caplog.at_level(logging.WARNING, logger="captioner.evaluation.metrics"):
         result = caption_metrics({"1": "a dog"}, {"1": ["a dog"]}, meteor=True)
     assert result["meteor"] is None
     assert "METEOR jar failed" in caplog.text
     assert result["rouge_l"] == pytest.approx(1.0)
+    gc.collect()
+    assert ignored == []  # the scorer's `__del__` has run, and raised nothing
 
 
 @pytest.mark.skipif(not HAS_JAVA, reason="METEOR runs on Java")

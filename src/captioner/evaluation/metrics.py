@@ -9,10 +9,12 @@ so that every metric but METEOR works without Java.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +165,21 @@ def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float | Non
         try:
             score, _ = scorer.compute_score(gts, res)
         finally:
-            # A failed compute_score keeps its lock, and __del__ (which stops Java) waits on it.
-            if scorer.lock.locked():
-                scorer.lock.release()
-            del scorer
+            _stop_meteor(scorer)
     except (OSError, ValueError) as error:  # Java did not start, or died without a score
-        log.warning("METEOR skipped: the METEOR jar failed: %r", error)
+        # repr now: a record that kept the error would keep its frames, and the scorer, alive
+        log.warning("METEOR skipped: the METEOR jar failed: %s", repr(error))
         return None
     return float(score)
+
+
+def _stop_meteor(scorer: Any) -> None:
+    """Stops METEOR's Java before pycocoevalcap's `__del__` does: that waits on the lock a failed
+    `compute_score` keeps, and raises BrokenPipeError closing the pipe of a Java that died."""
+    if scorer.lock.locked():
+        scorer.lock.release()
+    process = scorer.meteor_p
+    process.kill()
+    with contextlib.suppress(OSError):  # a Java that died leaves unflushed bytes in the pipe
+        process.stdin.close()
+    process.wait()  # `__del__` then finds the pipe closed and the process gone: nothing to do
