@@ -41,8 +41,10 @@ class MemorySteps:
     def __init__(self, decoder: CaptionDecoder):
         self.decoder = decoder
         self.max_length = decoder.config.max_length
+        self.started: list[int] = []  # the images of each start: the image stage's work
 
     def start(self, memory, rows_per_image: int, attention: bool = True) -> TorchDecoding:
+        self.started.append(len(memory))
         return TorchDecoding(self.decoder, torch.as_tensor(memory), attention)
 
 
@@ -293,10 +295,13 @@ def test_beam_search_returns_the_best_beams_in_order(setup):
 
 def test_several_samples_per_image_are_seeded_draws(setup):
     """K samples per image are the draws of the batch with each image repeated K times (as
-    self-critical training samples), so a seed reproduces them."""
+    self-critical training samples), so a seed reproduces them; but each image's memory is
+    built once, not K times (the image stage may hold trained encoder blocks)."""
     decoder, image = setup
     config = GenerationConfig(do_sample=True, top_p=0.95, max_new_tokens=6, seed=11)
-    several = run(decoder, image, dataclasses.replace(config, num_return_sequences=4))
+    steps = MemorySteps(decoder)
+    several = generate(steps, image, SPECIAL, dataclasses.replace(config, num_return_sequences=4))
+    assert steps.started == [image.shape[0]]
     assert len(several) == image.shape[0]
     drawn = [[h.ids for h in [s, *s.alternatives]] for s in several]
     repeated = run(decoder, image.repeat_interleave(4, dim=0), config)

@@ -56,10 +56,11 @@ def generate(
     if config.do_sample:
         samples = config.num_return_sequences
         loop = _TokenByToken(special, config, max_new, return_attention, config.seed)
-        # Each sample its own image row: ended samples leave the batch as greedy rows do.
-        if samples > 1:
-            features = features[np.repeat(np.arange(images), samples)]  # numpy, or a tensor
-        drawn = loop.run(runtime.start(features, 1, return_attention), images * samples)
+        decoding = runtime.start(features, 1, return_attention)  # the image stage once an image
+        if samples > 1:  # then each sample its own image row: ended ones leave as greedy rows do
+            rows = np.repeat(np.arange(images), samples)
+            decoding.keep(rows, rows)
+        drawn = loop.run(decoding, images * samples)
         return [_with_alternatives(drawn[i : i + samples]) for i in range(0, len(drawn), samples)]
     if config.num_beams == 1:
         loop = _TokenByToken(special, config, max_new, return_attention, seed=None)
