@@ -609,6 +609,21 @@ def test_self_critical_step_scores_its_samples_without_dropout():
     torch.testing.assert_close(first, second)
 
 
+def test_a_self_critical_step_builds_each_images_memory_once_for_all_its_samples(monkeypatch):
+    """The image stage may hold trained encoder blocks: sampling runs it on the batch's 2
+    images, not on 2 x scst_samples copies (the update's teacher-forced pass does it once too)."""
+    model, batch = _tiny_self_critical_setup(dropout=0.0)
+    encode_image, sizes = model.decoder.encode_image, []
+
+    def counted(features):
+        sizes.append(features.shape[0])
+        return encode_image(features)
+
+    monkeypatch.setattr(model.decoder, "encode_image", counted)
+    _self_critical_loss(model, batch)
+    assert sizes and set(sizes) == {2}
+
+
 def test_the_end_word_changes_the_self_critical_rewards_of_the_same_samples():
     model, batch = _tiny_self_critical_setup(dropout=0.0)
     plain = _self_critical_loss(model, batch)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.config import (
+    MAX_RETURN_SEQUENCES,
     DecoderConfig,
     EncoderConfig,
     GenerationConfig,
@@ -154,7 +155,8 @@ class TrainConfig:
             "min_token_count",
         ):
             check_int(key, getattr(self, key), 0)
-        check_int("scst_samples", self.scst_samples, 2)  # each sample's baseline is the others
+        # at least 2: each sample's baseline is the others; at most what one decoding draws
+        check_int("scst_samples", self.scst_samples, 2, MAX_RETURN_SEQUENCES)
 
     def _check_rates(self) -> None:
         """The real-valued settings. Bounds are given as integers so the message reads `>= 0`."""

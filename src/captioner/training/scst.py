@@ -150,6 +150,7 @@ class SelfCriticalModule(CaptionerModule):
         self.cider = CiderD(corpus, end_word=config.scst_reward_end_word)
         self.sampling = GenerationConfig(
             do_sample=True, top_p=config.scst_top_p, temperature=1.0, no_repeat_ngram_size=0,
+            num_return_sequences=config.scst_samples,
             max_new_tokens=min(
                 config.validation_generation.max_new_tokens, max_new_tokens_limit(model.config.decoder.max_length)
             ),
@@ -168,13 +169,13 @@ class SelfCriticalModule(CaptionerModule):
         # runs in full precision: many tiny steps, where bf16 only costs time on CPU.
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            hypotheses = generate(
+            drawn = generate(
                 TorchRuntime(self.model),
-                # TorchRuntime takes tensors as they are
-                cast(np.ndarray, batch.features.repeat_interleave(samples, dim=0)),
+                cast(np.ndarray, batch.features),  # TorchRuntime takes tensors as they are
                 self.model.special,
                 self._sampling_at(self.global_step),
-            )
+            )  # the image stage (trained encoder blocks too) runs once per image, not per sample
+        hypotheses = [h for first in drawn for h in (first, *first.alternatives)]
         texts = [self.model.tokenizer.decode(h.ids) for h in hypotheses]
         limit = self.sampling.max_new_tokens  # within the decoder's reach (see __init__)
         ended = [len(h.ids) < limit for h in hypotheses]  # the others were cut off at the limit
