@@ -8,7 +8,13 @@ import torch
 
 from captioner.config import CaptionerConfig, DecoderConfig, GenerationConfig
 from captioner.decoder import CaptionDecoder
-from captioner.decoding import SpecialTokens, generate, nucleus, repeated_ngram_tokens
+from captioner.decoding import (
+    SpecialTokens,
+    best_first,
+    generate,
+    nucleus,
+    repeated_ngram_tokens,
+)
 from captioner.runtime.torch import TorchDecoding
 
 SPECIAL = SpecialTokens(start=1, end=0, banned=(1, 2))
@@ -115,6 +121,22 @@ def test_beam_search_is_batched_consistently(setup):
     together = run(decoder, image, config)
     alone = [run(decoder, image[i : i + 1], config)[0] for i in range(3)]
     assert [h.ids for h in together] == [h.ids for h in alone]
+
+
+def test_beam_candidates_are_ranked_as_a_stable_sort_ranks_them():
+    """Ties go to the lower index (the lower beam, then the lower token), dead beams (-inf)
+    last, whatever the row holds."""
+    rng = np.random.default_rng(0)
+    rows = [
+        rng.normal(size=(5, 300)),
+        rng.integers(0, 4, size=(5, 300)).astype(float),  # ties everywhere, across the k-th
+        np.where(rng.random((5, 300)) < 0.9, -np.inf, rng.normal(size=(5, 300))),
+        np.full((2, 300), -np.inf),
+    ]
+    for values in rows:
+        for k in (1, 6, 299, 300, 400):
+            expected = np.argsort(-values, axis=-1, kind="stable")[:, :k]
+            assert np.array_equal(best_first(values, k), expected)
 
 
 def test_no_repeat_ngram():

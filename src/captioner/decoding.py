@@ -81,6 +81,23 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def best_first(values: np.ndarray, k: int) -> np.ndarray:
+    """The indices of each row's `k` largest values, largest first, ties to the lower index: a
+    stable argsort's first `k`, without sorting the row. Beam search ranks each image's
+    beams x vocabulary candidates every step; sorting CLIP's 3 x 49,408 of them took 0.19 s a
+    step for 8 images, most of a step."""
+    if k >= values.shape[-1] or len(values) == 0:
+        return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    kth = -np.partition(-values, k - 1, axis=-1)[:, k - 1]  # each row's k-th largest value
+    rows = []
+    for row, threshold in zip(values, kth):
+        above = np.flatnonzero(row > threshold)
+        tied = np.flatnonzero(row == threshold)[: k - len(above)]
+        chosen = np.concatenate([above, tied])
+        rows.append(chosen[np.lexsort((chosen, -row[chosen]))])
+    return np.stack(rows)
+
+
 def repeated_ngram_tokens(ids: list[int], n: int) -> list[int]:
     """Tokens that would complete an n-gram already present in `ids`."""
     if n <= 0 or len(ids) < n:
@@ -289,8 +306,7 @@ class _BeamSearch(_Step):
         candidates = (state.scores[:, :, None] + log_probs.reshape(-1, beams, vocab)).reshape(
             len(state.searching), -1
         )
-        # The 2 * beams best candidates of each image, best first (ties: lower index first).
-        top_index = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * beams]
+        top_index = best_first(candidates, 2 * beams)
         top_scores = np.take_along_axis(candidates, top_index, -1)
         extensions = _Extensions()
         for slot, image in enumerate(state.searching):
