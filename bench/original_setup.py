@@ -72,10 +72,9 @@ def save_random_clip(folder: Path) -> None:
     CLIPModel(CLIPConfig()).save_pretrained(folder)
 
 
-def write_subset(folder: Path, train_images: int, dev_images: int) -> Path:
-    """The first Flickr8k train and dev photos with their captions, as a captions.jsonl whose
-    image paths point at the shared dataset (nothing copied)."""
-    root = FLICKR8K_IMAGES.parent
+def write_subset(folder: Path, root: Path, train_images: int, dev_images: int) -> Path:
+    """The first train and dev photos of the Flickr8k folder `root` with their captions, as a
+    captions.jsonl whose image paths point into `root` (nothing copied)."""
     rows = [
         *load_records(root, "train")[:train_images],
         *load_records(root, "dev")[:dev_images],
@@ -121,7 +120,7 @@ def captions_per_second(
     model: CaptionModel, features: torch.Tensor, beam: int, device: str
 ) -> float:
     """Captions a second from cached grids, `features` rows at a time (one batch)."""
-    generation = model.generation_config(num_beams=beam)
+    generation = model.captioner().generation_config(num_beams=beam)
     model.generate_from_features(features[:2], generation)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
@@ -142,18 +141,26 @@ def main() -> None:
         "--batch-size", type=int, help="images a step (default: 16 on CPU, the preset's on cuda)"
     )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=FLICKR8K_IMAGES.parent,
+        help="a Flickr8k folder (captions.jsonl + images/; default: the shared dataset)",
+    )
     args = parser.parse_args()
     for name in ("images", "dev_images", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be 1 or more")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be 1 or more")
-    if not FLICKR8K_IMAGES.is_dir():
-        parser.error(f"needs the Flickr8k photos in {FLICKR8K_IMAGES}")
+    if not (args.data / "captions.jsonl").is_file():
+        parser.error(f"--data {args.data}: no captions.jsonl there (a Flickr8k folder)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     header("The original set-up at full size (random CLIP ViT-B/32 weights)")
     print(f"load average at the start: {load_average()}")
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="original-setup-"))
     work.mkdir(parents=True, exist_ok=True)
 
@@ -163,7 +170,7 @@ def main() -> None:
     print(
         f"random CLIP ViT-B/32 saved: {time.perf_counter() - started:.1f} s, {mib(size_of(clip_dir))}"
     )
-    data = write_subset(work, args.images, args.dev_images)
+    data = write_subset(work, args.data, args.images, args.dev_images)
     base = preset(PRESET)
     batch_size = args.batch_size or (base.batch_size if args.device == "cuda" else 16)
     config = preset(
@@ -189,7 +196,7 @@ def main() -> None:
     )
     print()
 
-    # Feature extraction: the project's cache is filled on CPU (build_cache has no GPU path).
+    # Feature extraction: the project's cache, filled on the device training runs on.
     started = time.perf_counter()
     cache, records = extract_features(config, [config.train_split, config.dev_split], False)
     seconds = time.perf_counter() - started

@@ -33,7 +33,12 @@ from captioner.training.data import (
     TrainCaptions,
     mirror_caption,
 )
-from captioner.training.run import TrainingSetupError, extract_features, train
+from captioner.training.run import (
+    TrainingSetupError,
+    extract_features,
+    extraction_device,
+    train,
+)
 from captioner.training.scst import CiderD, SelfCriticalModule, sampled_log_probs
 
 
@@ -312,6 +317,31 @@ def test_feature_cache_reuse_and_invalidation(dataset, tmp_path):
     lite2 = build_encoder(EncoderConfig("efficientnet-lite2"))
     assert cache_dir(tmp_path, lite2) != cache_dir(tmp_path, lite0)
     assert build_cache(lite2, sources[:2], tmp_path, progress=False).array.shape[1:] == (81, 1280)
+
+
+def test_features_are_extracted_on_the_gpu_each_process_trains_on(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert extraction_device(TrainConfig()) == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # the fourth process of a job on 2 GPUs a node
+    assert extraction_device(TrainConfig(accelerator="gpu")) == torch.device("cuda", 1)
+    assert extraction_device(TrainConfig(accelerator="cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert extraction_device(TrainConfig(accelerator="auto")) == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cache_built_on_the_gpu_holds_the_cpus_grids(dataset, tmp_path):
+    from tiny_clip import save_tiny_clip
+
+    clip = EncoderConfig("clip", source=str(save_tiny_clip(tmp_path / "clip")))
+    sources = [image_source(r) for r in load_records(dataset)]
+    on_cpu = build_cache(build_encoder(clip), sources, tmp_path / "a", progress=False)
+    on_gpu = build_cache(build_encoder(clip).to("cuda"), sources, tmp_path / "b", progress=False)
+    assert list(on_gpu.rows) == list(on_cpu.rows) and on_gpu.failed == on_cpu.failed
+    difference = np.abs(on_gpu.array.astype(np.float32) - on_cpu.array.astype(np.float32))
+    assert difference.max() < 0.01  # fp16 grids of values of a few units
 
 
 def test_sampler_random_caption_per_image_and_all(dataset):

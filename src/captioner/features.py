@@ -194,8 +194,9 @@ def _encode(
     num_workers: int,
     progress: bool,
 ) -> _Encoded:
-    """Run the encoder over `todo`, decoded in `num_workers` processes meanwhile; the images
-    that cannot be read are logged and skipped."""
+    """Run the encoder over `todo` on the device its weights are on, decoded in `num_workers`
+    processes meanwhile; the images that cannot be read are logged and skipped."""
+    device = next(encoder.parameters()).device
     loader = DataLoader(
         _Pixels(todo, encoder),
         batch_size=batch_size,
@@ -212,8 +213,8 @@ def _encode(
                 encoded.failed.append(todo[i].image_id)
                 log.warning("skipping image %s: %s", todo[i].image_id, message)
         if good:
-            grid = encoder(torch.stack([pixels for _, pixels in good])).tokens
-            encoded.rows.append(grid.to(torch.float16).numpy())
+            pixels = torch.stack([pixels for _, pixels in good]).to(device)
+            encoded.rows.append(encoder(pixels).tokens.to(torch.float16).cpu().numpy())
             encoded.keys += [fingerprint(todo[i]) for i, _ in good]
         bar.update(len(items))
     bar.close()

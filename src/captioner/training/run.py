@@ -81,7 +81,7 @@ def extract_features(
     for split, found in records.items():
         if not found:
             raise TrainingSetupError(f"{config.data} has no records in split {split!r}")
-    encoder = build_encoder(config.encoder)
+    encoder = build_encoder(config.encoder).to(extraction_device(config))
     sources = [image_source(r) for split in splits for r in records[split]]
     if config.mirror_images and config.train_split in records:
         sources += [image_source(r, mirrored=True) for r in records[config.train_split]]
@@ -96,6 +96,16 @@ def extract_features(
                 "could be read (missing or not images)"
             )
     return cache, usable
+
+
+def extraction_device(config: TrainConfig) -> torch.device:
+    """The GPU this process will train on, if it trains on one: a CLIP ViT-B/32 encodes
+    Flickr30k's 31,783 photos in minutes there instead of about half an hour on two CPU cores.
+    Each process of a multi-GPU job takes the GPU of its local rank."""
+    if config.accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 class CaptionData(L.LightningDataModule):
