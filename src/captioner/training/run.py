@@ -100,8 +100,8 @@ def extract_features(
 
 def extraction_device(config: TrainConfig) -> torch.device:
     """The GPU this process will train on, if it trains on one: a CLIP ViT-B/32 encodes
-    Flickr30k's 31,783 photos in minutes there instead of about half an hour on two CPU cores.
-    Each process of a multi-GPU job takes the GPU of its local rank."""
+    Flickr30k's 31,783 photos in about 2 minutes on an H200 (299 images/s), against about half
+    an hour on two CPU cores. Each process of a multi-GPU job takes its local rank's GPU."""
     if config.accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
