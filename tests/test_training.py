@@ -324,7 +324,7 @@ def test_features_are_extracted_on_the_gpu_each_process_trains_on(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert extraction_device(TrainConfig()) == torch.device("cuda", 0)
-    monkeypatch.setenv("LOCAL_RANK", "3")  # the fourth process of a job on 2 GPUs a node
+    monkeypatch.setenv("LOCAL_RANK", "3")  # more processes than GPUs: they share them in turn
     assert extraction_device(TrainConfig(accelerator="gpu")) == torch.device("cuda", 1)
     assert extraction_device(TrainConfig(accelerator="cpu")) == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
