@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from training_data import make_colour_dataset, tiny_config
+from training_data import TINY_SETTINGS, TerminateAtStep, make_colour_dataset, tiny_config
 
 from captioner.cli import build_parser, main
 from captioner.cli.features import encoder_config
@@ -130,6 +130,33 @@ def test_a_bad_set_value_is_one_line_naming_it(assignment, fragments, capsys):
 def test_an_out_of_range_setting_is_refused(assignment, fragment, capsys):
     code, err = run_cli(["train", "--data", "anything", "--set", assignment], capsys)
     assert_one_line_usage_error(code, err, fragment)
+
+
+def test_sigterm_keeps_the_step_and_says_how_to_resume(dataset, tmp_path, capsys, monkeypatch):
+    """A cluster's SIGTERM mid-epoch: last.ckpt is written at that step, and the command ends
+    with exit code 143 and one line naming the --resume command, not a traceback."""
+    import captioner.training.run as run
+
+    plain_train = run.train
+    monkeypatch.setattr(
+        run,
+        "train",
+        lambda config, resume: plain_train(config, resume, False, [TerminateAtStep(1)]),
+    )
+    settings = [
+        f"{key}={'none' if value is None else value}" for key, value in TINY_SETTINGS.items()
+    ]
+    output = tmp_path / "run"
+    args = ["train", "--data", str(dataset), "--output-dir", str(output)]
+    args += ["--set", f"cache_dir={tmp_path / 'cache'}", "--set", "checkpoint_every_minutes=none"]
+    code, err = run_cli([*args, *(a for s in settings for a in ("--set", s))], capsys)
+    assert code == 143 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"captioner: stopped by SIGTERM; continue with: captioner train --output-dir {output} "
+        "--resume"
+    )
+    last = torch.load(output / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 1 and last["epoch"] == 0
 
 
 def test_trained_encoder_blocks_are_refused_for_clip_in_one_line(capsys):

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from safetensors.torch import load_file
-from training_data import make_colour_dataset, tiny_config
+from training_data import TerminateAtStep, make_colour_dataset, tiny_config
 
 from captioner.batch import CaptionCollator
 from captioner.cli import main
@@ -104,9 +104,9 @@ def _assert_same_weights(run_a, run_b):
 
 
 def test_resume_continues_exactly_with_dropout(dataset, tmp_path):
-    """With the preset's dropout and the weight average on, a run stopped after an epoch, or
-    killed mid-epoch (checkpoints every 2 steps, 3 steps an epoch), and resumed ends with the
-    very weights of the uninterrupted run."""
+    """With the preset's dropout and the weight average on, a run stopped after an epoch,
+    killed mid-epoch (checkpoints every 2 steps, 3 steps an epoch), or sent SIGTERM mid-epoch,
+    and resumed ends with the very weights of the uninterrupted run."""
 
     def config(name):
         return tiny_config(
@@ -131,6 +131,16 @@ def test_resume_continues_exactly_with_dropout(dataset, tmp_path):
     assert last["global_step"] == 2 and last["epoch"] == 0
     train(killed, resume=True, progress=False)
     _assert_same_weights(straight, tmp_path / "killed" / "run")
+
+    terminated = config("terminated")
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, before step 2
+        train(terminated, progress=False, callbacks=[TerminateAtStep(1)])
+    last = torch.load(
+        tmp_path / "terminated" / "run" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert last["global_step"] == 1 and last["epoch"] == 0  # written at the step SIGTERM came
+    train(terminated, resume=True, progress=False)
+    _assert_same_weights(straight, tmp_path / "terminated" / "run")
 
 
 class FlatCider(Callback):

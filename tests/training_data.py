@@ -1,11 +1,15 @@
-"""A tiny generated captioning dataset and a tiny training config, shared by the training tests."""
+"""A tiny generated captioning dataset, a tiny training config and a stand-in for a cluster's
+SIGTERM, shared by the training tests."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from captioner.training.config import TrainConfig, preset
@@ -86,3 +90,14 @@ def tiny_config(dataset: Path, tmp_path: Path, **overrides) -> TrainConfig:
         else:
             values[key] = value
     return preset("flickr8k-effnet", **values)
+
+
+class TerminateAtStep(Callback):
+    """Sends this process SIGTERM during a step, as a cluster does to a preempted job."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *_) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 
 from captioner.cache import FEATURES_DIR_HELP
 from captioner.training.config import DEFAULT_PRESET, PRESETS, TrainConfig
@@ -58,6 +60,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from captioner.cli import UsageError
     from captioner.training.run import TrainingSetupError, train
 
@@ -66,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
         best = train(config, resume=bool(args.resume))
     except TrainingSetupError as error:
         raise UsageError(str(error)) from None
+    except SIGTERMException:  # last.ckpt holds the step it came at (or the last epoch's end)
+        print(
+            f"captioner: stopped by SIGTERM; continue with: captioner train --output-dir "
+            f"{config.output_dir} --resume",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
     print(f"best model: {best}")
     return 0
 

@@ -31,7 +31,8 @@ def last_checkpoint(output_dir: str | Path) -> Path:
 
 class ResumeCheckpoint(Checkpoint):
     """Writes `last.ckpt` at the end of every epoch, and within an epoch after every
-    `every_steps` optimizer steps and at the first step `every_minutes` after the last write.
+    `every_steps` optimizer steps, at the first step `every_minutes` after the last write, and
+    at the step during which the process got SIGTERM (before the run stops there).
     A write goes to a temporary file first, so a kill mid-write keeps the previous checkpoint.
 
     A `Checkpoint`, so Lightning calls it after the other callbacks (the early-stopping count,
@@ -52,9 +53,12 @@ class ResumeCheckpoint(Checkpoint):
         if index + 1 >= trainer.num_training_batches:
             return  # the epoch's last step: the end-of-epoch checkpoint follows
         due = bool(self.every_steps and trainer.global_step % self.every_steps == 0)
-        if self.every_seconds is not None:
-            late = time.monotonic() - self._written_at >= self.every_seconds
-            due |= trainer.strategy.broadcast(late)  # every rank must join the write
+        late = self.every_seconds is not None and (
+            time.monotonic() - self._written_at >= self.every_seconds
+        )
+        # SIGTERM (a preempted or cancelled job): Lightning stops before the next step, so
+        # this step is the last chance to keep the work since the previous checkpoint.
+        due |= trainer.strategy.broadcast(late or trainer.received_sigterm)  # all ranks write
         if due:
             self._write(trainer)
 
