@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out=${1:-/tmp/captioner-bench}
 python=${PYTHON:-.venv/bin/python}
 mkdir -p "$out"
-for script in encoder_paths caption_latency decoder_step onnx_parity server_load training_throughput feature_extraction collection_throughput; do
+for script in encoder_paths caption_latency decoder_step beam_ranking onnx_parity server_load training_throughput feature_extraction collection_throughput; do
     "$python" "bench/$script.py" 2>&1 | tee "$out/$script.txt"
 done
 "$python" bench/training_throughput.py --bf16 2>&1 | tee "$out/training_throughput_bf16.txt"

@@ -337,6 +337,8 @@ def test_features_are_extracted_on_the_gpu_each_process_trains_on(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")  # more processes than GPUs: they share them in turn
     assert extraction_device(TrainConfig(accelerator="gpu")) == torch.device("cuda", 1)
     assert extraction_device(TrainConfig(accelerator="cpu")) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "first")  # not a launcher's: the first GPU, not a crash
+    assert extraction_device(TrainConfig()) == torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert extraction_device(TrainConfig(accelerator="auto")) == torch.device("cpu")
 

@@ -104,8 +104,9 @@ def extraction_device(config: TrainConfig) -> torch.device:
     an hour on two CPU cores. Each process of a multi-GPU job takes its local rank's GPU."""
     if config.accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
         return torch.device("cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    local_rank = os.environ.get("LOCAL_RANK", "0")  # set by torchrun and Lightning's launcher
+    index = int(local_rank) if local_rank.isdigit() else 0
+    return torch.device("cuda", index % torch.cuda.device_count())
 
 
 class CaptionData(L.LightningDataModule):
