@@ -339,6 +339,10 @@ def test_features_are_extracted_on_the_gpu_each_process_trains_on(monkeypatch):
     assert extraction_device(TrainConfig(accelerator="cpu")) == torch.device("cpu")
     monkeypatch.setenv("LOCAL_RANK", "first")  # not a launcher's: the first GPU, not a crash
     assert extraction_device(TrainConfig()) == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # `devices` naming GPUs: the second one named
+    assert extraction_device(TrainConfig(devices="2,3")) == torch.device("cuda", 3)
+    assert extraction_device(TrainConfig(devices=" 5 , ")) == torch.device("cuda", 5)
+    assert extraction_device(TrainConfig(devices=2)) == torch.device("cuda", 1)  # a count
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert extraction_device(TrainConfig(accelerator="auto")) == torch.device("cpu")
 
