@@ -339,10 +339,13 @@ def test_features_are_extracted_on_the_gpu_each_process_trains_on(monkeypatch):
     assert extraction_device(TrainConfig(accelerator="cpu")) == torch.device("cpu")
     monkeypatch.setenv("LOCAL_RANK", "first")  # not a launcher's: the first GPU, not a crash
     assert extraction_device(TrainConfig()) == torch.device("cuda", 0)
-    monkeypatch.setenv("LOCAL_RANK", "1")  # `devices` naming GPUs: the second one named
-    assert extraction_device(TrainConfig(devices="2,3")) == torch.device("cuda", 3)
-    assert extraction_device(TrainConfig(devices=" 5 , ")) == torch.device("cuda", 5)
+    monkeypatch.setenv("LOCAL_RANK", "1")
     assert extraction_device(TrainConfig(devices=2)) == torch.device("cuda", 1)  # a count
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # `devices` naming GPUs:
+    assert extraction_device(TrainConfig(devices="2,3")) == torch.device("cuda", 3)  # the 2nd
+    assert extraction_device(TrainConfig(devices=" 1 , ")) == torch.device("cuda", 1)
+    with pytest.raises(TrainingSetupError, match=r"names GPU 4, but this machine has 4 \(0 to 3\)"):
+        extraction_device(TrainConfig(devices="2,4"))  # one line, before torch's own error
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert extraction_device(TrainConfig(accelerator="auto")) == torch.device("cpu")
 

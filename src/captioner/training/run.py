@@ -61,8 +61,8 @@ NON_TTY_REFRESH_STEPS = 50
 
 
 class TrainingSetupError(ValueError):
-    """The run cannot start: no usable data, or nothing to resume. Raised before the output
-    folder is written to."""
+    """The run cannot start: no usable data, nothing to resume, or a GPU `devices` names is
+    missing. Raised before the output folder is written to."""
 
 
 def extract_features(
@@ -107,10 +107,16 @@ def extraction_device(config: TrainConfig) -> torch.device:
         return torch.device("cpu")
     local_rank = os.environ.get("LOCAL_RANK", "0")  # set by torchrun and Lightning's launcher
     index = int(local_rank) if local_rank.isdigit() else 0
+    count = torch.cuda.device_count()
     named = named_gpus(config.devices)
-    if named:  # Lightning gives local rank i the i-th GPU named
-        return torch.device("cuda", named[index % len(named)])
-    return torch.device("cuda", index % torch.cuda.device_count())
+    if not named:
+        return torch.device("cuda", index % count)
+    if missing := [gpu for gpu in named if gpu >= count]:
+        raise TrainingSetupError(
+            f"devices={config.devices!r} names GPU {missing[0]}, but this machine has {count} "
+            f"(0 to {count - 1})"
+        )
+    return torch.device("cuda", named[index % len(named)])  # as Lightning gives rank i the i-th
 
 
 def named_gpus(devices: int | str) -> list[int] | None:
