@@ -22,12 +22,13 @@ from captioner.data import CaptionRecord, load_records
 from captioner.decoding import Hypothesis
 from captioner.encoders import build_encoder
 from captioner.evaluation.metrics import caption_metrics
-from captioner.features import build_cache, cache_dir, image_source
+from captioner.features import build_cache, cache_dir, image_source, record_key
 from captioner.objective import teacher_forced
 from captioner.tokenizer import CaptionTokenizer
 from captioner.torch_model import CaptionModel
 from captioner.training.config import TrainConfig, preset
 from captioner.training.data import (
+    CROP_VIEWS,
     CaptionSampler,
     LengthBucketBatches,
     TrainCaptions,
@@ -40,6 +41,7 @@ from captioner.training.run import (
     train,
 )
 from captioner.training.scst import CiderD, SelfCriticalModule, sampled_log_probs
+from captioner.transforms import CENTRE
 
 
 @pytest.fixture(scope="module")
@@ -369,16 +371,16 @@ def test_sampler_random_caption_per_image_and_all(dataset):
     one = CaptionSampler(data, "random", seed=1)
     picked = list(one)
     assert len(picked) == len(one) == 4
-    assert sorted(image for image, _, _ in picked) == [0, 1, 2, 3]  # each image once
-    assert all(len(captions) == 1 for _, captions, _ in picked)
+    assert sorted(image for image, _, _, _ in picked) == [0, 1, 2, 3]  # each image once
+    assert all(len(captions) == 1 for _, captions, _, _ in picked)
     assert picked == list(one)  # a pure function of (seed, epoch)
     seen = set()
     for epoch in range(40):
         one.set_epoch(epoch)
-        seen |= {(image, captions[0]) for image, captions, _ in one}
+        seen |= {(image, captions[0]) for image, captions, _, _ in one}
     assert len(seen) == 12  # over epochs every caption of every image comes up
     everything = CaptionSampler(data, "all", seed=1)
-    assert sorted(everything) == [(i, (0, 1, 2), False) for i in range(4)]
+    assert sorted(everything) == [(i, (0, 1, 2), False, CENTRE) for i in range(4)]
 
 
 def test_sampler_mirrors_each_image_in_about_half_the_epochs(dataset):
@@ -387,12 +389,31 @@ def test_sampler_mirrors_each_image_in_about_half_the_epochs(dataset):
     mirrored = []
     for epoch in range(200):
         sampler.set_epoch(epoch)
-        mirrored += [(image, flag) for image, _, flag in sampler]
+        mirrored += [(image, flag) for image, _, flag, _ in sampler]
     for image in range(4):
         share = sum(flag for i, flag in mirrored if i == image) / 200
         assert 0.4 < share < 0.6
     sampler.set_epoch(7)
     assert list(sampler) == list(sampler)  # still a pure function of (seed, epoch)
+
+
+def test_sampler_sees_each_image_through_each_crop_view_in_about_a_third_of_the_epochs(dataset):
+    data = TrainCaptions(load_records(dataset, "train")[:4], cache=None)
+    cropped = CaptionSampler(data, "random", seed=3, mirror=True, corner_crops=True)
+    plain = CaptionSampler(data, "random", seed=3, mirror=True)
+    views = []
+    for epoch in range(300):
+        cropped.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        items = list(cropped)
+        # the same images, captions and mirroring as without corner crops: only the view differs
+        assert [key[:3] for key in items] == [key[:3] for key in plain]
+        assert {key[3] for key in plain} == {CENTRE}
+        views += [(image, view) for image, _, _, view in items]
+    for image in range(4):
+        for view in CROP_VIEWS:
+            share = sum(v == view for i, v in views if i == image) / 300
+            assert 0.25 < share < 0.42
 
 
 def test_mirror_caption_swaps_sides_only():
@@ -417,9 +438,9 @@ def test_mirrored_grid_is_the_mirrored_image_grid(tmp_path):
     cache = build_cache(lite0, sources, tmp_path / "cache", progress=False)
     assert len(cache) == 3
     data = TrainCaptions([record, flipped], cache)
-    plain, as_seen = data[(0, (0,), False)], data[(0, (0,), True)]
+    plain, as_seen = data[(0, (0,), False, CENTRE)], data[(0, (0,), True, CENTRE)]
     assert as_seen[1] == ["red on the right"] and plain[1] == ["red on the left"]
-    assert torch.allclose(as_seen[0].float(), data[(1, (0,), False)][0].float(), atol=0.02)
+    assert torch.allclose(as_seen[0].float(), data[(1, (0,), False, CENTRE)][0].float(), atol=0.02)
     assert not torch.allclose(as_seen[0].float(), plain[0].float(), atol=0.1)
 
 
@@ -428,6 +449,30 @@ def test_mirroring_encodes_the_training_images_twice(dataset, tmp_path):
     cache, records = extract_features(config, ["train", "dev"], progress=False)
     assert len(records["train"]) == 12 and len(records["dev"]) == 4
     assert len(cache) == 12 * 2 + 4  # dev is never mirrored
+
+
+def test_corner_crops_encode_each_training_image_through_every_view(dataset, tmp_path):
+    """With mirroring, 2 x 3 grids per training image (dev is seen as at caption time only),
+    each the encoder's grid of the square its view cuts (`test_transforms` checks the squares)."""
+    config = tiny_config(
+        dataset, tmp_path, mirror_images=True, corner_crops=True, cache_dir=str(tmp_path / "c")
+    )
+    cache, records = extract_features(config, ["train", "dev"], progress=False)
+    assert len(cache) == 12 * 6 + 4
+    record = records["train"][0]
+    data = TrainCaptions([record], cache)
+    encoder = build_encoder(config.encoder)
+    for mirrored in (False, True):
+        for view in CROP_VIEWS:
+            pixels = encoder.preprocess.prepare(record.image, mirrored=mirrored, view=view).pixels
+            with torch.no_grad():
+                expected = encoder(torch.from_numpy(pixels)[None]).tokens[0]
+            seen = data[(0, (0,), mirrored, view)][0].float()
+            assert torch.allclose(seen, expected, atol=0.02)  # fp16 rows of values of a few units
+    corner, centre = data[(0, (0,), False, CROP_VIEWS[1])][0], data[(0, (0,), False, CENTRE)][0]
+    assert not torch.allclose(corner.float(), centre.float(), atol=0.1)
+    keys = {record_key(record, mirrored, v) for mirrored in (False, True) for v in CROP_VIEWS}
+    assert len(keys) == 6 and record_key(record) == record_key(record, False, CENTRE)
 
 
 def test_length_buckets_cover_every_item_once_and_group_lengths():
@@ -439,7 +484,7 @@ def test_length_buckets_cover_every_item_once_and_group_lengths():
     buckets = LengthBucketBatches(sampler, data, batch_size=4, window=5)
     batches = list(buckets)
     assert len(batches) == len(buckets) == 10
-    assert sorted(image for batch in batches for image, _, _ in batch) == list(range(40))
+    assert sorted(image for batch in batches for image, _, _, _ in batch) == list(range(40))
     spread = sum(
         max(buckets._length(k) for k in b) - min(buckets._length(k) for k in b) for b in batches
     )
@@ -465,7 +510,7 @@ def test_batches_share_each_image_among_its_captions(dataset, tmp_path):
     )
     data = TrainCaptions(records, cache)
     collator = CaptionCollator(CaptionTokenizer(), max_length=12)
-    batch = collator([data[(0, (0, 1, 2), False)], data[(2, (1,), False)]])
+    batch = collator([data[(0, (0, 1, 2), False, CENTRE)], data[(2, (1,), False, CENTRE)]])
     assert batch.features.shape == (2, 49, 1280)
     assert batch.image_index.tolist() == [0, 0, 0, 1]
     assert batch.ids.shape[0] == 4 and batch.ids[3, 0] == collator.tokenizer.start_id

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from captioner.images import ImageLoadError, UnsupportedImageError, load_image
-from captioner.transforms import REDUCING_GAP, Preprocess
+from captioner.transforms import REDUCING_GAP, CropView, Preprocess
 
 LITE2 = Preprocess(260, 260, (0.5,) * 3, (0.5,) * 3)
 RESIZE_THEN_CROP = Preprocess(224, 256, (0.5,) * 3, (0.5,) * 3)
@@ -76,6 +76,25 @@ def test_flickr8k_photos_keep_their_pixels(flickr8k) -> None:
         np.testing.assert_array_equal(cropped, resized_whole_then_cropped(LITE2, image))
 
 
+@pytest.mark.parametrize(
+    ("position", "box"),
+    [(0.0, (0, 0, 260, 260)), (0.5, (69, 19, 329, 279)), (1.0, (139, 39, 399, 299))],
+)
+def test_a_crop_view_is_a_square_of_the_image_resized_larger(
+    position: float, box: tuple[int, int, int, int]
+) -> None:
+    """Zoom 1.15 resizes a 500x375 photo to 399x299 (not 347x260); `position` slides the
+    260-pixel square from the top left corner to the bottom right one."""
+    image = noisy_photo(500, 375)
+    view = CropView(position, zoom=1.15)
+    whole = image.resize((399, 299), Image.Resampling.BICUBIC)
+    expected = np.asarray(whole.crop(box), dtype=np.int16)
+    difference = np.abs(np.asarray(LITE2.resize_and_crop(image, view), dtype=np.int16) - expected)
+    assert difference.max() <= 1 and np.count_nonzero(difference) < difference.size / 1000
+    crop = LITE2.prepare(image, view=view).crop
+    assert crop == pytest.approx((box[0] / 399, box[1] / 299, box[2] / 399, box[3] / 299))
+
+
 def test_crop_region_is_the_centre_square_in_source_pixels() -> None:
     left, top, right, bottom = RESIZE_THEN_CROP.crop_region(640, 480)
     # 480 -> 256 (scale 8/15), a 224 square: 420 source pixels, centred.
@@ -128,6 +147,13 @@ def test_mirrored_is_the_mirror_image_throughout() -> None:
     assert plain.image is not None and mirrored.image is not None
     assert plain.image.size == (60, 40)
     assert np.array_equal(np.asarray(mirrored.image), np.asarray(ImageOps.mirror(plain.image)))
+    # A corner mirrored is the mirror image's other top corner: at zoom 1.5 the photo is
+    # resized to 576x384, and the top left 224 square of the photo is the top right one of its
+    # mirror image (within a level: the two resamplings round alike up to float error).
+    corner = RESIZE_THEN_CROP.prepare(photo, mirrored=True, view=CropView(0.0, zoom=1.5)).pixels
+    whole = ImageOps.mirror(photo).resize((576, 384), Image.Resampling.BICUBIC)
+    top_right = np.asarray(whole.crop((352, 0, 576, 224)), np.float32).transpose(2, 0, 1)
+    assert np.abs((corner * 0.5 + 0.5) * 255 - top_right).max() <= 1.01
 
 
 def test_whatever_goes_wrong_is_one_image_load_error_of_one_line(tmp_path) -> None:

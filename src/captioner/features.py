@@ -26,6 +26,7 @@ from captioner.cache import ENCODE_WORKERS, features_dir
 from captioner.data import CaptionRecord
 from captioner.encoders import ImageEncoder
 from captioner.images import ImageInput, ImageLoadError
+from captioner.transforms import CENTRE, CropView
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,14 @@ INDEX_FILE = "index.json"
 
 @dataclass(frozen=True)
 class ImageSource:
-    """What the cache needs to know of an image: a stable id, where its bytes are, and whether
-    to encode its left-right mirror image (a training augmentation) instead."""
+    """What the cache needs to know of an image: a stable id, where its bytes are, and which
+    view of it to encode: its left-right mirror image, and another square than the centre one
+    (`CropView`), both training augmentations."""
 
     image_id: str
     image: ImageInput
     mirrored: bool = False
+    view: CropView = CENTRE
 
 
 def fingerprint(source: ImageSource) -> str:
@@ -49,6 +52,8 @@ def fingerprint(source: ImageSource) -> str:
     and each file is hashed once per process (memoised on path, size and mtime)."""
     image = source.image
     name = f"{source.image_id}|mirrored" if source.mirrored else source.image_id
+    if source.view != CENTRE:  # the centre square keeps the names caches were made with
+        name = f"{name}|crop{source.view.position:g}x{source.view.zoom:g}"
     if isinstance(image, (str, os.PathLike)):
         try:
             stat = Path(image).stat()
@@ -60,13 +65,15 @@ def fingerprint(source: ImageSource) -> str:
     return name
 
 
-def image_source(record: CaptionRecord, mirrored: bool = False) -> ImageSource:
-    return ImageSource(record.image_id, record.image, mirrored)
+def image_source(
+    record: CaptionRecord, mirrored: bool = False, view: CropView = CENTRE
+) -> ImageSource:
+    return ImageSource(record.image_id, record.image, mirrored, view)
 
 
-def record_key(record: CaptionRecord, mirrored: bool = False) -> str:
-    """The cache key of a record's image (or of its mirror image)."""
-    return fingerprint(image_source(record, mirrored))
+def record_key(record: CaptionRecord, mirrored: bool = False, view: CropView = CENTRE) -> str:
+    """The cache key of a record's image (or of one of its augmented views)."""
+    return fingerprint(image_source(record, mirrored, view))
 
 
 def _digest(data: bytes | bytearray) -> str:
@@ -134,7 +141,9 @@ class _Pixels(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         source = self.sources[i]
         try:
-            prepared = self.preprocess.prepare(source.image, mirrored=source.mirrored)
+            prepared = self.preprocess.prepare(
+                source.image, mirrored=source.mirrored, view=source.view
+            )
         except ImageLoadError as error:
             return i, str(error)
         return i, torch.from_numpy(prepared.pixels)

@@ -34,6 +34,20 @@ class PreparedImage:
 
 
 @dataclass(frozen=True)
+class CropView:
+    """Which square of an image the encoder sees: the image is resized `zoom` times larger than
+    the encoder's preprocessing resizes it, and the square is cut at `position`, the share of
+    each margin left before it (0: top left corner, 0.5: centred, 1: bottom right). The
+    preprocessing itself is `CENTRE`; the others are training augmentations."""
+
+    position: float = 0.5
+    zoom: float = 1.0
+
+
+CENTRE = CropView()
+
+
+@dataclass(frozen=True)
 class Preprocess:
     """The preprocessing an encoder's weights were trained with.
 
@@ -66,19 +80,22 @@ class Preprocess:
                 f"resample must be one of {', '.join(_RESAMPLE)}, got {self.resample!r}"
             )
 
-    def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """The size the whole image would have with its shorter side resized to `resize_size`."""
-        scale = self.resize_size / min(width, height)
-        resized_width = max(self.resize_size, round(width * scale))
-        resized_height = max(self.resize_size, round(height * scale))
-        return resized_width, resized_height
+    def resized_size(self, width: int, height: int, zoom: float = 1.0) -> tuple[int, int]:
+        """The size the whole image would have with its shorter side resized to `resize_size`
+        (times `zoom`)."""
+        shorter = round(self.resize_size * zoom)
+        scale = shorter / min(width, height)
+        return max(shorter, round(width * scale)), max(shorter, round(height * scale))
 
-    def crop_region(self, width: int, height: int) -> tuple[float, float, float, float]:
+    def crop_region(
+        self, width: int, height: int, view: CropView = CENTRE
+    ) -> tuple[float, float, float, float]:
         """The box (left, top, right, bottom), in the image's own pixels, that resizing the
-        shorter side to `resize_size` and then centre-cropping `crop_size` keeps."""
-        resized_width, resized_height = self.resized_size(width, height)
-        left = (resized_width - self.crop_size) // 2
-        top = (resized_height - self.crop_size) // 2
+        shorter side to `resize_size` and then centre-cropping `crop_size` keeps (or cropping
+        as `view` says)."""
+        resized_width, resized_height = self.resized_size(width, height, view.zoom)
+        left = int((resized_width - self.crop_size) * view.position)
+        top = int((resized_height - self.crop_size) * view.position)
         x_scale, y_scale = width / resized_width, height / resized_height
         return (
             left * x_scale,
@@ -87,28 +104,28 @@ class Preprocess:
             (top + self.crop_size) * y_scale,
         )
 
-    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+    def resize_and_crop(self, image: Image.Image, view: CropView = CENTRE) -> Image.Image:
         """The (crop, crop) image the encoder sees: what resizing the whole image and then
         cropping it gives (to within one level on a few pixels), but only the region the filter
         reads is resampled, so the work is bounded by the output: a 1x20000 strip is not first
         resized to 260x5,200,000."""
         size, resample = self.crop_size, _RESAMPLE[self.resample]
-        resized_width, resized_height = self.resized_size(*image.size)
+        resized_width, resized_height = self.resized_size(*image.size, view.zoom)
         factors = (
             int(image.width / resized_width / REDUCING_GAP) or 1,
             int(image.height / resized_height / REDUCING_GAP) or 1,
         )
         image, (left, top, right, bottom) = _region_read(
-            image, self.crop_region(*image.size), factors, size, _SUPPORT[self.resample]
+            image, self.crop_region(*image.size, view), factors, size, _SUPPORT[self.resample]
         )
         # Horizontal pass, then vertical, in two calls: Pillow resizes a whole image in that
         # order, but a box in either order, and the 8-bit rounding in between differs.
         rows = image.resize((size, image.height), resample, box=(left, 0, right, image.height))
         return rows.resize((size, size), resample, box=(0, top, size, bottom))
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def __call__(self, image: Image.Image, view: CropView = CENTRE) -> np.ndarray:
         """One RGB image to normalised (3, crop, crop) float32 pixels."""
-        image = self.resize_and_crop(image)
+        image = self.resize_and_crop(image, view)
         pixels: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
@@ -120,6 +137,7 @@ class Preprocess:
         max_side: int = DEFAULT_MAX_SIDE,
         mirrored: bool = False,
         image_side: int | None = None,
+        view: CropView = CENTRE,
     ) -> PreparedImage:
         """Any input (path, bytes, file object, PIL image, array) as the encoder's pixels: the
         one way features, collections, the server and `Captioner` read an image, so that each
@@ -129,17 +147,18 @@ class Preprocess:
         resize from.
 
         `mirrored`: all of it is of the left-right mirror image (a training augmentation).
+        `view`: the square to cut, when not the centre one (a training augmentation).
         `image_side`: keep the upright image too, shrunk to at most this many pixels a side (to
         draw heatmaps on; a 12 MP photo would be costly to ship between processes)."""
         image = load_image(source, max_pixels, min_size=self.resize_size, max_side=max_side)
         width, height = full_size(image)
-        left, top, right, bottom = self.crop_region(*image.size)
-        pixels = self(image)
+        left, top, right, bottom = self.crop_region(*image.size, view)
+        pixels = self(image, view)
         crop = (left / image.width, top / image.height, right / image.width, bottom / image.height)
         shown = None if image_side is None else _shrunk(image, image_side)
         if mirrored:
-            # The centre crop is symmetric (to within a pixel when its margins are odd), so
-            # mirroring the output is preprocessing the mirrored image, at a fraction of the cost.
+            # Mirroring the square is cropping the mirror image (at the mirrored position, to
+            # within a pixel when its margins are odd), at a fraction of the cost.
             pixels = np.ascontiguousarray(pixels[:, :, ::-1])
             crop = (1.0 - crop[2], crop[1], 1.0 - crop[0], crop[3])
             shown = None if shown is None else ImageOps.mirror(shown)

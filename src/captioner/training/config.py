@@ -70,6 +70,9 @@ class TrainConfig:
     # Augmentation: each epoch, a random half of the training images are seen left-right
     # mirrored (their grids cached beside the originals), with "left" and "right" swapped.
     mirror_images: bool = False
+    # Augmentation: the training images are also cached zoomed in and cropped at two corners
+    # (`CROP_VIEWS`), and each epoch sees each image through a random one of the three squares.
+    corner_crops: bool = False
     # Compact vocabulary: CLIP tokens seen at least this often (0: CLIP's whole vocabulary).
     min_token_count: int = 1
     epochs: int = 20

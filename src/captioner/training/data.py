@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captioner.data import CaptionRecord
 from captioner.features import FeatureCache, record_key
+from captioner.transforms import CENTRE, CropView
 
 # "left" <-> "right" in the three casings captions use.
 _OTHER_SIDE = {
@@ -26,30 +27,36 @@ def mirror_caption(text: str) -> str:
     return _SIDES.sub(lambda match: _OTHER_SIDE[match.group(0)], text)
 
 
-# A training item: an image (by position), which of its captions to train on, and whether the
-# image is seen mirrored.
-ItemKey = tuple[int, tuple[int, ...], bool]
+# The squares a training image is seen through: the centre one, as at caption time, then
+# (`corner_crops`) the top left and bottom right corners of the image zoomed in by 15%, so that
+# each keeps about three quarters of the centre square's area (with `mirror_images`, the other
+# two corners too).
+CROP_VIEWS = (CENTRE, CropView(0.0, 1.15), CropView(1.0, 1.15))
+
+# A training item: an image (by position), which of its captions to train on, whether the
+# image is seen mirrored, and which of `CROP_VIEWS` it is seen through.
+ItemKey = tuple[int, tuple[int, ...], bool, CropView]
 
 
 class TrainCaptions(Dataset):
     """Items are an image's cached grid with some of its captions; `CaptionSampler` decides
     which captions. One grid serves all its captions, so the image side is computed once.
-    A mirrored item reads the mirrored image's grid and swaps "left" and "right" in captions."""
+    A mirrored item reads the mirrored image's grid and swaps "left" and "right" in captions;
+    an item cropped otherwise reads the grid of that crop."""
 
     def __init__(self, records: Sequence[CaptionRecord], cache: FeatureCache | None):
         self.records = list(records)
         self.cache = cache
-        self.keys = [
-            {mirrored: record_key(r, mirrored) for mirrored in (False, True)} for r in self.records
-        ]
+        views = [(mirrored, view) for mirrored in (False, True) for view in CROP_VIEWS]
+        self.keys = [{view: record_key(r, *view) for view in views} for r in self.records]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, key: ItemKey) -> tuple[torch.Tensor, list[str]]:
-        image, captions, mirrored = key
+        image, captions, mirrored, view = key
         assert self.cache is not None  # only lengths can be read without one
-        grid = torch.from_numpy(self.cache[self.keys[image][mirrored]].copy())
+        grid = torch.from_numpy(self.cache[self.keys[image][mirrored, view]].copy())
         texts = [self.records[image].captions[j] for j in captions]
         return grid, [mirror_caption(t) for t in texts] if mirrored else texts
 
@@ -58,16 +65,23 @@ class CaptionSampler(Sampler[ItemKey]):
     """Which captions an epoch trains on and in what order, as a pure function of (seed, epoch):
     so a resumed run sees exactly what an uninterrupted one would. "random" takes one caption
     per image each epoch, "all" every caption. With `mirror`, each image is seen mirrored in a
-    random half of the epochs. Under DDP each rank takes its own equal share."""
+    random half of the epochs; with `corner_crops`, through a random one of `CROP_VIEWS` each
+    epoch. Under DDP each rank takes its own equal share."""
 
     def __init__(
-        self, dataset: TrainCaptions, captions_per_image: str, seed: int, mirror: bool = False
+        self,
+        dataset: TrainCaptions,
+        captions_per_image: str,
+        seed: int,
+        mirror: bool = False,
+        corner_crops: bool = False,
     ):
         if captions_per_image not in ("random", "all"):
             raise ValueError("captions_per_image must be 'random' or 'all'")
         self.counts = [len(r.captions) for r in dataset.records]
         self.every_caption = captions_per_image == "all"
         self.mirror = mirror
+        self.corner_crops = corner_crops
         self.seed = seed
         self.epoch = 0
 
@@ -90,11 +104,14 @@ class CaptionSampler(Sampler[ItemKey]):
             torch.rand(len(self.counts), generator=generator) * torch.tensor(self.counts)
         ).long()
         mirrored = (torch.rand(len(self.counts), generator=generator) < 0.5) & self.mirror
+        # drawn last, so that the draws above are those of a run without corner crops
+        views = torch.randint(len(CROP_VIEWS), (len(self.counts),), generator=generator)
         rank, world = self._rank_and_world()
         share = len(order) // world
         for image in order[rank * share : (rank + 1) * share]:
             captions = range(self.counts[image]) if self.every_caption else [int(picks[image])]
-            yield image, tuple(captions), bool(mirrored[image])
+            view = CROP_VIEWS[int(views[image])] if self.corner_crops else CENTRE
+            yield image, tuple(captions), bool(mirrored[image]), view
 
 
 class LengthBucketBatches(Sampler[list[ItemKey]]):
@@ -116,7 +133,7 @@ class LengthBucketBatches(Sampler[list[ItemKey]]):
         self.skip = 0
 
     def _length(self, key: ItemKey) -> int:
-        image, captions, _ = key
+        image, captions, _, _ = key
         return max(self.words[image][j] for j in captions)
 
     def __len__(self) -> int:

@@ -38,6 +38,7 @@ from captioner.torch_model import CaptionModel
 from captioner.training.averaging import DecoderAverage
 from captioner.training.config import CONFIG_FILE, TrainConfig, contradictions
 from captioner.training.data import (
+    CROP_VIEWS,
     CaptionSampler,
     DevImages,
     LengthBucketBatches,
@@ -69,8 +70,9 @@ def extract_features(
     config: TrainConfig, splits: list[str], progress: bool = True
 ) -> tuple[FeatureCache, dict[str, list[CaptionRecord]]]:
     """Encode the images of `splits` once (reusing whatever is cached) and return the records
-    whose image could be read. With `mirror_images`, the training split's mirrored images are
-    encoded too. A split left with no usable records is a `TrainingSetupError`."""
+    whose image could be read. With `mirror_images` or `corner_crops`, the training split's
+    augmented views are encoded too. A split left with no usable records is a
+    `TrainingSetupError`."""
     if not config.data:
         raise TrainingSetupError("no data given: pass --data (a dataset folder or file)")
     try:  # read once: a split made here is logged once
@@ -83,8 +85,14 @@ def extract_features(
             raise TrainingSetupError(f"{config.data} has no records in split {split!r}")
     encoder = build_encoder(config.encoder).to(extraction_device(config))
     sources = [image_source(r) for split in splits for r in records[split]]
-    if config.mirror_images and config.train_split in records:
-        sources += [image_source(r, mirrored=True) for r in records[config.train_split]]
+    if config.train_split in records:
+        augmented = [
+            (mirrored, view)
+            for mirrored in ((False, True) if config.mirror_images else (False,))
+            for view in (CROP_VIEWS if config.corner_crops else CROP_VIEWS[:1])
+        ][1:]  # the plain view is in `sources` already
+        train = records[config.train_split]
+        sources += [image_source(r, mirrored, view) for mirrored, view in augmented for r in train]
     cache = build_cache(
         encoder, sources, config.cache_dir, num_workers=config.num_workers, progress=progress
     )
@@ -145,7 +153,11 @@ class CaptionData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = TrainCaptions(self.records[self.config.train_split], self.cache)
         sampler = CaptionSampler(
-            dataset, self.config.captions_per_image, self.config.seed, self.config.mirror_images
+            dataset,
+            self.config.captions_per_image,
+            self.config.seed,
+            self.config.mirror_images,
+            self.config.corner_crops,
         )
         return ResumableLoader(
             dataset,
