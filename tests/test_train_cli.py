@@ -132,6 +132,29 @@ def test_an_out_of_range_setting_is_refused(assignment, fragment, capsys):
     assert_one_line_usage_error(code, err, fragment)
 
 
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        (["strategy=bogus"], "strategy='bogus': You selected an invalid strategy name"),
+        (["accelerator=cpu", "devices=3,5"], "should be an int > 0"),
+        (["accelerator=nonesuch"], "accelerator='nonesuch'"),
+    ],
+)
+def test_hardware_settings_lightning_refuses_are_one_line_before_anything_is_done(
+    settings, fragment, dataset, tmp_path, capsys
+):
+    """Lightning checks these only when the Trainer is built: they used to end in its
+    traceback after feature extraction, with the output folder already written."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["train", "--preset", "small", "--data", str(dataset), "--output-dir", str(out)]
+    args += ["--set", f"cache_dir={cache}"]
+    for setting in settings:
+        args += ["--set", setting]
+    code, err = run_cli(args, capsys)
+    assert_one_line_usage_error(code, err, "cannot train with", fragment)
+    assert not out.exists() and not cache.exists()
+
+
 def test_sigterm_keeps_the_step_and_says_how_to_resume(dataset, tmp_path, capsys, monkeypatch):
     """A cluster's SIGTERM mid-epoch: last.ckpt is written at that step, and the command ends
     with exit code 143 and one line naming the --resume command, not a traceback."""

@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -272,6 +273,7 @@ def _checked_start(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Capt
     """The config to train with and the model `init_from` names (None: a new one). Whatever
     stops the run is a TrainingSetupError here, before the output folder is written to."""
     config.validate()
+    _check_hardware(config)
     output_dir = Path(config.output_dir)
     last = last_checkpoint(output_dir)
     if resume and not last.is_file():
@@ -378,6 +380,41 @@ def _callbacks(
     return callbacks
 
 
+def _hardware(config: TrainConfig) -> dict[str, Any]:
+    """The Trainer's settings of where and how to compute."""
+    return {
+        "accelerator": config.accelerator,
+        "devices": config.devices,
+        "num_nodes": config.num_nodes,
+        "strategy": config.strategy,
+        # checked against PRECISIONS (TrainConfig.validate), Lightning's Literal values
+        "precision": config.precision or default_precision(),
+    }
+
+
+def _check_hardware(config: TrainConfig) -> None:
+    """Lightning checks the accelerator, devices, strategy and precision (together, and against
+    the machine) only when the Trainer is built, after feature extraction and the output folder:
+    a Trainer built here first turns what it refuses into one line before anything is done."""
+    rank_zero = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
+    levels = [logger.level for logger in rank_zero]
+    try:
+        for logger in rank_zero:  # its "GPU available" lines come again with the real one
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(**_hardware(config), logger=False, enable_checkpointing=False)
+    except Exception as error:  # Lightning's own exceptions, ValueError, TypeError, ImportError
+        settings = ", ".join(
+            f"{key}={value!r}" for key, value in _hardware(config).items() if key != "precision"
+        )
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise TrainingSetupError(f"cannot train with {settings}: {reason}") from None
+    finally:
+        for logger, level in zip(rank_zero, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _trainer(config: TrainConfig, callbacks: list[Callback], progress: bool) -> L.Trainer:
     output_dir = Path(config.output_dir)
     return L.Trainer(
@@ -385,12 +422,7 @@ def _trainer(config: TrainConfig, callbacks: list[Callback], progress: bool) -> 
         limit_train_batches=config.steps_per_epoch,
         # Lightning's dict[str, int] is too narrow: it makes a timedelta(**max_time) of it
         max_time={"minutes": config.max_minutes} if config.max_minutes else None,  # type: ignore[dict-item]
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        # checked against PRECISIONS (TrainConfig.validate), Lightning's Literal values
-        precision=config.precision or default_precision(),  # type: ignore[arg-type]
+        **_hardware(config),
         gradient_clip_val=config.grad_clip,
         logger=_logger(config, output_dir),
         callbacks=callbacks,
