@@ -543,6 +543,7 @@ def test_ddp_on_two_cpu_processes(dataset, tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
+    assert done.stdout.count("best model:") == 1  # said once, by the first process
     weights = load_file(out / "best" / "model.safetensors")
     assert weights  # rank 0 exported the model
 

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from captioner.cli import UsageError
+    from captioner.launcher import launcher_rank
     from captioner.training.run import TrainingSetupError, train
 
     config = training_config(args)
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
-    print(f"best model: {best}")
+    if launcher_rank() == 0:  # each process of a multi-process run returns here
+        print(f"best model: {best}")
     return 0
 
 
