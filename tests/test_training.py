@@ -459,19 +459,24 @@ def test_corner_crops_encode_each_training_image_through_every_view(dataset, tmp
     )
     cache, records = extract_features(config, ["train", "dev"], progress=False)
     assert len(cache) == 12 * 6 + 4
-    record = records["train"][0]
-    data = TrainCaptions([record], cache)
+    y, x = np.mgrid[0:60, 0:90]  # a photo whose corners differ (the dataset's are flat colours)
+    pixels = np.stack([x * 2.8, y * 4.2, (x * y) % 255], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    record = CaptionRecord("photo", str(tmp_path / "photo.png"), ["a photo"], "train")
+    views = [(mirrored, view) for mirrored in (False, True) for view in CROP_VIEWS]
     encoder = build_encoder(config.encoder)
-    for mirrored in (False, True):
-        for view in CROP_VIEWS:
-            pixels = encoder.preprocess.prepare(record.image, mirrored=mirrored, view=view).pixels
-            with torch.no_grad():
-                expected = encoder(torch.from_numpy(pixels)[None]).tokens[0]
-            seen = data[(0, (0,), mirrored, view)][0].float()
-            assert torch.allclose(seen, expected, atol=0.02)  # fp16 rows of values of a few units
-    corner, centre = data[(0, (0,), False, CROP_VIEWS[1])][0], data[(0, (0,), False, CENTRE)][0]
-    assert not torch.allclose(corner.float(), centre.float(), atol=0.1)
-    keys = {record_key(record, mirrored, v) for mirrored in (False, True) for v in CROP_VIEWS}
+    sources = [image_source(record, mirrored, view) for mirrored, view in views]
+    data = TrainCaptions([record], build_cache(encoder, sources, tmp_path / "c", progress=False))
+    grids = {}
+    for mirrored, view in views:
+        prepared = encoder.preprocess.prepare(record.image, mirrored=mirrored, view=view).pixels
+        with torch.no_grad():
+            expected = encoder(torch.from_numpy(prepared)[None]).tokens[0]
+        grids[mirrored, view] = data[(0, (0,), mirrored, view)][0].float()
+        assert torch.allclose(grids[mirrored, view], expected, atol=0.02)  # fp16 rows
+    for one, other in zip(views, views[1:], strict=False):
+        assert not torch.allclose(grids[one], grids[other], atol=0.1)  # six different squares
+    keys = {record_key(record, mirrored, view) for mirrored, view in views}
     assert len(keys) == 6 and record_key(record) == record_key(record, False, CENTRE)
 
 
