@@ -48,45 +48,45 @@ GOLDEN = {
     "torch": {
         "1130369873_d80a1aa59c": Golden(
             greedy="a brown dog is playing in the water with a ball in its mouth.",
-            beam3="a brown dog is playing in the water with a tennis ball in its mouth.",
-            logits=(-1.1187, 9.6101, 6.9562, 1.5504, -0.4929, 4.9121, -0.0709, -0.5034, -0.2974),
+            beam3="a brown dog is playing in the water with a ball in its mouth.",
+            logits=(-1.2429, 9.8944, 6.7588, 1.4116, -0.4816, 4.8361, -0.0471, -0.6017, -0.3580),
         ),
         "2198511848_311d8a8c2f": Golden(
-            greedy="a snowboarder is jumping off a snowy hill.",
-            beam3="a snowboarder is jumping over a snowy mountain.",
-            logits=(-1.2567, 9.8774, 6.4824, 3.8556, 4.5102, 0.5654, 0.3449, -0.5147, -0.0777),
+            greedy="a snowboarder is jumping off a snowy mountain.",
+            beam3="a snowboarder is jumping off of a snowy mountain.",
+            logits=(-1.2979, 10.1154, 6.4107, 3.8226, 4.3501, 0.5935, 0.4551, -0.6609, 0.0190),
         ),
         "2726262796_03bd63a155": Golden(
             greedy="a girl in a bathing suit is standing on the beach.",
             beam3="a girl in a bathing suit is standing on the beach.",
-            logits=(-2.1502, 8.8817, 6.2549, 3.2789, 1.9393, -0.0743, 5.9042, 1.4705, -0.8218),
+            logits=(-2.3090, 9.1120, 6.0863, 3.4745, 1.8063, -0.2983, 6.0068, 1.5507, -0.9054),
         ),
         "generated": Golden(
-            greedy="a person in a yellow shirt is sitting in a green sky.",
-            beam3="a person in a yellow shirt is sitting in a green sky.",
-            logits=(-1.4995, 8.9026, 6.1750, -0.4874, 2.8152, 1.7033, -0.7986, -2.6360, -0.0624),
+            greedy="a red - - haired man is sitting in a green sky.",
+            beam3="a man in a yellow shirt is sitting in a green sky.",
+            logits=(-1.5505, 9.1084, 5.9602, -0.6625, 2.8353, 1.6447, -0.8655, -2.7762, 0.0046),
         ),
     },
     "onnx-int8": {
         "1130369873_d80a1aa59c": Golden(
             greedy="a brown dog is playing in the water with a ball in its mouth.",
-            beam3="a brown dog is playing in the water with a tennis ball in its mouth.",
-            logits=(-1.1503, 9.5875, 6.9757, 1.5310, -0.4689, 4.9262, -0.0310, -0.4925, -0.3267),
+            beam3="a brown dog is playing in the water with a ball in its mouth.",
+            logits=(-1.2608, 9.9063, 6.7645, 1.3932, -0.4733, 4.8379, -0.0308, -0.5759, -0.3565),
         ),
         "2198511848_311d8a8c2f": Golden(
             greedy="a snowboarder is jumping off a snowy mountain.",
-            beam3="a snowboarder is jumping over a snowy mountain.",
-            logits=(-1.2620, 9.8833, 6.4801, 3.8172, 4.5096, 0.5516, 0.3166, -0.5451, -0.0727),
+            beam3="a snowboarder is jumping off of a snowy mountain.",
+            logits=(-1.2778, 10.1007, 6.4038, 3.7811, 4.3794, 0.6189, 0.4234, -0.6299, -0.0044),
         ),
         "2726262796_03bd63a155": Golden(
             greedy="a girl in a bathing suit is standing on the beach.",
             beam3="a girl in a bathing suit is standing on the beach.",
-            logits=(-2.1962, 8.8918, 6.2403, 3.2395, 1.9492, -0.0628, 5.8957, 1.4571, -0.8570),
+            logits=(-2.3430, 9.1133, 6.0647, 3.4062, 1.8444, -0.2817, 6.0319, 1.5732, -0.9513),
         ),
         "generated": Golden(
-            greedy="a person in a yellow shirt is sitting in a green sky.",
-            beam3="a person in a yellow shirt is sitting on a green bench.",
-            logits=(-1.5350, 8.9023, 6.1859, -0.5296, 2.8256, 1.7077, -0.7868, -2.6168, -0.0814),
+            greedy="a red - - haired man is sitting in a green sky.",
+            beam3="a man in a yellow shirt is sitting in a green sky.",
+            logits=(-1.5280, 9.1206, 5.9753, -0.6902, 2.8377, 1.6586, -0.8729, -2.7539, 0.0109),
         ),
     },
 }
