@@ -27,9 +27,9 @@ DOG_PHOTOS = ["1032122270_ea6f0beedb", "1130369873_d80a1aa59c", "1164131282_b309
 # PyTorch) and the default, "auto" (the encoder and the int8 decoder graphs in ONNX Runtime; the
 # float32 graphs give PyTorch's captions, tests/test_onnx.py).
 RUNTIMES = ["torch", "auto"]
-# Flickr8k dev photos (a dog in water, a snowboarder, a girl on a beach; the first two have
-# greedy and beam-3 captions that differ), and the image drawn by `generated_image`, which needs
-# no data.
+# Flickr8k dev photos (a dog in water, a snowboarder, a girl on a beach), and the image drawn by
+# `generated_image`, which needs no data. The snowboarder and the drawn image have greedy and
+# beam-3 captions that differ.
 GOLDEN_PHOTOS = ["1130369873_d80a1aa59c", "2198511848_311d8a8c2f", "2726262796_03bd63a155"]
 GENERATED = "generated"
 # Words whose first-step logits are pinned (with the end token's): how most captions start, and
